@@ -1,0 +1,238 @@
+package outbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// NumShards is how many shards the keys are hashed into. Relays split the
+// shards between them; it is fixed by the schema (migration 001).
+const NumShards = 32
+
+// lockClass is the first half of the two-int advisory locks the writer takes
+// per key; the second half is a hash of topic and key.
+const lockClass int32 = 0x53424f58 // "SBOX"
+
+// Execer is what Write needs: pgx.Tx satisfies it, and so do *pgx.Conn and
+// *pgxpool.Pool, but pass the transaction of the business change: that is
+// what makes the outbox atomic with it.
+type Execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// WriterConfig configures a Writer.
+type WriterConfig struct {
+	// Codec knows the Avro schemas of the messages. Required.
+	Codec *Codec
+
+	// Notify, when set, is called after every successful Write (the
+	// transaction may not have committed yet). Pass Relay.Notify to wake a
+	// relay running in the same process, which then polls at once and keeps
+	// polling briefly until the commit shows. It costs the database nothing.
+	Notify func()
+
+	// NotifyChannel, when set, makes every Write also run pg_notify on that
+	// channel inside the transaction, for relays in other processes
+	// (RelayConfig.ListenChannel). Postgres takes a global lock at commit for
+	// every transaction that notified, which limits write throughput: see
+	// BENCHMARKS.md before turning it on. Defaults to off.
+	NotifyChannel string
+
+	// Logger defaults to a logger that discards everything.
+	Logger *slog.Logger
+}
+
+// Writer writes messages into the outbox inside the caller's transaction.
+// It is safe for concurrent use.
+type Writer struct {
+	cfg WriterConfig
+	log *slog.Logger
+}
+
+// NewWriter checks the configuration and stores the codec's schemas in the
+// outbox_schemas table through db (any pool or connection), so any relay can
+// find them. Run Migrate first.
+func NewWriter(ctx context.Context, db Execer, cfg WriterConfig) (*Writer, error) {
+	if cfg.Codec == nil {
+		return nil, errors.New("outbox: WriterConfig.Codec is required: build one with outbox.NewCodec(schemas...)")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := storeSchemas(ctx, db, cfg.Codec); err != nil {
+		return nil, err
+	}
+	return &Writer{cfg: cfg, log: cfg.Logger.With("component", "outbox.writer")}, nil
+}
+
+func storeSchemas(ctx context.Context, db Execer, c *Codec) error {
+	for _, s := range c.Schemas() {
+		if _, err := db.Exec(ctx, `
+INSERT INTO sagabox.outbox_schemas (fingerprint, name, definition) VALUES ($1, $2, $3)
+ON CONFLICT (fingerprint) DO NOTHING`, s.Fingerprint[:], s.Name, s.Definition); err != nil {
+			return fmt.Errorf("outbox: store schema %s: %w (did you run outbox.Migrate?)", s.Name, err)
+		}
+	}
+	return nil
+}
+
+// insertSQL writes a whole Write call in one statement and one round trip.
+//
+// The locks CTE takes a transaction-scoped advisory lock per distinct
+// (topic, key), in sorted order, before any id is drawn. Two transactions
+// writing the same key therefore get their ids in commit order: the second
+// one waits at the lock until the first commits, then draws a higher id. The
+// relay publishes each key in id order, so that is commit order. Keyless
+// messages take no lock.
+const insertSQL = `
+WITH locks AS MATERIALIZED (
+	SELECT count(pg_advisory_xact_lock($1::int4, l)) AS n FROM unnest($2::int4[]) AS l
+)
+INSERT INTO sagabox.outbox (message_id, shard, topic, key, value, schema_fp, message_type,
+	correlation_id, causation_id, saga_id, traceparent, tracestate, headers)
+SELECT m.message_id, m.shard, m.topic, m.key, m.value, m.schema_fp, m.message_type,
+	m.correlation_id, m.causation_id, m.saga_id, $3, $4, m.headers
+FROM locks, unnest($5::uuid[], $6::int2[], $7::text[], $8::text[], $9::bytea[], $10::bytea[],
+	$11::text[], $12::text[], $13::text[], $14::text[], $15::jsonb[]) WITH ORDINALITY
+	AS m(message_id, shard, topic, key, value, schema_fp, message_type,
+		correlation_id, causation_id, saga_id, headers, ord)
+WHERE locks.n >= 0
+ORDER BY m.ord`
+
+// reservedHeaders may not be set through Message.Headers.
+var reservedHeaders = map[string]bool{
+	HeaderID: true, HeaderType: true, HeaderCorrelationID: true, HeaderCausationID: true,
+	HeaderSagaID: true, HeaderTraceparent: true, HeaderTracestate: true,
+}
+
+// Write adds msgs to the outbox inside tx. Every message is validated and
+// encoded first: if one is refused (a *MessageError naming the message and,
+// for a bad value, the field), nothing is written and the transaction is
+// untouched. The messages are published once tx commits, never if it rolls
+// back. The trace context of ctx is stored with them.
+func (w *Writer) Write(ctx context.Context, tx Execer, msgs ...Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	n := len(msgs)
+	var (
+		ids      = make([]uuid.UUID, n)
+		shards   = make([]int16, n)
+		topics   = make([]string, n)
+		keys     = make([]string, n)
+		values   = make([][]byte, n)
+		fps      = make([][]byte, n)
+		types    = make([]string, n)
+		corrs    = make([]string, n)
+		causes   = make([]string, n)
+		sagas    = make([]string, n)
+		headers  = make([]string, n)
+		lockKeys = make([]int32, 0, n)
+	)
+	for i, m := range msgs {
+		if err := w.prepare(i, m); err != nil {
+			return err
+		}
+		s, value, err := w.cfg.Codec.Encode(m.Type, m.Value)
+		if err != nil {
+			typ := m.Type
+			if s != nil {
+				typ = s.Name
+			}
+			return &MessageError{Index: i, Topic: m.Topic, Type: typ, Err: err}
+		}
+		id := m.ID
+		if id == uuid.Nil {
+			id, err = uuid.NewV7()
+			if err != nil {
+				return fmt.Errorf("outbox: new message id: %w", err)
+			}
+		}
+		h := []byte("{}")
+		if len(m.Headers) > 0 {
+			h, _ = json.Marshal(m.Headers)
+		}
+		ids[i], shards[i], topics[i], keys[i] = id, shardOf(m.Key, id), m.Topic, m.Key
+		values[i], fps[i], types[i] = value, s.Fingerprint[:], s.Name
+		corrs[i], causes[i], sagas[i], headers[i] = m.CorrelationID, m.CausationID, m.SagaID, string(h)
+		if m.Key != "" {
+			lockKeys = append(lockKeys, lockKeyOf(m.Topic, m.Key))
+		}
+	}
+	slices.Sort(lockKeys)
+	lockKeys = slices.Compact(lockKeys)
+	tp, ts := traceContext(ctx)
+
+	if _, err := tx.Exec(ctx, insertSQL, lockClass, lockKeys, tp, ts,
+		ids, shards, topics, keys, values, fps, types, corrs, causes, sagas, headers); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+			return fmt.Errorf("%w: a message with one of these IDs was written before: %v", ErrInvalidMessage, err)
+		}
+		if errors.As(err, &pgErr) && pgErr.Code == "42P01" {
+			return fmt.Errorf("outbox: write: %w (run outbox.Migrate first)", err)
+		}
+		return fmt.Errorf("outbox: write %d messages: %w", n, err)
+	}
+	if w.cfg.NotifyChannel != "" {
+		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, w.cfg.NotifyChannel); err != nil {
+			return fmt.Errorf("outbox: notify %s: %w", w.cfg.NotifyChannel, err)
+		}
+	}
+	if w.cfg.Notify != nil {
+		w.cfg.Notify()
+	}
+	return nil
+}
+
+func (w *Writer) prepare(i int, m Message) error {
+	bad := func(format string, a ...any) error {
+		return &MessageError{Index: i, Topic: m.Topic, Type: m.Type, Err: fmt.Errorf(format, a...)}
+	}
+	switch {
+	case strings.TrimSpace(m.Topic) == "":
+		return bad("Topic is empty")
+	case len(m.Topic) > 249:
+		return bad("Topic is longer than Kafka's 249 characters")
+	case m.Value == nil:
+		return bad("Value is nil")
+	}
+	for k := range m.Headers {
+		if reservedHeaders[k] {
+			return bad("header %q is reserved: use the Message field instead", k)
+		}
+	}
+	return nil
+}
+
+// shardOf hashes a key onto a shard. Keyless messages spread by their ID.
+func shardOf(key string, id uuid.UUID) int16 {
+	h := fnv.New32a()
+	if key == "" {
+		_, _ = h.Write(id[:])
+	} else {
+		_, _ = h.Write([]byte(key))
+	}
+	return int16(h.Sum32() % NumShards)
+}
+
+func lockKeyOf(topic, key string) int32 {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(topic))
+	_, _ = h.Write([]byte{0})
+	_, _ = h.Write([]byte(key))
+	return int32(h.Sum32())
+}
+
+// now is replaced in tests that need a fixed clock.
+var now = time.Now

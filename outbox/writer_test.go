@@ -1,0 +1,151 @@
+package outbox_test
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hamba/avro/v2"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/sagabox/sagabox/internal/testkit"
+	"github.com/sagabox/sagabox/outbox"
+)
+
+func countRows(t *testing.T, b *bundle) int {
+	t.Helper()
+	var n int
+	testkit.Must(t, b.pool.QueryRow(testkit.Ctx(t), `SELECT count(*) FROM sagabox.outbox`).Scan(&n), "count")
+	return n
+}
+
+// A refused message leaves nothing behind: the error names the field and the
+// rest of the batch is not written either.
+func TestWriteRefusesValueThatDoesNotFitItsSchema(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testkit.Ctx(t)
+	tx, err := b.pool.Begin(ctx)
+	testkit.Must(t, err, "begin")
+	defer tx.Rollback(ctx)
+
+	err = b.writer.Write(ctx, tx,
+		outbox.Message{Topic: "orders", Key: "o1", Type: orderPlacedType, Value: orderPlaced{OrderID: "o1", Seq: 1}},
+		outbox.Message{Topic: "orders", Key: "o1", Type: orderPlacedType, Value: map[string]any{"order_id": "o1", "seq": "two"}},
+	)
+	if !errors.Is(err, outbox.ErrInvalidMessage) {
+		t.Fatalf("want ErrInvalidMessage, got %v", err)
+	}
+	var me *outbox.MessageError
+	if !errors.As(err, &me) || me.Index != 1 || !strings.Contains(err.Error(), "seq") {
+		t.Fatalf("error should name message 1 and field seq, got %v", err)
+	}
+	testkit.Must(t, tx.Commit(ctx), "commit")
+	if n := countRows(t, b); n != 0 {
+		t.Fatalf("refused batch wrote %d rows", n)
+	}
+}
+
+func TestWriteRefusesBadInput(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testkit.Ctx(t)
+	good := orderPlaced{OrderID: "x", Seq: 1}
+	cases := map[string]outbox.Message{
+		"no topic":        {Type: orderPlacedType, Value: good},
+		"no value":        {Topic: "t", Type: orderPlacedType},
+		"unknown type":    {Topic: "t", Type: "nope.Nope", Value: good},
+		"no type":         {Topic: "t", Value: good},
+		"reserved header": {Topic: "t", Type: orderPlacedType, Value: good, Headers: map[string]string{outbox.HeaderID: "x"}},
+		"raw garbage":     {Topic: "t", Type: orderPlacedType, Value: outbox.RawValue{0xff, 0xff, 0xff}},
+	}
+	for name, m := range cases {
+		err := b.writer.Write(ctx, b.pool, m)
+		if !errors.Is(err, outbox.ErrInvalidMessage) {
+			t.Errorf("%s: want ErrInvalidMessage, got %v", name, err)
+		}
+	}
+	if n := countRows(t, b); n != 0 {
+		t.Fatalf("refused messages wrote %d rows", n)
+	}
+}
+
+func TestWriteIsAtomicWithTheCallersTransaction(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testkit.Ctx(t)
+	errRollback := errors.New("roll back")
+	for _, commit := range []bool{false, true} {
+		err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+			if err := b.writer.Write(ctx, tx, outbox.Message{Topic: "orders", Key: "k", Type: orderPlacedType, Value: orderPlaced{OrderID: "k"}}); err != nil {
+				return err
+			}
+			if !commit {
+				return errRollback
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, errRollback) {
+			t.Fatal(err)
+		}
+	}
+	if n := countRows(t, b); n != 1 {
+		t.Fatalf("want exactly the committed message, got %d rows", n)
+	}
+}
+
+// Ids of one key follow commit order: a second writer of the same key waits
+// for the first to commit before it draws its id. Without the per-key lock
+// the second transaction would commit first with the higher id.
+func TestWriteOrdersIDsOfAKeyByCommit(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testkit.Ctx(t)
+	var (
+		mu      sync.Mutex
+		commits []int64
+	)
+	committed := func(seq int64) {
+		mu.Lock()
+		commits = append(commits, seq)
+		mu.Unlock()
+	}
+	first, err := b.pool.Begin(ctx)
+	testkit.Must(t, err, "begin")
+	testkit.Must(t, b.writer.Write(ctx, first, outbox.Message{Topic: "orders", Key: "k", Type: orderPlacedType, Value: orderPlaced{OrderID: "k", Seq: 1}}), "write")
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+			return b.writer.Write(ctx, tx, outbox.Message{Topic: "orders", Key: "k", Type: orderPlacedType, Value: orderPlaced{OrderID: "k", Seq: 2}})
+		})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		committed(2)
+	}()
+	time.Sleep(300 * time.Millisecond) // room for the second to (wrongly) commit first
+	testkit.Must(t, first.Commit(ctx), "commit")
+	committed(1)
+	wg.Wait()
+
+	var got []int64
+	rows, err := b.pool.Query(ctx, `SELECT value FROM sagabox.outbox ORDER BY id`)
+	testkit.Must(t, err, "query")
+	vals, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	testkit.Must(t, err, "collect")
+	for _, v := range vals {
+		var m orderPlaced
+		testkit.Must(t, avro.Unmarshal(b.codec.MustSchema(orderPlacedType), v, &m), "decode")
+		got = append(got, m.Seq)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(commits) {
+		t.Fatalf("id order %v differs from commit order %v", got, commits)
+	}
+}
