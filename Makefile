@@ -1,0 +1,31 @@
+# Everything a developer or CI runs. `make help` lists the targets.
+GO ?= go
+PKGS := ./...
+
+.PHONY: help test lint vet fmt-check generate-check bench demo migrate
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
+
+test: ## run every test with the race detector against the local Postgres
+	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+
+lint: fmt-check vet generate-check ## gofmt, go vet, staticcheck, generated code up to date
+	$(GO) tool staticcheck $(PKGS)
+
+vet: ## go vet
+	$(GO) vet $(PKGS)
+
+fmt-check: ## fail when a file is not gofmt'ed
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+generate-check: ## fail when go generate changes committed files
+	@if grep -rl --include='*.go' '^//go:generate' . >/dev/null 2>&1; then \
+		$(GO) generate ./... && git diff --exit-code -- '*.go' || { echo "generated code is stale: run go generate ./... and commit"; exit 1; }; \
+	fi
+
+bench: ## outbox relay benchmark: sagabox vs watermill forwarder vs ceiling (see BENCHMARKS.md)
+	$(GO) run ./cmd/outboxbench
+
+migrate: ## apply the outbox and saga migrations to DATABASE_URL
+	$(GO) run ./cmd/sagabox migrate
