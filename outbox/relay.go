@@ -1,0 +1,595 @@
+package outbox
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riferrei/srclient"
+)
+
+// Relay defaults.
+const (
+	DefaultBatchSize       = 1000
+	DefaultPollInterval    = 250 * time.Millisecond
+	DefaultLeaseTTL        = 5 * time.Second
+	DefaultProduceTimeout  = 2 * time.Second
+	DefaultMaxAttempts     = 10
+	DefaultRetryBackoff    = 200 * time.Millisecond
+	DefaultMaxRetryBackoff = 30 * time.Second
+	DefaultRetention       = time.Hour
+	DefaultCleanupInterval = time.Minute
+	DefaultCleanupBatch    = 1000
+	DefaultMaxMessageBytes = 1000000
+)
+
+// RelayConfig configures a Relay.
+type RelayConfig struct {
+	// Pool is the database the outbox lives in. Required.
+	Pool *pgxpool.Pool
+	// Brokers are Kafka bootstrap addresses. Required.
+	Brokers []string
+	// Registry is the Schema Registry the schemas are registered in.
+	// Required. Build one with srclient.NewSchemaRegistryClient(url).
+	Registry srclient.ISchemaRegistryClient
+
+	// ID names this relay in the lease table. Defaults to hostname-pid-random.
+	ID string
+	// BatchSize is the most messages published per produce request.
+	// Defaults to DefaultBatchSize.
+	BatchSize int
+	// PollInterval is how often the relay looks for messages when nothing
+	// woke it. Defaults to DefaultPollInterval.
+	PollInterval time.Duration
+	// LeaseTTL is how long a shard lease lasts without renewal: the time
+	// another relay waits before taking over the shards of one that died.
+	// Leases are renewed every LeaseTTL/5. Defaults to DefaultLeaseTTL.
+	LeaseTTL time.Duration
+	// ProduceTimeout bounds one produce request. It must be well below
+	// LeaseTTL. Defaults to DefaultProduceTimeout.
+	ProduceTimeout time.Duration
+	// MaxAttempts is how many failed publish attempts park a message.
+	// Failures that no retry can fix (a record over the size limit) park it
+	// at once; registry outages do not count. Defaults to DefaultMaxAttempts.
+	MaxAttempts int
+	// RetryBackoff is the wait after a message's first failure; it doubles
+	// each attempt up to MaxRetryBackoff. Defaults to DefaultRetryBackoff and
+	// DefaultMaxRetryBackoff.
+	RetryBackoff    time.Duration
+	MaxRetryBackoff time.Duration
+	// MaxMessageBytes is the largest record the relay sends; larger ones are
+	// parked without being sent. Keep it at or below the topic's
+	// max.message.bytes. Defaults to DefaultMaxMessageBytes.
+	MaxMessageBytes int
+	// Retention is how long published rows stay in the table before the
+	// cleaner deletes them, in batches of CleanupBatch every
+	// CleanupInterval. Defaults to DefaultRetention, DefaultCleanupBatch and
+	// DefaultCleanupInterval. Only the relay holding shard 0 cleans.
+	Retention       time.Duration
+	CleanupInterval time.Duration
+	CleanupBatch    int
+	// ListenChannel, when set, makes the relay LISTEN on that channel and
+	// poll when a writer with the same WriterConfig.NotifyChannel commits.
+	ListenChannel string
+	// Logger defaults to a logger that discards everything.
+	Logger *slog.Logger
+	// Metrics defaults to unregistered metrics.
+	Metrics *Metrics
+	// OverwriteSaramaConfig replaces the Sarama configuration the relay
+	// builds (TLS, SASL, compression...). The relay still sets what its
+	// protocol needs: client ID default, version, timeouts.
+	OverwriteSaramaConfig *sarama.Config
+}
+
+// WithDefaults returns a copy of c with every unset field filled in.
+func (c RelayConfig) WithDefaults() RelayConfig {
+	if c.ID == "" {
+		host, _ := os.Hostname()
+		var b [3]byte
+		_, _ = rand.Read(b[:])
+		c.ID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	defInt := func(d *int, v int) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	defInt(&c.BatchSize, DefaultBatchSize)
+	def(&c.PollInterval, DefaultPollInterval)
+	def(&c.LeaseTTL, DefaultLeaseTTL)
+	def(&c.ProduceTimeout, DefaultProduceTimeout)
+	defInt(&c.MaxAttempts, DefaultMaxAttempts)
+	def(&c.RetryBackoff, DefaultRetryBackoff)
+	def(&c.MaxRetryBackoff, DefaultMaxRetryBackoff)
+	defInt(&c.MaxMessageBytes, DefaultMaxMessageBytes)
+	def(&c.Retention, DefaultRetention)
+	def(&c.CleanupInterval, DefaultCleanupInterval)
+	defInt(&c.CleanupBatch, DefaultCleanupBatch)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Metrics == nil {
+		c.Metrics = NewMetrics(nil)
+	}
+	return c
+}
+
+func (c RelayConfig) validate() error {
+	switch {
+	case c.Pool == nil:
+		return errors.New("outbox: RelayConfig.Pool is required")
+	case len(c.Brokers) == 0:
+		return errors.New("outbox: RelayConfig.Brokers is required")
+	case c.Registry == nil:
+		return errors.New("outbox: RelayConfig.Registry is required: srclient.NewSchemaRegistryClient(url)")
+	case c.BatchSize < 0 || c.MaxAttempts < 0 || c.MaxMessageBytes < 0 || c.CleanupBatch < 0:
+		return errors.New("outbox: RelayConfig sizes and counts must not be negative")
+	case c.LeaseTTL < 2*c.ProduceTimeout+c.LeaseTTL/5:
+		return fmt.Errorf("outbox: RelayConfig.LeaseTTL (%s) must exceed 2*ProduceTimeout + LeaseTTL/5 (%s): a relay must not publish on a lease that may expire mid-request",
+			c.LeaseTTL, 2*c.ProduceTimeout+c.LeaseTTL/5)
+	case c.RetryBackoff > c.MaxRetryBackoff:
+		return errors.New("outbox: RelayConfig.RetryBackoff must not exceed MaxRetryBackoff")
+	}
+	return nil
+}
+
+// Relay publishes the outbox to Kafka. Run several, in one process or many:
+// they split the shards between them and take over from each other.
+type Relay struct {
+	cfg      RelayConfig
+	log      *slog.Logger
+	m        *Metrics
+	leases   *leases
+	schemas  *schemaResolver
+	wake     chan struct{}
+	notified atomic.Int64 // unix nanos of the last Notify
+	ownsZero atomic.Bool
+	running  atomic.Bool
+}
+
+// NewRelay checks cfg and returns a relay ready to Run.
+func NewRelay(cfg RelayConfig) (*Relay, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if c, ok := cfg.Registry.(*srclient.SchemaRegistryClient); ok {
+		c.CodecCreationEnabled(false) // we parse schemas with hamba/avro
+		c.SetTimeout(cfg.ProduceTimeout)
+	}
+	return &Relay{
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "outbox.relay", "relay_id", cfg.ID),
+		m:       cfg.Metrics,
+		leases:  &leases{pool: cfg.Pool, id: cfg.ID, ttl: cfg.LeaseTTL},
+		schemas: newSchemaResolver(cfg.Pool, cfg.Registry),
+		wake:    make(chan struct{}, 1),
+	}, nil
+}
+
+// Notify wakes the relay: it polls at once and, for a short while, often,
+// so a message whose transaction is about to commit goes out within
+// milliseconds. Pass it as WriterConfig.Notify. Safe to call any time.
+func (r *Relay) Notify() {
+	r.notified.Store(time.Now().UnixNano())
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+const (
+	fastPollWindow   = 50 * time.Millisecond
+	fastPollInterval = 2 * time.Millisecond
+)
+
+// Run publishes until ctx is done. It then finishes the batch in flight
+// (bounded by ProduceTimeout), releases its leases so another relay takes
+// over at once, and returns nil. It returns an error only when it cannot
+// start (Kafka unreachable until ctx ends counts as shutdown, not an error).
+func (r *Relay) Run(ctx context.Context) error {
+	if !r.running.CompareAndSwap(false, true) {
+		return errors.New("outbox: Relay.Run called twice")
+	}
+	defer r.running.Store(false)
+
+	client, conf, err := r.connect(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	defer client.Close()
+	producer := newBatchProducer(client, conf, r.cfg.MaxMessageBytes, 3, 50*time.Millisecond, r.log)
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	housekeepingCtx, stopHousekeeping := context.WithCancel(ctx)
+	defer stopHousekeeping()
+	wg.Add(1)
+	go func() { defer wg.Done(); r.housekeeping(housekeepingCtx) }()
+	if r.cfg.ListenChannel != "" {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.listen(housekeepingCtx) }()
+	}
+
+	r.log.Info("outbox relay: started", "brokers", r.cfg.Brokers)
+	renewEvery := r.cfg.LeaseTTL / 5
+	errBackoff := r.cfg.RetryBackoff
+	for {
+		if ctx.Err() != nil {
+			break
+		}
+		if time.Since(r.leases.lastTick) >= renewEvery {
+			if err := r.leases.tick(ctx); err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				r.log.Warn("outbox relay: lease renewal failed", "err", err)
+				r.sleep(ctx, errBackoff)
+				continue
+			}
+			r.ownsZero.Store(len(r.leases.owned) > 0 && r.leases.owned[0] == 0)
+			r.m.ownedShards.Set(float64(len(r.leases.owned)))
+		}
+		if len(r.leases.owned) == 0 || time.Until(r.leases.deadline) < 2*r.cfg.ProduceTimeout {
+			r.wait(ctx, renewEvery)
+			continue
+		}
+		// In-flight work runs on a context that shutdown does not cancel,
+		// so a batch that reached Kafka is also marked published.
+		work, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*r.cfg.ProduceTimeout)
+		n, err := r.cycle(work, producer)
+		cancel()
+		if err != nil {
+			r.log.Warn("outbox relay: batch failed", "err", err)
+			r.sleep(ctx, errBackoff)
+			errBackoff = min(2*errBackoff, r.cfg.MaxRetryBackoff)
+			continue
+		}
+		errBackoff = r.cfg.RetryBackoff
+		switch {
+		case n >= r.cfg.BatchSize:
+			// More is waiting: go again at once.
+		case time.Since(time.Unix(0, r.notified.Load())) < fastPollWindow:
+			r.wait(ctx, fastPollInterval)
+		default:
+			r.wait(ctx, min(r.cfg.PollInterval, time.Until(r.leases.lastTick.Add(renewEvery))))
+		}
+	}
+
+	stopHousekeeping()
+	relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := r.leases.release(relCtx); err != nil {
+		r.log.Warn("outbox relay: release leases at shutdown", "err", err)
+	}
+	r.m.ownedShards.Set(0)
+	r.log.Info("outbox relay: stopped")
+	return nil
+}
+
+func (r *Relay) wait(ctx context.Context, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-r.wake:
+	case <-t.C:
+	}
+}
+
+func (r *Relay) sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// connect builds the Sarama client, retrying with capped backoff for as long
+// as ctx lasts: Sarama gives up on unreachable brokers within a second, the
+// relay does not.
+func (r *Relay) connect(ctx context.Context) (sarama.Client, *sarama.Config, error) {
+	conf := r.cfg.OverwriteSaramaConfig
+	if conf == nil {
+		conf = sarama.NewConfig()
+	}
+	if conf.ClientID == "" || conf.ClientID == "sarama" {
+		conf.ClientID = "sagabox-relay"
+	}
+	conf.Version = sarama.V2_1_0_0
+	conf.Producer.Timeout = r.cfg.ProduceTimeout
+	conf.Producer.RequiredAcks = sarama.WaitForAll
+	conf.Net.DialTimeout = r.cfg.ProduceTimeout
+	conf.Net.ReadTimeout = r.cfg.ProduceTimeout + time.Second
+	conf.Net.WriteTimeout = r.cfg.ProduceTimeout
+	conf.Metadata.Retry.Max = 1
+	conf.Metadata.Retry.Backoff = 50 * time.Millisecond
+	conf.Metadata.AllowAutoTopicCreation = true
+	if err := conf.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("outbox: sarama config: %w", err)
+	}
+	backoff := r.cfg.RetryBackoff
+	for {
+		client, err := sarama.NewClient(r.cfg.Brokers, conf)
+		if err == nil {
+			return client, conf, nil
+		}
+		r.log.Warn("outbox relay: kafka unreachable, retrying", "err", err, "in", backoff)
+		r.sleep(ctx, backoff)
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		backoff = min(2*backoff, r.cfg.MaxRetryBackoff)
+	}
+}
+
+// fetchSQL reads the next batch of the owned shards in id order. A key whose
+// oldest pending message is backing off after a failure is held back whole
+// (the blocked CTE, served by the small outbox_backoff index), so retries
+// never reorder a key while other keys keep moving.
+const fetchSQL = `
+WITH blocked AS (
+	SELECT topic, key, min(id) AS from_id FROM sagabox.outbox
+	WHERE next_attempt_at IS NOT NULL AND published_at IS NULL AND parked_at IS NULL
+	  AND next_attempt_at > now() AND key <> '' AND shard = ANY($1)
+	GROUP BY topic, key
+)
+SELECT o.id, o.message_id::text, o.topic, o.key, o.value, o.schema_fp, o.message_type,
+       o.correlation_id, o.causation_id, o.saga_id, o.traceparent, o.tracestate, o.headers::text, o.attempts
+FROM sagabox.outbox o
+WHERE o.published_at IS NULL AND o.parked_at IS NULL AND o.shard = ANY($1)
+  AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
+  AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.topic = o.topic AND b.key = o.key AND o.id > b.from_id)
+ORDER BY o.id
+LIMIT $2`
+
+// markSQL records the outcome of a whole batch in one statement.
+const markSQL = `
+UPDATE sagabox.outbox o SET
+	published_at    = CASE WHEN u.ok THEN now() END,
+	attempts        = o.attempts + u.inc,
+	next_attempt_at = CASE WHEN u.ok THEN o.next_attempt_at ELSE now() + u.delay_ms * interval '1 millisecond' END,
+	last_error      = CASE WHEN u.ok THEN o.last_error ELSE u.err END,
+	parked_at       = CASE WHEN u.park THEN now() END
+FROM unnest($1::bigint[], $2::bool[], $3::int[], $4::bigint[], $5::text[], $6::bool[]) AS u(id, ok, inc, delay_ms, err, park)
+WHERE o.id = u.id AND o.published_at IS NULL`
+
+type row struct {
+	id                                      int64
+	messageID, topic, key                   string
+	value, fp                               []byte
+	typ, corr, cause, saga, tp, ts, headers string
+	attempts                                int
+}
+
+type outcome struct {
+	ok       bool
+	inc      int
+	delayMS  int64
+	err      string
+	park     bool
+	recorded bool
+}
+
+// cycle publishes one batch: fetch, frame, produce, mark. It returns how
+// many rows it fetched.
+func (r *Relay) cycle(ctx context.Context, producer *batchProducer) (int, error) {
+	start := time.Now()
+	rows, err := r.cfg.Pool.Query(ctx, fetchSQL, r.leases.owned, r.cfg.BatchSize)
+	if err != nil {
+		return 0, fmt.Errorf("fetch: %w", err)
+	}
+	batch, err := pgx.CollectRows(rows, func(rw pgx.CollectableRow) (row, error) {
+		var x row
+		err := rw.Scan(&x.id, &x.messageID, &x.topic, &x.key, &x.value, &x.fp, &x.typ,
+			&x.corr, &x.cause, &x.saga, &x.tp, &x.ts, &x.headers, &x.attempts)
+		return x, err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("fetch: %w", err)
+	}
+	if len(batch) == 0 {
+		return 0, nil
+	}
+
+	outcomes := make([]outcome, len(batch))
+	held := map[string]bool{} // keys held back in this batch after a failure
+	keyOf := func(x *row) string { return x.topic + "\x00" + x.key }
+	var (
+		recs  []record
+		recOf []int // recs index -> batch index
+	)
+	for i := range batch {
+		x := &batch[i]
+		if x.key != "" && held[keyOf(x)] {
+			continue // an earlier message of this key did not go out
+		}
+		id, err := r.schemas.resolve(ctx, x.topic, x.fp)
+		if err != nil {
+			outcomes[i] = r.failure(x, err, false)
+			if x.key != "" {
+				held[keyOf(x)] = true
+			}
+			continue
+		}
+		recs = append(recs, record{topic: x.topic, key: keyBytes(x.key), value: frame(id, x.value), headers: recordHeaders(x)})
+		recOf = append(recOf, i)
+	}
+	if len(recs) > 0 {
+		deadline := r.leases.deadline
+		pctx, cancel := context.WithDeadline(ctx, deadline.Add(-r.cfg.ProduceTimeout))
+		results := producer.produce(pctx, recs)
+		cancel()
+		for j, err := range results {
+			i := recOf[j]
+			x := &batch[i]
+			if err == nil {
+				outcomes[i] = outcome{ok: true, recorded: true}
+				continue
+			}
+			var pe *produceError
+			permanent := errors.As(err, &pe) && pe.permanent
+			if x.key != "" && held[keyOf(x)] && !permanent {
+				continue // only the oldest failed message of a key backs off
+			}
+			outcomes[i] = r.failure(x, err, permanent)
+			if x.key != "" && !permanent {
+				held[keyOf(x)] = true
+			}
+		}
+	}
+	if err := r.mark(ctx, batch, outcomes); err != nil {
+		return 0, err
+	}
+	r.m.batchSize.Observe(float64(len(batch)))
+	r.m.batchDuration.Observe(time.Since(start).Seconds())
+	return len(batch), nil
+}
+
+// failure decides what a failed message becomes: backing off with one more
+// attempt, or parked. Registry outages back off without spending attempts.
+func (r *Relay) failure(x *row, err error, permanent bool) outcome {
+	if errors.Is(err, ErrRegistryUnavailable) {
+		return outcome{delayMS: r.cfg.RetryBackoff.Milliseconds(), err: err.Error(), recorded: true}
+	}
+	attempts := x.attempts + 1
+	park := permanent || attempts >= r.cfg.MaxAttempts
+	delay := r.cfg.RetryBackoff << min(attempts-1, 30)
+	if delay > r.cfg.MaxRetryBackoff || delay <= 0 {
+		delay = r.cfg.MaxRetryBackoff
+	}
+	if park {
+		r.log.Error("outbox relay: message parked", "message_id", x.messageID, "topic", x.topic, "key", x.key, "attempts", attempts, "err", err)
+		r.m.failed.WithLabelValues("parked").Inc()
+	} else {
+		r.log.Warn("outbox relay: publish failed, will retry", "message_id", x.messageID, "topic", x.topic, "attempts", attempts, "in", delay, "err", err)
+		r.m.failed.WithLabelValues("retry").Inc()
+	}
+	return outcome{inc: 1, delayMS: delay.Milliseconds(), err: err.Error(), park: park, recorded: true}
+}
+
+func (r *Relay) mark(ctx context.Context, batch []row, outcomes []outcome) error {
+	var (
+		ids    []int64
+		oks    []bool
+		incs   []int32
+		delays []int64
+		errs   []string
+		parks  []bool
+	)
+	published := map[string]int{}
+	for i, o := range outcomes {
+		if !o.recorded {
+			continue
+		}
+		ids = append(ids, batch[i].id)
+		oks = append(oks, o.ok)
+		incs = append(incs, int32(o.inc))
+		delays = append(delays, o.delayMS)
+		errs = append(errs, o.err)
+		parks = append(parks, o.park)
+		if o.ok {
+			published[batch[i].topic]++
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	if _, err := r.cfg.Pool.Exec(ctx, markSQL, ids, oks, incs, delays, errs, parks); err != nil {
+		// The messages reached Kafka but are still pending: they will be
+		// published again (at-least-once; consumers deduplicate by ID).
+		return fmt.Errorf("mark %d messages: %w", len(ids), err)
+	}
+	for topic, n := range published {
+		r.m.published.WithLabelValues(topic).Add(float64(n))
+	}
+	return nil
+}
+
+func keyBytes(k string) []byte {
+	if k == "" {
+		return nil
+	}
+	return []byte(k)
+}
+
+func recordHeaders(x *row) []sarama.RecordHeader {
+	hs := make([]sarama.RecordHeader, 0, 8)
+	add := func(k, v string) {
+		if v != "" {
+			hs = append(hs, sarama.RecordHeader{Key: []byte(k), Value: []byte(v)})
+		}
+	}
+	add(HeaderID, x.messageID)
+	add(HeaderType, x.typ)
+	add(HeaderCorrelationID, x.corr)
+	add(HeaderCausationID, x.cause)
+	add(HeaderSagaID, x.saga)
+	add(HeaderTraceparent, x.tp)
+	add(HeaderTracestate, x.ts)
+	if x.headers != "" && x.headers != "{}" {
+		var extra map[string]string
+		if json.Unmarshal([]byte(x.headers), &extra) == nil {
+			for k, v := range extra {
+				hs = append(hs, sarama.RecordHeader{Key: []byte(k), Value: []byte(v)})
+			}
+		}
+	}
+	return hs
+}
+
+// listen wakes the relay on NOTIFY from writers in other processes.
+func (r *Relay) listen(ctx context.Context) {
+	backoff := r.cfg.RetryBackoff
+	for ctx.Err() == nil {
+		err := func() error {
+			conn, err := r.cfg.Pool.Acquire(ctx)
+			if err != nil {
+				return err
+			}
+			defer conn.Release()
+			if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{r.cfg.ListenChannel}.Sanitize()); err != nil {
+				return err
+			}
+			defer func() {
+				// Do not hand a LISTENing connection back to the pool.
+				_ = conn.Conn().Close(context.WithoutCancel(ctx))
+			}()
+			for {
+				if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
+					return err
+				}
+				r.Notify()
+			}
+		}()
+		if ctx.Err() != nil {
+			return
+		}
+		r.log.Warn("outbox relay: listen failed, retrying", "channel", r.cfg.ListenChannel, "err", err)
+		r.sleep(ctx, backoff)
+		backoff = min(2*backoff, r.cfg.MaxRetryBackoff)
+	}
+}
