@@ -9,9 +9,9 @@ import (
 	"slices"
 	"strings"
 
+	wsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/components/cqrs"
 	"github.com/ThreeDotsLabs/watermill/message"
-	wsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
 	"github.com/google/uuid"
 	"github.com/hamba/avro/v2"
 	"github.com/jackc/pgx/v5/pgconn"
