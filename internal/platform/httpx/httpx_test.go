@@ -1,0 +1,211 @@
+package httpx
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+var quiet = slog.New(slog.DiscardHandler)
+
+type signup struct {
+	Email string `json:"email"`
+	Age   int    `json:"age"`
+}
+
+func TestDecodeJSONIsStrict(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name, body, ctype string
+		status            int
+		code              string
+	}{
+		{"valid", `{"email":"a@b.c","age":3}`, "application/json", 200, ""},
+		{"valid with charset", `{"email":"a@b.c"}`, "application/json; charset=utf-8", 200, ""},
+		{"no content type", `{"email":"a@b.c"}`, "", 200, ""},
+		{"empty", ``, "application/json", 400, "empty_body"},
+		{"malformed", `{"email":`, "application/json", 400, "malformed_json"},
+		{"syntax error", `{"email" "x"}`, "application/json", 400, "malformed_json"},
+		{"unknown field", `{"email":"a@b.c","admin":true}`, "application/json", 400, "unknown_field"},
+		{"wrong type", `{"email":"a@b.c","age":"three"}`, "application/json", 400, "invalid_field"},
+		{"array instead of object", `[1,2]`, "application/json", 400, "malformed_json"},
+		{"trailing object", `{"email":"a"}{"email":"b"}`, "application/json", 400, "malformed_json"},
+		{"trailing garbage", `{"email":"a"} x`, "application/json", 400, "malformed_json"},
+		{"oversized", `{"email":"` + strings.Repeat("a", MaxBodyBytes) + `"}`, "application/json", 413, "body_too_large"},
+		{"form", `email=a`, "application/x-www-form-urlencoded", 415, "unsupported_media_type"},
+	}
+	for _, c := range cases {
+		h := Handle(quiet, func(w http.ResponseWriter, r *http.Request) error {
+			var s signup
+			if err := DecodeJSON(w, r, &s); err != nil {
+				return err
+			}
+			WriteJSON(w, 200, s)
+			return nil
+		})
+		req := httptest.NewRequest("POST", "/", strings.NewReader(c.body))
+		if c.ctype != "" {
+			req.Header.Set("Content-Type", c.ctype)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != c.status {
+			t.Errorf("%s: status %d, want %d: %s", c.name, rec.Code, c.status, rec.Body)
+			continue
+		}
+		if c.code != "" {
+			var body map[string]any
+			if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+				t.Errorf("%s: error body is not JSON: %s", c.name, rec.Body)
+			}
+			if body["code"] != c.code || body["error"] == "" {
+				t.Errorf("%s: body %s, want code %s", c.name, rec.Body, c.code)
+			}
+		}
+	}
+}
+
+func TestInternalErrorsAreNotLeaked(t *testing.T) {
+	t.Parallel()
+	h := Handle(quiet, func(w http.ResponseWriter, r *http.Request) error {
+		return errors.New("pq: password authentication failed for user shop")
+	})
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	if rec.Code != 500 || strings.Contains(rec.Body.String(), "password") {
+		t.Fatalf("%d %s", rec.Code, rec.Body)
+	}
+}
+
+func newMux() (*http.ServeMux, *Health, *Metrics) {
+	mux := http.NewServeMux()
+	h := NewHealth()
+	h.Register(mux)
+	m := NewMetrics("test")
+	mux.Handle("GET /metrics", m.Handler())
+	mux.Handle("GET /openapi.json", OpenAPI([]byte(`{"openapi":"3.1.0"}`)))
+	mux.HandleFunc("GET /items/{id}", func(w http.ResponseWriter, r *http.Request) {
+		WriteJSON(w, 200, map[string]string{"id": r.PathValue("id")})
+	})
+	mux.HandleFunc("GET /panic", func(w http.ResponseWriter, r *http.Request) { panic("boom") })
+	return mux, h, m
+}
+
+func do(t *testing.T, h http.Handler, method, path string) (*httptest.ResponseRecorder, map[string]any) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(method, path, nil))
+	var body map[string]any
+	_ = json.Unmarshal(rec.Body.Bytes(), &body)
+	return rec, body
+}
+
+func TestRoutingErrorsAreJSONAndMetricsUseThePattern(t *testing.T) {
+	t.Parallel()
+	mux, _, m := newMux()
+	h := Middleware(quiet, m, JSONErrors(mux))
+
+	if rec, body := do(t, h, "GET", "/nope"); rec.Code != 404 || body["code"] != "not_found" {
+		t.Errorf("unknown path: %d %v", rec.Code, body)
+	}
+	rec, body := do(t, h, "DELETE", "/items/1")
+	if rec.Code != 405 || body["code"] != "method_not_allowed" || !strings.Contains(rec.Header().Get("Allow"), "GET") {
+		t.Errorf("wrong method: %d %v %v", rec.Code, body, rec.Header())
+	}
+	if rec, body := do(t, h, "GET", "/panic"); rec.Code != 500 || body["code"] != "internal" {
+		t.Errorf("panic: %d %v", rec.Code, body)
+	}
+	if rec, _ := do(t, h, "GET", "/items/42"); rec.Code != 200 || rec.Header().Get("X-Request-ID") == "" {
+		t.Errorf("item: %d %v", rec.Code, rec.Header())
+	}
+	rec, _ = do(t, h, "GET", "/metrics")
+	text := rec.Body.String()
+	for _, want := range []string{
+		`http_requests_total{code="200",method="GET",route="GET /items/{id}",service="test"} 1`,
+		`http_requests_total{code="404",method="GET",route="unmatched",service="test"} 1`,
+		`http_requests_total{code="500",method="GET",route="GET /panic",service="test"} 1`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(text, `route="/items/42"`) {
+		t.Error("raw paths used as labels")
+	}
+}
+
+func TestReadyzRunsChecksAndDrains(t *testing.T) {
+	t.Parallel()
+	mux, health, _ := newMux()
+	var dbErr error
+	health.Add("postgres", func(ctx context.Context) error { return dbErr })
+
+	if rec, _ := do(t, mux, "GET", "/healthz"); rec.Code != 200 {
+		t.Errorf("healthz %d", rec.Code)
+	}
+	if rec, body := do(t, mux, "GET", "/readyz"); rec.Code != 200 || body["status"] != "ok" {
+		t.Errorf("readyz %d %v", rec.Code, body)
+	}
+	dbErr = errors.New("connection refused")
+	rec, body := do(t, mux, "GET", "/readyz")
+	if rec.Code != 503 || body["checks"].(map[string]any)["postgres"] != "connection refused" {
+		t.Errorf("readyz with db down: %d %v", rec.Code, body)
+	}
+	if rec, _ := do(t, mux, "GET", "/healthz"); rec.Code != 200 {
+		t.Errorf("healthz must not depend on the database: %d", rec.Code)
+	}
+	dbErr = nil
+	health.Drain()
+	if rec, _ := do(t, mux, "GET", "/readyz"); rec.Code != 503 {
+		t.Errorf("readyz while draining %d", rec.Code)
+	}
+}
+
+// A request in flight when shutdown starts still gets its answer.
+func TestServeDrainsInFlightRequests(t *testing.T) {
+	t.Parallel()
+	started := make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		time.Sleep(200 * time.Millisecond)
+		_, _ = io.WriteString(w, "done")
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- Serve(ctx, l, h, quiet) }()
+
+	got := make(chan string, 1)
+	go func() {
+		resp, err := http.Get("http://" + l.Addr().String() + "/")
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		got <- string(b)
+	}()
+	<-started
+	cancel()
+	if s := <-got; s != "done" {
+		t.Fatalf("in-flight request got %q", s)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	if _, err := http.Get("http://" + l.Addr().String() + "/"); err == nil {
+		t.Fatal("still serving after shutdown")
+	}
+}
