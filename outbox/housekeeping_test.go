@@ -1,0 +1,77 @@
+package outbox_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sagabox/sagabox/internal/testkit"
+	"github.com/sagabox/sagabox/outbox"
+)
+
+// PITFALLS 7: published rows are deleted after the retention, in small
+// batches, so the table does not grow without bound; pending and parked rows
+// are never touched.
+func TestCleanupDeletesOnlyPublishedRowsPastRetention(t *testing.T) {
+	t.Parallel()
+	rb := setupRelay(t, 1)
+	ctx := testkit.Ctx(t)
+	rb.writeSeq(t, "orders", 3, 25)
+	relay, _ := rb.startRelay(t, func(c *outbox.RelayConfig) {
+		c.Retention = time.Hour
+		c.CleanupBatch = 7
+		c.CleanupInterval = time.Hour // we call Cleanup ourselves
+	})
+	testkit.Eventually(t, 10*time.Second, "published", func() bool { return pendingCount(t, rb) == 0 })
+	// Age 20 of the rows past the retention; keep 5 recent; add a parked and a pending row.
+	_, err := rb.pool.Exec(ctx, `UPDATE sagabox.outbox SET published_at = now() - interval '2 hours' WHERE id IN (SELECT id FROM sagabox.outbox ORDER BY id LIMIT 20)`)
+	testkit.Must(t, err, "age rows")
+	testkit.Must(t, pgx.BeginFunc(ctx, rb.pool, func(tx pgx.Tx) error {
+		return rb.writer.Write(ctx, tx, outbox.Message{Topic: "orders", Key: "p", Type: orderPlacedType, Value: orderPlaced{OrderID: "p"}})
+	}), "write")
+	_, err = rb.pool.Exec(ctx, `UPDATE sagabox.outbox SET parked_at = now() - interval '2 hours', published_at = NULL WHERE key = 'p'`)
+	testkit.Must(t, err, "park")
+
+	n, err := relay.Cleanup(ctx)
+	testkit.Must(t, err, "cleanup")
+	if n != 20 {
+		t.Fatalf("deleted %d rows, want the 20 published past retention", n)
+	}
+	var left, parked int
+	testkit.Must(t, rb.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE parked_at IS NOT NULL) FROM sagabox.outbox`).Scan(&left, &parked), "count")
+	if left != 6 || parked != 1 {
+		t.Fatalf("left %d rows (%d parked), want 5 recent published + 1 parked", left, parked)
+	}
+}
+
+// Writers in other processes wake the relay with NOTIFY when configured:
+// with a poll interval of a minute, only the notification can explain a
+// prompt delivery.
+func TestRelayWakesOnNotifyFromAnotherProcess(t *testing.T) {
+	t.Parallel()
+	rb := setupRelay(t, 1)
+	ctx := testkit.Ctx(t)
+	w, err := outbox.NewWriter(ctx, rb.pool, outbox.WriterConfig{Codec: rb.codec, NotifyChannel: "sagabox_outbox"})
+	testkit.Must(t, err, "writer")
+	const listen = "sagabox_outbox"
+	rb.startRelay(t, func(c *outbox.RelayConfig) {
+		c.PollInterval = time.Minute
+		c.LeaseTTL = time.Minute // lease renewals (every TTL/5) must not poll for us either
+		c.ListenChannel = listen
+	})
+	time.Sleep(300 * time.Millisecond) // let the relay finish its first, empty poll and LISTEN
+	testkit.Must(t, pgx.BeginFunc(ctx, rb.pool, func(tx pgx.Tx) error {
+		return w.Write(ctx, tx, outbox.Message{Topic: "orders", Key: "n", Type: orderPlacedType, Value: orderPlaced{OrderID: "n"}})
+	}), "write")
+	if recs := testkit.ReadAll(t, rb.brokers, "orders", 1, 3*time.Second); len(recs) != 1 {
+		t.Fatal("the relay did not wake on NOTIFY")
+	}
+}
+
+func TestRelayConfigIsValidated(t *testing.T) {
+	t.Parallel()
+	if _, err := outbox.NewRelay(outbox.RelayConfig{}); err == nil {
+		t.Fatal("empty config accepted")
+	}
+}
