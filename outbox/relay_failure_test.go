@@ -319,7 +319,10 @@ func TestRelayRetryDoesNotLetLaterMessagesOfAKeyOvertake(t *testing.T) {
 	want := rb.writeSeq(t, "orders", 1, 10) // key k0, seq 0..9
 	// Fail the first produce and the relay's three quick retries of it.
 	fault := rb.kafka.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "orders", Err: kerr.NotLeaderForPartition, Count: 4})
-	rb.startRelay(t, func(c *outbox.RelayConfig) { c.RetryBackoff = 1500 * time.Millisecond; c.MaxRetryBackoff = 3 * time.Second })
+	rb.startRelay(t, func(c *outbox.RelayConfig) {
+		c.RetryBackoff = 1500 * time.Millisecond
+		c.MaxRetryBackoff = 3 * time.Second
+	})
 
 	testkit.Eventually(t, 10*time.Second, "first message backing off", func() bool {
 		var n int
