@@ -1,0 +1,115 @@
+package saga
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
+	"github.com/sagabox/sagabox/outbox"
+)
+
+// SaramaConfig returns the consumer configuration the saga consumers use
+// unless overridden: the watermill-kafka defaults, starting from the oldest
+// offset when a consumer group has none (a reply written before the group
+// first joined must not be skipped).
+func SaramaConfig() *sarama.Config {
+	c := kafka.DefaultSaramaSubscriberConfig()
+	c.Consumer.Offsets.Initial = sarama.OffsetOldest
+	c.ClientID = "sagabox-saga"
+	return c
+}
+
+// consumeConfig is what runRouter needs.
+type consumeConfig struct {
+	Brokers         []string
+	ConsumerGroup   string
+	Topic           string
+	Sarama          *sarama.Config
+	NackResendSleep time.Duration
+	Logger          *slog.Logger
+	Name            string
+}
+
+// runRouter consumes topic with a watermill router until ctx is done, then
+// closes the router, which waits for the handler in flight.
+func runRouter(ctx context.Context, c consumeConfig, h message.NoPublishHandlerFunc) error {
+	wlog := watermill.NewSlogLoggerWithLevelMapping(c.Logger, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
+	sc := c.Sarama
+	if sc == nil {
+		sc = SaramaConfig()
+	}
+	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
+		Brokers:               c.Brokers,
+		Unmarshaler:           outbox.KafkaUnmarshaler{},
+		OverwriteSaramaConfig: sc,
+		ConsumerGroup:         c.ConsumerGroup,
+		NackResendSleep:       c.NackResendSleep,
+		ReconnectRetrySleep:   200 * time.Millisecond,
+	}, wlog)
+	if err != nil {
+		return fmt.Errorf("saga: %s: subscriber: %w", c.Name, err)
+	}
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 30 * time.Second}, wlog)
+	if err != nil {
+		return fmt.Errorf("saga: %s: router: %w", c.Name, err)
+	}
+	router.AddNoPublisherHandler(c.Name, c.Topic, sub, h)
+	done := make(chan error, 1)
+	go func() { done <- router.Run(context.WithoutCancel(ctx)) }()
+	select {
+	case <-ctx.Done():
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("saga: %s: router: %w", c.Name, err)
+		}
+		return errors.New("saga: " + c.Name + ": router stopped")
+	}
+	closeErr := router.Close()
+	if err := <-done; err != nil {
+		return fmt.Errorf("saga: %s: router: %w", c.Name, err)
+	}
+	if closeErr != nil {
+		return fmt.Errorf("saga: %s: close router: %w", c.Name, closeErr)
+	}
+	return nil
+}
+
+// deadLetter writes a record that cannot be decoded to the dead-letter topic
+// through the outbox, with the reason, so the partition moves on.
+func writeDeadLetter(ctx context.Context, db interface {
+	Begin(context.Context) (pgx.Tx, error)
+}, w *outbox.Writer, topic string, msg *message.Message, reason error) error {
+	md := msg.Metadata
+	part, _ := strconv.Atoi(md.Get(outbox.MetadataPartition))
+	off, _ := strconv.ParseInt(md.Get(outbox.MetadataOffset), 10, 64)
+	headers := map[string]string{}
+	for k, v := range md {
+		headers[k] = v
+	}
+	dl := deadLetter{Topic: md.Get(outbox.MetadataTopic), Partition: part, Offset: off,
+		Key: md.Get(outbox.MetadataKey), Reason: reason.Error(), Value: msg.Payload, Headers: headers}
+	if dl.Value == nil {
+		dl.Value = []byte{}
+	}
+	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		return w.Write(ctx, tx, outbox.Message{Topic: topic, Key: dl.Key, Type: DeadLetterType, Value: dl,
+			CausationID: msg.UUID, SagaID: md.Get(outbox.HeaderSagaID), CorrelationID: md.Get(outbox.HeaderCorrelationID)})
+	})
+}
+
+// undecodable reports decode errors that will never go away: dead-letter
+// them. Anything else (the registry is down) is retried.
+func undecodable(err error) bool {
+	return errors.Is(err, outbox.ErrNotAvro) || errors.Is(err, outbox.ErrUnknownSchemaID) ||
+		errors.Is(err, outbox.ErrUndecodable) || errors.Is(err, errNotEnvelope)
+}
+
+var errNotEnvelope = errors.New("saga: not a saga envelope")

@@ -1,0 +1,366 @@
+package saga
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// Status of a saga.
+type Status string
+
+const (
+	// StatusRunning: going forward through the steps.
+	StatusRunning Status = "running"
+	// StatusCompensating: a step failed; undoing the completed steps in
+	// reverse order.
+	StatusCompensating Status = "compensating"
+	// StatusSucceeded: every step succeeded.
+	StatusSucceeded Status = "succeeded"
+	// StatusCompensated: a step failed and every completed step was undone.
+	StatusCompensated Status = "compensated"
+	// StatusFailed: a compensation (or a step past the pivot) kept failing
+	// after its retries. The saga is stuck half done and needs an operator
+	// (Orchestrator.Retry); it is never reported as compensated.
+	StatusFailed Status = "failed"
+)
+
+// Finished reports whether the status is final.
+func (s Status) Finished() bool {
+	return s == StatusSucceeded || s == StatusCompensated || s == StatusFailed
+}
+
+// state is a saga's row, without its data.
+type state struct {
+	ID            uuid.UUID
+	Type          string
+	DefVersion    int
+	Status        Status
+	Step          int
+	Attempt       int
+	Compensation  bool // in the compensation phase (also when failed there)
+	Deadline      time.Time
+	NextRetryAt   time.Time
+	StepStartedAt time.Time
+	LastError     string
+	Version       int64
+	CorrelationID string
+}
+
+func (s *state) awaiting() bool { return !s.Deadline.IsZero() }
+
+// outCommand is a command the machine wants sent.
+type outCommand struct {
+	Topic    string
+	Envelope commandEnvelope
+}
+
+// Attempt outcomes in the step history.
+const (
+	outcomeSucceeded = "succeeded"
+	outcomeRejected  = "rejected"
+	outcomeError     = "error"
+	outcomeTimedOut  = "timed_out"
+	outcomeAborted   = "aborted"
+)
+
+// env is what the machine does I/O through: the orchestrator's transaction,
+// or sagatest's memory.
+type env[D any] interface {
+	now() time.Time
+	// runLocal runs fn so that its effects vanish if it fails.
+	runLocal(ctx context.Context, fn LocalFunc[D], data *D) error
+	send(cmd outCommand)
+	attemptStarted(step int, compensation bool, attempt int, name string, at time.Time)
+	attemptEnded(step int, compensation bool, attempt int, outcome, errText string, at time.Time, latency time.Duration)
+	finished(s *state)
+}
+
+type machine[D any] struct {
+	def        *Definition[D]
+	replyTopic string
+	encode     func(typ string, v any) ([]byte, error)
+}
+
+// advance runs local steps and sends the next command until the saga waits
+// (for a reply or a retry) or finishes.
+func (m *machine[D]) advance(ctx context.Context, e env[D], s *state, data *D) error {
+	for {
+		switch s.Status {
+		case StatusRunning:
+			if s.Step >= len(m.def.steps) {
+				m.finish(e, s, StatusSucceeded)
+				return nil
+			}
+			st := &m.def.steps[s.Step]
+			if st.Local != nil {
+				if err := m.runLocal(ctx, e, s, st.Local, st.Name, data); err != nil {
+					return err
+				}
+				continue
+			}
+			return m.invoke(e, s, st.Invoke, st.Name, st.Timeout, data)
+		case StatusCompensating:
+			for s.Step >= 0 && !m.def.steps[s.Step].hasCompensation() {
+				s.Step--
+				s.Attempt = 1
+			}
+			if s.Step < 0 {
+				m.finish(e, s, StatusCompensated)
+				return nil
+			}
+			st := &m.def.steps[s.Step]
+			if st.CompensateLocal != nil {
+				if err := m.runLocal(ctx, e, s, st.CompensateLocal, st.Name, data); err != nil {
+					return err
+				}
+				continue
+			}
+			return m.invoke(e, s, st.Compensate, st.Name, st.CompensationTimeout, data)
+		default:
+			return nil
+		}
+	}
+}
+
+func (m *machine[D]) finish(e env[D], s *state, st Status) {
+	s.Status = st
+	s.Deadline, s.NextRetryAt = time.Time{}, time.Time{}
+	e.finished(s)
+}
+
+// runLocal runs a local step or compensation and moves the state on. Only an
+// error of the environment (the database) is returned.
+func (m *machine[D]) runLocal(ctx context.Context, e env[D], s *state, fn LocalFunc[D], name string, data *D) error {
+	now := e.now()
+	e.attemptStarted(s.Step, s.Compensation, s.Attempt, name, now)
+	work, err := clone(data)
+	if err != nil {
+		return err
+	}
+	runErr := e.runLocal(ctx, fn, work)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	end := e.now()
+	if runErr == nil {
+		e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcomeSucceeded, "", end, end.Sub(now))
+		*data = *work
+		m.stepDone(s)
+		return nil
+	}
+	outcome := outcomeError
+	if errors.Is(runErr, ErrRejected) {
+		outcome = outcomeRejected
+	}
+	e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcome, runErr.Error(), end, end.Sub(now))
+	// A failed local step was rolled back: it needs no compensation.
+	m.failed(e, s, outcome == outcomeRejected, true, rejectionReason(runErr))
+	return nil
+}
+
+func (m *machine[D]) invoke(e env[D], s *state, inv *Invocation[D], name string, timeout time.Duration, data *D) error {
+	env := commandEnvelope{
+		SagaID: s.ID.String(), SagaType: m.def.name, Step: s.Step, StepName: name,
+		Attempt: s.Attempt, Compensation: s.Compensation, Command: inv.Command,
+		ReplyTopic: m.replyTopic, PayloadType: inv.Type,
+	}
+	if inv.Payload != nil {
+		v, err := inv.Payload(data)
+		if err != nil {
+			return fmt.Errorf("saga %s: step %q: build %s payload: %w", m.def.name, name, inv.Command, err)
+		}
+		if env.Payload, err = m.encode(inv.Type, v); err != nil {
+			return fmt.Errorf("saga %s: step %q: encode %s payload: %w", m.def.name, name, inv.Command, err)
+		}
+	}
+	if env.Payload == nil {
+		env.Payload = []byte{}
+	}
+	now := e.now()
+	e.send(outCommand{Topic: inv.Topic, Envelope: env})
+	e.attemptStarted(s.Step, s.Compensation, s.Attempt, name, now)
+	s.Deadline = now.Add(timeout)
+	s.NextRetryAt = time.Time{}
+	s.StepStartedAt = now
+	return nil
+}
+
+// stepDone moves to the next step (forward) or the previous one (back).
+func (m *machine[D]) stepDone(s *state) {
+	s.Deadline, s.NextRetryAt = time.Time{}, time.Time{}
+	s.Attempt = 1
+	if s.Status == StatusCompensating {
+		s.Step--
+	} else {
+		s.Step++
+	}
+}
+
+// failed handles a failed attempt. final: the participant (or local step)
+// said no and retrying cannot help. clean: the step certainly had no effect
+// (rejected, or a rolled back local step), so it needs no compensation.
+func (m *machine[D]) failed(e env[D], s *state, final, clean bool, reason string) {
+	st := &m.def.steps[s.Step]
+	s.Deadline = time.Time{}
+	s.LastError = fmt.Sprintf("step %s attempt %d: %s", st.Name, s.Attempt, reason)
+	if s.Status == StatusCompensating {
+		// A compensation must not give up lightly: a "no" is retried too.
+		if s.Attempt < st.CompensationRetry.MaxAttempts {
+			m.retryLater(e, s, st.CompensationRetry)
+			return
+		}
+		m.finish(e, s, StatusFailed)
+		return
+	}
+	if !final && s.Attempt < st.Retry.MaxAttempts {
+		m.retryLater(e, s, st.Retry)
+		return
+	}
+	switch {
+	case st.Kind == Retriable:
+		m.finish(e, s, StatusFailed)
+	case st.Kind == Pivot && !clean:
+		s.LastError += " (the pivot's outcome is unknown: not compensating)"
+		m.finish(e, s, StatusFailed)
+	default:
+		m.compensateFrom(s, clean)
+	}
+}
+
+func (m *machine[D]) compensateFrom(s *state, clean bool) {
+	s.Status = StatusCompensating
+	s.Compensation = true
+	s.Attempt = 1
+	s.Deadline, s.NextRetryAt = time.Time{}, time.Time{}
+	if clean {
+		s.Step--
+	}
+}
+
+func (m *machine[D]) retryLater(e env[D], s *state, p RetryPolicy) {
+	s.Attempt++
+	s.NextRetryAt = e.now().Add(p.backoff(s.Attempt))
+}
+
+// onReply applies a reply. It returns false when the reply is not the one the
+// saga waits for (finished saga, other step or phase, old attempt, or a
+// duplicate): such replies are ignored.
+func (m *machine[D]) onReply(ctx context.Context, e env[D], s *state, data *D, r *Reply) (bool, error) {
+	if s.Status.Finished() || !s.awaiting() || r.Step != s.Step || r.Attempt != s.Attempt ||
+		r.Compensation != (s.Status == StatusCompensating) {
+		return false, nil
+	}
+	st := &m.def.steps[s.Step]
+	now := e.now()
+	latency := now.Sub(s.StepStartedAt)
+	switch r.Outcome {
+	case Success:
+		inv := st.Invoke
+		if s.Status == StatusCompensating {
+			inv = st.Compensate
+		}
+		if inv.OnReply != nil {
+			work, err := clone(data)
+			if err != nil {
+				return false, err
+			}
+			if err := inv.OnReply(work, r); err != nil {
+				// The participant did it, but the saga cannot use the
+				// answer: fail the step, compensating it too.
+				e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcomeError, "OnReply: "+err.Error(), now, latency)
+				m.failed(e, s, true, false, "OnReply: "+err.Error())
+				return true, m.advance(ctx, e, s, data)
+			}
+			*data = *work
+		}
+		e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcomeSucceeded, "", now, latency)
+		m.stepDone(s)
+	case Rejected:
+		e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcomeRejected, r.Reason, now, latency)
+		m.failed(e, s, true, true, "rejected: "+r.Reason)
+	default:
+		e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcomeError, r.Reason, now, latency)
+		m.failed(e, s, false, false, "error: "+r.Reason)
+	}
+	return true, m.advance(ctx, e, s, data)
+}
+
+// onDue handles an expired deadline (the attempt timed out) or a retry that
+// is due. It returns false when nothing was due.
+func (m *machine[D]) onDue(ctx context.Context, e env[D], s *state, data *D) (bool, error) {
+	now := e.now()
+	switch {
+	case s.Status.Finished():
+		return false, nil
+	case s.awaiting() && !now.Before(s.Deadline):
+		e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcomeTimedOut, "no reply before the deadline", now, now.Sub(s.StepStartedAt))
+		m.failed(e, s, false, false, "timed out")
+		return true, m.advance(ctx, e, s, data)
+	case !s.NextRetryAt.IsZero() && !now.Before(s.NextRetryAt):
+		s.NextRetryAt = time.Time{}
+		return true, m.advance(ctx, e, s, data)
+	}
+	return false, nil
+}
+
+// retry restarts a failed saga where it failed, with fresh attempts.
+func (m *machine[D]) retry(ctx context.Context, e env[D], s *state, data *D) error {
+	if s.Status != StatusFailed {
+		return fmt.Errorf("%w: saga %s is %s; only failed sagas can be retried", ErrWrongState, s.ID, s.Status)
+	}
+	s.Status = StatusRunning
+	if s.Compensation {
+		s.Status = StatusCompensating
+	}
+	s.Attempt = 1
+	s.Deadline, s.NextRetryAt = time.Time{}, time.Time{}
+	return m.advance(ctx, e, s, data)
+}
+
+// abort starts compensating a running saga that has not passed its pivot.
+func (m *machine[D]) abort(ctx context.Context, e env[D], s *state, data *D, reason string) error {
+	if s.Status != StatusRunning {
+		return fmt.Errorf("%w: saga %s is %s; only running sagas can be aborted", ErrWrongState, s.ID, s.Status)
+	}
+	for i := 0; i < s.Step && i < len(m.def.steps); i++ {
+		if m.def.steps[i].Kind != Compensatable {
+			return fmt.Errorf("%w: saga %s is past its pivot (%s) and can only go forward", ErrWrongState, s.ID, m.def.steps[i].Name)
+		}
+	}
+	clean := true
+	if s.awaiting() {
+		// The step's command is out: it may run, so compensate it too.
+		now := e.now()
+		e.attemptEnded(s.Step, false, s.Attempt, outcomeAborted, reason, now, now.Sub(s.StepStartedAt))
+		clean = false
+	}
+	if s.Step >= len(m.def.steps) {
+		s.Step = len(m.def.steps)
+		clean = true
+	}
+	s.LastError = "aborted: " + reason
+	m.compensateFrom(s, clean)
+	return m.advance(ctx, e, s, data)
+}
+
+// clone deep-copies data through JSON, the form it is stored in, so that a
+// failed step cannot leave half its changes behind.
+func clone[D any](data *D) (*D, error) {
+	b, err := json.Marshal(data)
+	if err != nil {
+		return nil, fmt.Errorf("saga: data does not marshal to JSON: %w", err)
+	}
+	out := new(D)
+	if err := json.Unmarshal(b, out); err != nil {
+		return nil, fmt.Errorf("saga: data does not round-trip through JSON: %w", err)
+	}
+	return out, nil
+}
+
+var _ = pgx.ErrNoRows

@@ -1,0 +1,84 @@
+package saga
+
+import (
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are labelled by saga type. Several orchestrators may share one
+// registerer: the second one reuses the collectors the first registered.
+type metrics struct {
+	started     prometheus.Counter
+	finished    *prometheus.CounterVec // by status
+	stepLatency prometheus.Observer
+	inFlight    prometheus.Gauge
+	ignored     prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, sagaType string) (*metrics, error) {
+	labels := prometheus.Labels{"saga_type": sagaType}
+	started := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sagabox", Subsystem: "saga",
+		Name: "started_total", Help: "Sagas started."}, []string{"saga_type"})
+	finished := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sagabox", Subsystem: "saga",
+		Name: "finished_total", Help: "Sagas finished, by final status: succeeded, compensated or failed."}, []string{"saga_type", "status"})
+	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "sagabox", Subsystem: "saga",
+		Name: "step_duration_seconds", Help: "Time from sending a step's command (or starting a local step) to its outcome.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12)}, []string{"saga_type"})
+	inFlight := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "sagabox", Subsystem: "saga",
+		Name: "in_flight", Help: "Sagas running or compensating, as last counted in the database."}, []string{"saga_type"})
+	ignored := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sagabox", Subsystem: "saga",
+		Name: "replies_ignored_total", Help: "Late or duplicate replies ignored."}, []string{"saga_type"})
+	if reg != nil {
+		var err error
+		if started, err = register(reg, started); err != nil {
+			return nil, err
+		}
+		if finished, err = register(reg, finished); err != nil {
+			return nil, err
+		}
+		if latency, err = register(reg, latency); err != nil {
+			return nil, err
+		}
+		if inFlight, err = register(reg, inFlight); err != nil {
+			return nil, err
+		}
+		if ignored, err = register(reg, ignored); err != nil {
+			return nil, err
+		}
+	}
+	return &metrics{
+		started:     started.With(labels),
+		finished:    finished.MustCurryWith(labels),
+		stepLatency: latency.With(labels),
+		inFlight:    inFlight.With(labels),
+		ignored:     ignored.With(labels),
+	}, nil
+}
+
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing, nil
+			}
+		}
+		return c, err
+	}
+	return c, nil
+}
+
+func (m *metrics) record(finishes []Status, hist []*histOp) {
+	for _, st := range finishes {
+		m.finished.WithLabelValues(string(st)).Inc()
+	}
+	for _, h := range hist {
+		if h.ended && h.latency > 0 {
+			m.stepLatency.Observe(h.latency.Seconds())
+		}
+	}
+}
+
+var _ = time.Second

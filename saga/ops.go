@@ -1,0 +1,155 @@
+package saga
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// Info is what an operator sees of a saga.
+type Info struct {
+	ID                uuid.UUID
+	Type              string
+	DefinitionVersion int
+	Status            Status
+	// Step is the index of the current step (being run, compensated, or
+	// where the saga stopped).
+	Step    int
+	Attempt int
+	// Compensation is true once the saga started compensating.
+	Compensation bool
+	// Version grows with every state change.
+	Version       int64
+	Deadline      *time.Time // awaiting a reply until then
+	NextRetryAt   *time.Time // backing off until then
+	LastError     string
+	CorrelationID string
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
+	FinishedAt    *time.Time
+	// Data is the saga's data as stored (JSON).
+	Data json.RawMessage
+	// History has one entry per attempt of a step or compensation, in
+	// order. Only Get fills it.
+	History []Attempt
+}
+
+// Attempt is one attempt of a step or of its compensation.
+type Attempt struct {
+	Step         int
+	Name         string
+	Compensation bool
+	Attempt      int
+	StartedAt    time.Time
+	FinishedAt   *time.Time
+	// Outcome is succeeded, rejected, error, timed_out or aborted; empty
+	// while in flight.
+	Outcome string
+	Error   string
+}
+
+const infoColumns = `id, saga_type, definition_version, status, step, attempt, compensation, version,
+	deadline, next_retry_at, last_error, correlation_id, created_at, updated_at, finished_at, data`
+
+func scanInfo(row pgx.Row) (Info, error) {
+	var i Info
+	var status string
+	err := row.Scan(&i.ID, &i.Type, &i.DefinitionVersion, &status, &i.Step, &i.Attempt, &i.Compensation, &i.Version,
+		&i.Deadline, &i.NextRetryAt, &i.LastError, &i.CorrelationID, &i.CreatedAt, &i.UpdatedAt, &i.FinishedAt, &i.Data)
+	i.Status = Status(status)
+	return i, err
+}
+
+// Get returns a saga with its step history.
+func Get(ctx context.Context, db Querier, id uuid.UUID) (*Info, error) {
+	i, err := scanInfo(db.QueryRow(ctx, `SELECT `+infoColumns+` FROM sagabox.sagas WHERE id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("saga: get %s: %w", id, err)
+	}
+	rows, err := db.Query(ctx, `SELECT step, name, compensation, attempt, started_at, finished_at, coalesce(outcome, ''), error
+FROM sagabox.saga_steps WHERE saga_id = $1 ORDER BY started_at, compensation, step, attempt`, id)
+	if err != nil {
+		return nil, fmt.Errorf("saga: history of %s: %w", id, err)
+	}
+	i.History, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Attempt, error) {
+		var a Attempt
+		err := r.Scan(&a.Step, &a.Name, &a.Compensation, &a.Attempt, &a.StartedAt, &a.FinishedAt, &a.Outcome, &a.Error)
+		return a, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("saga: history of %s: %w", id, err)
+	}
+	return &i, nil
+}
+
+// ListOptions selects sagas for List. The conditions combine with OR
+// (failed, or stuck); Type narrows them.
+type ListOptions struct {
+	// Type, when set, lists only sagas of that definition.
+	Type string
+	// Failed lists failed sagas.
+	Failed bool
+	// StuckFor lists unfinished sagas whose state has not changed for at
+	// least this long (0: not listed).
+	StuckFor time.Duration
+	// Limit defaults to 100.
+	Limit int
+}
+
+// List returns failed and stuck sagas, oldest change first, without their
+// history.
+func List(ctx context.Context, db Querier, opt ListOptions) ([]Info, error) {
+	if opt.Limit <= 0 {
+		opt.Limit = 100
+	}
+	stuck := any(nil)
+	if opt.StuckFor > 0 {
+		stuck = time.Now().Add(-opt.StuckFor)
+	}
+	rows, err := db.Query(ctx, `SELECT `+infoColumns+` FROM sagabox.sagas
+WHERE (finished_at IS NULL OR status = 'failed')
+  AND (($1 AND status = 'failed') OR (status <> 'failed' AND updated_at <= $2))
+  AND ($3 = '' OR saga_type = $3)
+ORDER BY updated_at LIMIT $4`, opt.Failed, stuck, opt.Type, opt.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("saga: list: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Info, error) { return scanInfo(r) })
+}
+
+// Cleanup deletes, in batches of DefaultCleanupBatch, the sagas that
+// succeeded or were compensated more than retention ago (with their
+// history) and the inbox entries older than retention. Failed sagas stay
+// until an operator retries them. Orchestrator.Run calls it every
+// Config.CleanupInterval; participants' services call it themselves. It
+// returns how many rows it deleted.
+func Cleanup(ctx context.Context, db Querier, retention time.Duration) (int64, error) {
+	before := time.Now().Add(-retention)
+	var total int64
+	for _, q := range []string{
+		`DELETE FROM sagabox.sagas WHERE id IN (SELECT id FROM sagabox.sagas
+			WHERE finished_at < $1 AND status <> 'failed' ORDER BY finished_at LIMIT $2)`,
+		`DELETE FROM sagabox.saga_inbox WHERE ctid IN (SELECT ctid FROM sagabox.saga_inbox
+			WHERE processed_at < $1 ORDER BY processed_at LIMIT $2)`,
+	} {
+		for {
+			tag, err := db.Exec(ctx, q, before, DefaultCleanupBatch)
+			if err != nil {
+				return total, fmt.Errorf("saga: cleanup: %w", err)
+			}
+			total += tag.RowsAffected()
+			if tag.RowsAffected() < DefaultCleanupBatch {
+				break
+			}
+		}
+	}
+	return total, nil
+}

@@ -1,0 +1,181 @@
+package saga
+
+import (
+	"fmt"
+
+	"github.com/google/uuid"
+	"github.com/hamba/avro/v2"
+	"github.com/sagabox/sagabox/outbox"
+)
+
+// Avro full names of the saga envelopes.
+const (
+	CommandType    = "sagabox.saga.Command"
+	ReplyType      = "sagabox.saga.Reply"
+	DeadLetterType = "sagabox.saga.DeadLetter"
+)
+
+// The envelopes. A command or reply carries the saga ID, the step and the
+// attempt, so a late or duplicate reply can be recognised and ignored. The
+// payload is the Avro binary of a schema both sides know (payload_type).
+const commandSchema = `{
+  "type": "record", "name": "Command", "namespace": "sagabox.saga",
+  "doc": "A saga orchestrator asks a participant to run (or compensate) one step.",
+  "fields": [
+    {"name": "saga_id", "type": "string"},
+    {"name": "saga_type", "type": "string"},
+    {"name": "step", "type": "int", "doc": "index of the step in the definition"},
+    {"name": "step_name", "type": "string"},
+    {"name": "attempt", "type": "int", "doc": "1 for the first attempt; the reply echoes it"},
+    {"name": "compensation", "type": "boolean"},
+    {"name": "command", "type": "string", "doc": "what to do, such as reserve_stock"},
+    {"name": "reply_topic", "type": "string"},
+    {"name": "payload_type", "type": "string", "default": ""},
+    {"name": "payload", "type": "bytes", "default": ""}
+  ]
+}`
+
+const replySchema = `{
+  "type": "record", "name": "Reply", "namespace": "sagabox.saga",
+  "doc": "A participant answers one attempt of a saga step.",
+  "fields": [
+    {"name": "saga_id", "type": "string"},
+    {"name": "step", "type": "int"},
+    {"name": "attempt", "type": "int"},
+    {"name": "compensation", "type": "boolean"},
+    {"name": "outcome", "type": {"type": "enum", "name": "Outcome", "symbols": ["SUCCESS", "REJECTED", "ERROR"]},
+     "doc": "SUCCESS: done. REJECTED: a business no, final. ERROR: transient, nothing done, retry later."},
+    {"name": "reason", "type": "string", "default": ""},
+    {"name": "payload_type", "type": "string", "default": ""},
+    {"name": "payload", "type": "bytes", "default": ""}
+  ]
+}`
+
+const deadLetterSchema = `{
+  "type": "record", "name": "DeadLetter", "namespace": "sagabox.saga",
+  "doc": "A record a saga consumer could not decode, parked with the reason.",
+  "fields": [
+    {"name": "topic", "type": "string"},
+    {"name": "partition", "type": "int"},
+    {"name": "offset", "type": "long"},
+    {"name": "key", "type": "string"},
+    {"name": "reason", "type": "string"},
+    {"name": "value", "type": "bytes"},
+    {"name": "headers", "type": {"type": "map", "values": "string"}}
+  ]
+}`
+
+// Schemas returns the Avro definitions of the saga envelopes. Add them to
+// the outbox.Codec of every orchestrator and participant:
+//
+//	codec, err := outbox.NewCodec(append(saga.Schemas(), myPayloadSchemas...)...)
+func Schemas() []string { return []string{commandSchema, replySchema, deadLetterSchema} }
+
+// Outcome of a reply.
+type Outcome string
+
+const (
+	// Success: the participant did it.
+	Success Outcome = "SUCCESS"
+	// Rejected: the participant refused, and will refuse again (out of
+	// stock, not enough credit). Final: the saga compensates.
+	Rejected Outcome = "REJECTED"
+	// Error: something transient went wrong and nothing was done. The
+	// orchestrator retries the step after a backoff.
+	Error Outcome = "ERROR"
+)
+
+type commandEnvelope struct {
+	SagaID       string `avro:"saga_id"`
+	SagaType     string `avro:"saga_type"`
+	Step         int    `avro:"step"`
+	StepName     string `avro:"step_name"`
+	Attempt      int    `avro:"attempt"`
+	Compensation bool   `avro:"compensation"`
+	Command      string `avro:"command"`
+	ReplyTopic   string `avro:"reply_topic"`
+	PayloadType  string `avro:"payload_type"`
+	Payload      []byte `avro:"payload"`
+}
+
+type replyEnvelope struct {
+	SagaID       string `avro:"saga_id"`
+	Step         int    `avro:"step"`
+	Attempt      int    `avro:"attempt"`
+	Compensation bool   `avro:"compensation"`
+	Outcome      string `avro:"outcome"`
+	Reason       string `avro:"reason"`
+	PayloadType  string `avro:"payload_type"`
+	Payload      []byte `avro:"payload"`
+}
+
+type deadLetter struct {
+	Topic     string            `avro:"topic"`
+	Partition int               `avro:"partition"`
+	Offset    int64             `avro:"offset"`
+	Key       string            `avro:"key"`
+	Reason    string            `avro:"reason"`
+	Value     []byte            `avro:"value"`
+	Headers   map[string]string `avro:"headers"`
+}
+
+// Reply is a participant's answer to one attempt of a step, as the
+// orchestrator sees it.
+type Reply struct {
+	SagaID       uuid.UUID
+	Step         int
+	Attempt      int
+	Compensation bool
+	Outcome      Outcome
+	Reason       string
+	// PayloadType is the Avro full name of Payload's schema ("" for none).
+	PayloadType string
+	// Payload is Avro binary; read it with Decode.
+	Payload []byte
+
+	codec *outbox.Codec
+}
+
+// Decode decodes the reply's payload into v (a pointer to a struct with avro
+// tags) with the schema named PayloadType, which the orchestrator's codec
+// must know.
+func (r *Reply) Decode(v any) error { return decodePayload(r.codec, r.PayloadType, r.Payload, v) }
+
+func decodePayload(c *outbox.Codec, typ string, payload []byte, v any) error {
+	if typ == "" {
+		return fmt.Errorf("saga: the message has no payload")
+	}
+	if c == nil {
+		return fmt.Errorf("saga: no codec to decode %s", typ)
+	}
+	s, ok := c.Schema(typ)
+	if !ok {
+		return fmt.Errorf("saga: payload type %q: add its schema to the codec", typ)
+	}
+	if err := avro.Unmarshal(s.Avro, payload, v); err != nil {
+		return fmt.Errorf("saga: decode %s payload: %w", typ, err)
+	}
+	return nil
+}
+
+// encodePayload encodes v with the schema typ ("" and nil for no payload).
+func encodePayload(c *outbox.Codec, typ string, v any) ([]byte, error) {
+	if typ == "" {
+		return nil, nil
+	}
+	_, b, err := c.Encode(typ, v)
+	return b, err
+}
+
+// checkCodec reports a codec that lacks the envelope schemas.
+func checkCodec(c *outbox.Codec, field string) error {
+	if c == nil {
+		return fmt.Errorf("%w: %s is required: outbox.NewCodec(append(saga.Schemas(), yourSchemas...)...)", ErrInvalidConfig, field)
+	}
+	for _, n := range []string{CommandType, ReplyType, DeadLetterType} {
+		if _, ok := c.Schema(n); !ok {
+			return fmt.Errorf("%w: %s does not know %s: build it with outbox.NewCodec(append(saga.Schemas(), ...)...)", ErrInvalidConfig, field, n)
+		}
+	}
+	return nil
+}

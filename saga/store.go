@@ -1,0 +1,223 @@
+package saga
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/sagabox/sagabox/outbox"
+)
+
+// Querier is what the read-only operator calls need: a pool, a connection
+// or a transaction.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+const stateColumns = `id, saga_type, definition_version, status, step, attempt, compensation,
+	deadline, next_retry_at, step_started_at, last_error, version, correlation_id, data`
+
+func scanState(row pgx.Row, s *state, data *[]byte) error {
+	var status string
+	var deadline, retry, started *time.Time
+	err := row.Scan(&s.ID, &s.Type, &s.DefVersion, &status, &s.Step, &s.Attempt, &s.Compensation,
+		&deadline, &retry, &started, &s.LastError, &s.Version, &s.CorrelationID, data)
+	s.Status = Status(status)
+	s.Deadline, s.NextRetryAt, s.StepStartedAt = derefTime(deadline), derefTime(retry), derefTime(started)
+	return err
+}
+
+func derefTime(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return *t
+}
+
+func nullTime(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t
+}
+
+// batchExecer queues statements in a pgx.Batch, so that the outbox write
+// travels in the same round trip as the saga's state change.
+type batchExecer struct{ b *pgx.Batch }
+
+func (x batchExecer) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	x.b.Queue(sql, args...)
+	return pgconn.CommandTag{}, nil
+}
+
+type histOp struct {
+	step         int
+	compensation bool
+	attempt      int
+	name         string
+	started      bool // started in this transaction: insert it
+	startedAt    time.Time
+	ended        bool
+	endedAt      time.Time
+	outcome      string
+	errText      string
+	latency      time.Duration
+}
+
+// txEnv is the machine's environment inside one database transaction. It
+// collects the history and the commands and writes them, with the saga's
+// row, in one batch at flush.
+type txEnv[D any] struct {
+	tx       pgx.Tx
+	hist     []*histOp
+	cmds     []outCommand
+	finishes []Status
+}
+
+func (e *txEnv[D]) now() time.Time { return time.Now() }
+
+func (e *txEnv[D]) runLocal(ctx context.Context, fn LocalFunc[D], data *D) error {
+	sp, err := e.tx.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	if err := fn(ctx, sp, data); err != nil {
+		if rbErr := sp.Rollback(ctx); rbErr != nil {
+			return errors.Join(err, rbErr)
+		}
+		return err
+	}
+	return sp.Commit(ctx)
+}
+
+func (e *txEnv[D]) send(cmd outCommand) { e.cmds = append(e.cmds, cmd) }
+
+func (e *txEnv[D]) attemptStarted(step int, comp bool, attempt int, name string, at time.Time) {
+	e.hist = append(e.hist, &histOp{step: step, compensation: comp, attempt: attempt, name: name, started: true, startedAt: at})
+}
+
+func (e *txEnv[D]) attemptEnded(step int, comp bool, attempt int, outcome, errText string, at time.Time, latency time.Duration) {
+	for _, h := range e.hist {
+		if h.step == step && h.compensation == comp && h.attempt == attempt {
+			h.ended, h.endedAt, h.outcome, h.errText, h.latency = true, at, outcome, errText, latency
+			return
+		}
+	}
+	e.hist = append(e.hist, &histOp{step: step, compensation: comp, attempt: attempt, ended: true,
+		endedAt: at, outcome: outcome, errText: errText, latency: latency})
+}
+
+func (e *txEnv[D]) finished(s *state) { e.finishes = append(e.finishes, s.Status) }
+
+const insertSagaSQL = `
+INSERT INTO sagabox.sagas (id, saga_type, definition_version, status, step, attempt, compensation,
+	data, deadline, next_retry_at, step_started_at, last_error, correlation_id, finished_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CASE WHEN $14 THEN now() END)`
+
+// The row lock taken at load makes the version check redundant, but it
+// costs nothing and turns any mistake into an error instead of a lost update.
+const updateSagaSQL = `
+UPDATE sagabox.sagas SET status = $3, step = $4, attempt = $5, compensation = $6, data = $7,
+	deadline = $8, next_retry_at = $9, step_started_at = $10, last_error = $11,
+	version = version + 1, updated_at = now(), finished_at = CASE WHEN $12 THEN now() END
+WHERE id = $1 AND version = $2`
+
+// flush writes the saga's row (insert for a new saga), its history and its
+// commands in one round trip.
+func (e *txEnv[D]) flush(ctx context.Context, w *outbox.Writer, s *state, data *D, insert bool, causation string) error {
+	js, err := json.Marshal(data)
+	if err != nil {
+		return fmt.Errorf("saga: marshal data: %w", err)
+	}
+	b := &pgx.Batch{}
+	finished := s.Status.Finished()
+	if insert {
+		b.Queue(insertSagaSQL, s.ID, s.Type, s.DefVersion, string(s.Status), s.Step, s.Attempt, s.Compensation,
+			js, nullTime(s.Deadline), nullTime(s.NextRetryAt), nullTime(s.StepStartedAt), s.LastError, s.CorrelationID, finished)
+	} else {
+		b.Queue(updateSagaSQL, s.ID, s.Version, string(s.Status), s.Step, s.Attempt, s.Compensation,
+			js, nullTime(s.Deadline), nullTime(s.NextRetryAt), nullTime(s.StepStartedAt), s.LastError, finished)
+	}
+	for _, h := range e.hist {
+		var endedAt, outcome any
+		if h.ended {
+			endedAt, outcome = h.endedAt, h.outcome
+		}
+		if h.started {
+			b.Queue(`INSERT INTO sagabox.saga_steps (saga_id, step, compensation, attempt, name, started_at, finished_at, outcome, error)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (saga_id, step, compensation, attempt) DO UPDATE SET started_at = excluded.started_at,
+	finished_at = excluded.finished_at, outcome = excluded.outcome, error = excluded.error`,
+				s.ID, h.step, h.compensation, h.attempt, h.name, h.startedAt, endedAt, outcome, h.errText)
+		} else {
+			b.Queue(`UPDATE sagabox.saga_steps SET finished_at = $5, outcome = $6, error = $7
+WHERE saga_id = $1 AND step = $2 AND compensation = $3 AND attempt = $4`,
+				s.ID, h.step, h.compensation, h.attempt, endedAt, outcome, h.errText)
+		}
+	}
+	if len(e.cmds) > 0 {
+		msgs := make([]outbox.Message, len(e.cmds))
+		for i, c := range e.cmds {
+			msgs[i] = outbox.Message{Topic: c.Topic, Key: s.ID.String(), Type: CommandType, Value: c.Envelope,
+				CorrelationID: s.CorrelationID, CausationID: causation, SagaID: s.ID.String()}
+		}
+		if err := w.Write(ctx, batchExecer{b}, msgs...); err != nil {
+			return err
+		}
+	}
+	br := e.tx.SendBatch(ctx, b)
+	for i := 0; i < b.Len(); i++ {
+		tag, err := br.Exec()
+		if err != nil {
+			_ = br.Close()
+			return fmt.Errorf("saga %s: save: %w", s.ID, err)
+		}
+		if i == 0 && tag.RowsAffected() != 1 {
+			_ = br.Close()
+			return fmt.Errorf("%w: saga %s version %d", ErrConcurrentUpdate, s.ID, s.Version)
+		}
+	}
+	if err := br.Close(); err != nil {
+		return fmt.Errorf("saga %s: save: %w", s.ID, err)
+	}
+	s.Version++
+	return nil
+}
+
+// loadForUpdate locks a saga's row for the rest of tx.
+func loadForUpdate(ctx context.Context, tx pgx.Tx, typ string, id uuid.UUID) (*state, []byte, error) {
+	s := &state{}
+	var data []byte
+	err := scanState(tx.QueryRow(ctx, `SELECT `+stateColumns+` FROM sagabox.sagas WHERE id = $1 AND saga_type = $2 FOR UPDATE`, id, typ), s, &data)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil, fmt.Errorf("%w: %s saga %s", ErrNotFound, typ, id)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("saga: load %s: %w", id, err)
+	}
+	return s, data, nil
+}
+
+// loadDue locks one saga of typ whose deadline or retry time has come,
+// skipping sagas another instance (or a reply) is working on.
+func loadDue(ctx context.Context, tx pgx.Tx, typ string, now time.Time) (*state, []byte, error) {
+	s := &state{}
+	var data []byte
+	err := scanState(tx.QueryRow(ctx, `SELECT `+stateColumns+` FROM sagabox.sagas
+WHERE saga_type = $1 AND (deadline <= $2 OR next_retry_at <= $2)
+LIMIT 1 FOR UPDATE SKIP LOCKED`, typ, now), s, &data)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("saga: poll: %w", err)
+	}
+	return s, data, nil
+}
