@@ -11,6 +11,7 @@ import (
 
 	"github.com/hamba/avro/v2"
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/riferrei/srclient"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/sr"
@@ -203,5 +204,40 @@ func TestRelayOutputDecodesWithAnotherSchemaRegistryClient(t *testing.T) {
 		if got != in[i] {
 			t.Fatalf("record %d: got %+v, want %+v", i, got, in[i])
 		}
+	}
+}
+
+// Several relays split the shards and, in normal operation, never publish a
+// message twice; the metrics count what went out.
+func TestRelaysSplitShardsWithoutDoublePublishing(t *testing.T) {
+	t.Parallel()
+	rb := setupRelay(t, 4)
+	metrics := outbox.NewMetrics(nil)
+	for i := 0; i < 3; i++ {
+		rb.startRelay(t, func(c *outbox.RelayConfig) { c.ID = fmt.Sprintf("r%d", i); c.Metrics = metrics })
+	}
+	ctx := testkit.Ctx(t)
+	testkit.Eventually(t, 10*time.Second, "three relays sharing the shards", func() bool {
+		var owners int
+		_ = rb.pool.QueryRow(ctx, `SELECT count(DISTINCT owner) FROM sagabox.outbox_leases WHERE owner IS NOT NULL AND expires_at > now()`).Scan(&owners)
+		return owners == 3
+	})
+	want := rb.writeSeq(t, "orders", 16, 320)
+	recs := testkit.ReadAll(t, rb.brokers, "orders", 320, 20*time.Second)
+	testkit.Eventually(t, 10*time.Second, "drained", func() bool { return pendingCount(t, rb) == 0 })
+	recs = testkit.ReadAll(t, rb.brokers, "orders", 321, time.Second)
+	if res := count(t, rb.codec, recs, want); res != (tally{}) {
+		t.Fatalf("%d records: %+v", len(recs), res)
+	}
+	var published int
+	rows, err := rb.pool.Query(ctx, `SELECT DISTINCT shard FROM sagabox.outbox`)
+	testkit.Must(t, err, "shards")
+	shards, _ := pgx.CollectRows(rows, pgx.RowTo[int16])
+	if len(shards) < 8 {
+		t.Fatalf("keys hashed onto only %d shards", len(shards))
+	}
+	published = int(testutil.ToFloat64(outbox.MetricsPublishedForTest(metrics)))
+	if published != 320 {
+		t.Fatalf("published_total = %d, want 320", published)
 	}
 }
