@@ -44,46 +44,61 @@ func NewDatabase(t testing.TB) *Database {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	db, drop, err := CreateDatabase(ctx, t.Name())
+	if err != nil {
+		t.Fatalf("testkit: %v (is Postgres running? .ci/run starts it)", err)
+	}
+	t.Cleanup(func() {
+		if err := drop(); err != nil {
+			t.Errorf("testkit: %v", err)
+		}
+	})
+	return db
+}
 
-	name := dbName(t.Name())
+// CreateDatabase creates a fresh database on the AdminURL server, named
+// after label, and returns it with a function that closes its pool and drops
+// it. For examples and commands; tests use NewDatabase.
+func CreateDatabase(ctx context.Context, label string) (*Database, func() error, error) {
+	name := dbName(label)
 	admin, err := pgx.Connect(ctx, AdminURL())
 	if err != nil {
-		t.Fatalf("testkit: connect to %s: %v (is Postgres running? .ci/run starts it)", AdminURL(), err)
+		return nil, nil, fmt.Errorf("connect to %s: %w", AdminURL(), err)
 	}
 	defer admin.Close(ctx)
 	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
-		t.Fatalf("testkit: create database %s: %v", name, err)
+		return nil, nil, fmt.Errorf("create database %s: %w", name, err)
 	}
 	u, err := url.Parse(AdminURL())
 	if err != nil {
-		t.Fatalf("testkit: parse %s: %v", AdminURL(), err)
+		return nil, nil, fmt.Errorf("parse %s: %w", AdminURL(), err)
 	}
 	u.Path = "/" + name
 	db := &Database{Name: name, URL: u.String()}
 	cfg, err := pgxpool.ParseConfig(db.URL)
 	if err != nil {
-		t.Fatalf("testkit: %v", err)
+		return nil, nil, err
 	}
 	cfg.MaxConns = 16
 	db.Pool, err = pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		t.Fatalf("testkit: pool for %s: %v", name, err)
+		return nil, nil, fmt.Errorf("pool for %s: %w", name, err)
 	}
-	t.Cleanup(func() {
+	drop := func() error {
 		db.Pool.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		admin, err := pgx.Connect(ctx, AdminURL())
 		if err != nil {
-			t.Errorf("testkit: drop %s: %v", name, err)
-			return
+			return fmt.Errorf("drop %s: %w", name, err)
 		}
 		defer admin.Close(ctx)
 		if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
-			t.Errorf("testkit: drop %s: %v", name, err)
+			return fmt.Errorf("drop %s: %w", name, err)
 		}
-	})
-	return db
+		return nil
+	}
+	return db, drop, nil
 }
 
 // DB is NewDatabase(t).Pool, for tests that only need the pool.
