@@ -16,11 +16,14 @@ DELETE FROM sagabox.outbox WHERE id IN (
 	LIMIT $2
 )`
 
+// statsSQL answers from the partial indexes only (pending, parked), so it
+// stays cheap however many published rows the table keeps.
 const statsSQL = `
-SELECT count(*) FILTER (WHERE parked_at IS NULL),
-       count(*) FILTER (WHERE parked_at IS NOT NULL),
-       COALESCE(EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL)), 0)
-FROM sagabox.outbox WHERE published_at IS NULL`
+SELECT
+	(SELECT count(*) FROM sagabox.outbox WHERE published_at IS NULL AND parked_at IS NULL),
+	(SELECT count(*) FROM sagabox.outbox WHERE parked_at IS NOT NULL),
+	COALESCE((SELECT EXTRACT(EPOCH FROM now() - created_at) FROM sagabox.outbox
+	          WHERE published_at IS NULL AND parked_at IS NULL ORDER BY id LIMIT 1), 0)`
 
 // housekeeping runs on the relay that holds shard 0, so exactly one instance
 // does it: it deletes published rows past the retention and refreshes the

@@ -75,3 +75,22 @@ func TestRelayConfigIsValidated(t *testing.T) {
 		t.Fatal("empty config accepted")
 	}
 }
+
+func TestAdminStatsCountsPendingAndParked(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testkit.Ctx(t)
+	for i := 0; i < 3; i++ {
+		testkit.Must(t, b.writer.Write(ctx, b.pool, outbox.Message{Topic: "orders", Key: "s", Type: orderPlacedType, Value: orderPlaced{OrderID: "s"}}), "write")
+	}
+	_, err := b.pool.Exec(ctx, `UPDATE sagabox.outbox SET parked_at = now() WHERE id = (SELECT min(id) FROM sagabox.outbox)`)
+	testkit.Must(t, err, "park")
+	_, err = b.pool.Exec(ctx, `UPDATE sagabox.outbox SET created_at = now() - interval '90 seconds' WHERE id = (SELECT max(id) FROM sagabox.outbox)`)
+	testkit.Must(t, err, "age")
+	s, err := outbox.NewAdmin(b.pool).Stats(ctx)
+	testkit.Must(t, err, "stats")
+	if s.Pending != 2 || s.Parked != 1 || s.OldestPendingAge > time.Minute {
+		// the oldest pending is the second row (id order), written just now
+		t.Fatalf("stats: %+v", s)
+	}
+}
