@@ -1,0 +1,18 @@
+# One multi-stage Dockerfile for the three services:
+#   docker build --build-arg SERVICE=orderservice -t sagabox/orderservice .
+# The build stage compiles a static binary; the runtime stage is a small
+# Alpine image running as an unprivileged user (wget is there for the health
+# check).
+FROM golang:1.26-bookworm AS build
+ARG SERVICE
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN test -n "$SERVICE" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/service ./${SERVICE}/cmd/${SERVICE}
+
+FROM alpine:3.20
+RUN adduser -D -H -u 10001 sagabox
+COPY --from=build /out/service /usr/local/bin/service
+USER 10001:10001
+ENTRYPOINT ["/usr/local/bin/service"]
