@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -34,9 +35,9 @@ const Name = "userservice"
 
 // Defaults.
 const (
-	DefaultAddr         = ":8081"
-	DefaultIssuer       = "sagabox-userservice"
-	DefaultAudience     = "sagabox-shop"
+	DefaultAddr         = ":8001"
+	DefaultIssuer       = "sagabox-users"
+	DefaultAudience     = "sagabox"
 	DefaultLoginBurst   = 5
 	DefaultLoginEvery   = 20 * time.Second
 	DefaultClientBurst  = 50
@@ -48,7 +49,7 @@ const (
 // Config configures the service. ConfigFromEnv reads it from the
 // environment variable each field names.
 type Config struct {
-	// Addr is where the HTTP API listens (HTTP_ADDR). Defaults to ":8081".
+	// Addr is where the HTTP API listens (HTTP_ADDR). Defaults to ":8001".
 	Addr string
 	// DatabaseURL is the service's own database (DATABASE_URL). Required
 	// unless Pool is set.
@@ -59,11 +60,11 @@ type Config struct {
 	// MaxConns is the pool size (DB_MAX_CONNS). Defaults to 10.
 	MaxConns int
 	// SigningKey signs access tokens (JWT_SIGNING_KEY: PKCS#8 PEM or base64
-	// seed). Defaults to a key generated at start-up, which is fine for a
+	// seed; or JWT_SIGNING_KEY_FILE). Defaults to a key generated at start-up, which is fine for a
 	// demo and wrong for anything with more than one instance or restarts.
 	SigningKey ed25519.PrivateKey
 	// Issuer and Audience are the tokens' iss and aud (JWT_ISSUER,
-	// JWT_AUDIENCE). Default to "sagabox-userservice" and "sagabox-shop".
+	// JWT_AUDIENCE). Default to "sagabox-users" and "sagabox".
 	Issuer, Audience string
 	// TokenTTL is how long tokens live (JWT_TTL). Defaults to 15m.
 	TokenTTL time.Duration
@@ -71,7 +72,7 @@ type Config struct {
 	// Defaults to 10000 (100.00).
 	StartingCreditCents int64
 	// AdminEmail and AdminPassword, when set, make sure an admin account
-	// exists at start-up (ADMIN_EMAIL, ADMIN_PASSWORD).
+	// exists at start-up (ADMIN_EMAIL, ADMIN_PASSWORD or ADMIN_PASSWORD_FILE).
 	AdminEmail, AdminPassword string
 	// LoginBurst attempts per email and client address, then one per
 	// LoginEvery (LOGIN_BURST, LOGIN_EVERY). Default to 5 and 20s.
@@ -80,7 +81,8 @@ type Config struct {
 	// PasswordParams are the argon2id costs. Defaults to
 	// adapters.DefaultArgon2idParams; tests lower them.
 	PasswordParams adapters.Argon2idParams
-	// Logger defaults to a logger that discards everything.
+	// Logger defaults to a logger that discards everything. ConfigFromEnv
+	// sets a JSON logger at LOG_LEVEL (default info).
 	Logger *slog.Logger
 }
 
@@ -97,11 +99,12 @@ func ConfigFromEnv() (Config, error) {
 		TokenTTL:            e.Duration("JWT_TTL", auth.DefaultTokenTTL),
 		StartingCreditCents: e.Int64("STARTING_CREDIT_CENTS", DefaultStartingCred),
 		AdminEmail:          e.String("ADMIN_EMAIL", ""),
-		AdminPassword:       e.String("ADMIN_PASSWORD", ""),
+		AdminPassword:       e.Secret("ADMIN_PASSWORD", ""),
 		LoginBurst:          e.Int("LOGIN_BURST", DefaultLoginBurst),
 		LoginEvery:          e.Duration("LOGIN_EVERY", DefaultLoginEvery),
 	}
-	if k := e.String("JWT_SIGNING_KEY", ""); k != "" {
+	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: e.LogLevel("LOG_LEVEL", slog.LevelInfo)}))
+	if k := e.Secret("JWT_SIGNING_KEY", ""); k != "" {
 		key, err := auth.ParsePrivateKey(k)
 		if err != nil {
 			return cfg, fmt.Errorf("config: JWT_SIGNING_KEY: %w", err)

@@ -9,6 +9,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -54,6 +55,44 @@ func (e *Env) Required(key string) string {
 		e.fail(key, "required")
 	}
 	return v
+}
+
+// Secret returns the variable KEY, or the contents of the file named by
+// KEY_FILE (Docker and Kubernetes secrets), or def. Setting both is an
+// error.
+func (e *Env) Secret(key, def string) string {
+	v, ok := e.get(key)
+	path, fileOK := e.get(key + "_FILE")
+	switch {
+	case ok && fileOK:
+		e.fail(key, "set %s or %s_FILE, not both", key, key)
+		return def
+	case ok:
+		return v
+	case fileOK:
+		b, err := os.ReadFile(path)
+		if err != nil {
+			e.fail(key+"_FILE", "%v", err)
+			return def
+		}
+		return strings.TrimSpace(string(b))
+	}
+	return def
+}
+
+// LogLevel returns the variable as a slog level (debug, info, warn,
+// error), or def.
+func (e *Env) LogLevel(key string, def slog.Level) slog.Level {
+	v, ok := e.get(key)
+	if !ok {
+		return def
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(v)); err != nil {
+		e.fail(key, "%q is not one of debug, info, warn, error", v)
+		return def
+	}
+	return l
 }
 
 // Int returns the variable as an int, or def.

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"log/slog"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -35,5 +37,27 @@ func TestEnvReportsEveryProblemAtOnce(t *testing.T) {
 	}
 	if FromMap(nil).Err() != nil {
 		t.Error("empty env has an error")
+	}
+}
+
+func TestSecretFromFile(t *testing.T) {
+	t.Parallel()
+	path := t.TempDir() + "/pw"
+	if err := os.WriteFile(path, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := FromMap(map[string]string{"ADMIN_PASSWORD_FILE": path, "A": "x", "A_FILE": path, "LOG_LEVEL": "debug"})
+	if got := e.Secret("ADMIN_PASSWORD", ""); got != "s3cret" {
+		t.Errorf("secret %q", got)
+	}
+	if e.LogLevel("LOG_LEVEL", slog.LevelInfo) != slog.LevelDebug {
+		t.Error("log level")
+	}
+	if e.Err() != nil {
+		t.Fatal(e.Err())
+	}
+	e.Secret("A", "")
+	if e.Err() == nil {
+		t.Error("both A and A_FILE accepted")
 	}
 }

@@ -4,7 +4,7 @@ package main
 
 import (
 	"context"
-	"log/slog"
+	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -13,16 +13,14 @@ import (
 )
 
 func main() {
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	cfg, err := userservice.ConfigFromEnv()
 	if err == nil {
-		cfg.Logger = log
 		err = userservice.Run(ctx, cfg)
 	}
 	if err != nil {
-		log.Error("userservice: exiting", "err", err)
+		fmt.Fprintln(os.Stderr, "userservice:", err)
 		os.Exit(1)
 	}
 }
