@@ -26,6 +26,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -55,6 +56,9 @@ type config struct {
 	partitions  int
 	maxWait     time.Duration
 	phases      string
+	systems     string
+	verbose     bool
+	cpuProfile  string
 }
 
 func main() {
@@ -68,12 +72,25 @@ func main() {
 	flag.IntVar(&cfg.partitions, "partitions", 8, "partitions per topic")
 	flag.DurationVar(&cfg.maxWait, "max-wait", 3*time.Minute, "how long a system may take to deliver its backlog before its rate is taken from what it delivered")
 	flag.StringVar(&cfg.phases, "phases", "throughput,write,latency", "phases to run, comma-separated")
+	flag.StringVar(&cfg.systems, "systems", "sagabox,watermill-forwarder,ceiling", "systems to run, comma-separated")
+	flag.BoolVar(&cfg.verbose, "v", false, "print the worst latency of every second of the latency phase")
+	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
+	if cfg.cpuProfile != "" {
+		f, err := os.Create(cfg.cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "outboxbench:", err)
+			os.Exit(1)
+		}
+		_ = pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if err := run(ctx, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "outboxbench:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
@@ -153,13 +170,27 @@ CREATE TABLE bench_orders (
 	if err != nil {
 		return err
 	}
-	e.systems = []system{e.sagabox, fwd, ceil}
+	for _, s := range []system{e.sagabox, fwd, ceil} {
+		if slices.Contains(strings.Split(cfg.systems, ","), s.name()) {
+			e.systems = append(e.systems, s)
+		}
+	}
 
 	v, _ := framed(fwd.schema, 1, event(1))
 	fmt.Printf("# outboxbench: %d-byte Avro values (%d framed), %d partitions, GOMAXPROCS=%d, %s\n",
 		len(v)-5, len(v), cfg.partitions, runtime.GOMAXPROCS(0), runtime.Version())
 
 	for _, phase := range strings.Split(cfg.phases, ",") {
+		// Every phase starts from empty outbox tables: rows left by an
+		// earlier phase (published ones, or the write phase's, which no relay
+		// reads) would weigh on the next.
+		for _, s := range e.systems {
+			for _, t := range append(s.tables(), "bench_orders") {
+				if _, err := pool.Exec(ctx, "TRUNCATE "+t); err != nil {
+					return fmt.Errorf("truncate %s: %w", t, err)
+				}
+			}
+		}
 		var err error
 		switch strings.TrimSpace(phase) {
 		case "throughput":
@@ -302,11 +333,19 @@ func (r *receiver) stop() {
 	<-r.done
 }
 
-// lastAt is when the last of the received messages became readable.
-func (r *receiver) lastAt() time.Time {
+// span is when the first and the last of the received messages became
+// readable.
+func (r *receiver) span() (first, last time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return time.Unix(0, slices.Max(r.at))
+	lo, hi := int64(0), int64(0)
+	for _, at := range r.at {
+		if at != 0 && (lo == 0 || at < lo) {
+			lo = at
+		}
+		hi = max(hi, at)
+	}
+	return time.Unix(0, lo), time.Unix(0, hi)
 }
 
 // --- phase 1: throughput -----------------------------------------------------
@@ -350,7 +389,7 @@ func (e *env) throughput(ctx context.Context) error {
 			r.stop()
 			return ctx.Err()
 		}
-		end := r.lastAt()
+		first, end := r.span()
 		stop()
 		r.stop()
 		got := r.unique.Load()
@@ -359,8 +398,9 @@ func (e *env) throughput(ctx context.Context) error {
 			fmt.Printf("# %s: only %d of %d messages readable after %s\n", s.name(), got, n, e.cfg.maxWait)
 		}
 		fmt.Printf("system=%s msgs_per_sec=%.0f\n", s.name(), float64(got)/elapsed.Seconds())
-		fmt.Printf("# %s: %d messages in %s (backlog written in %s), %d duplicates\n",
-			s.name(), got, elapsed.Round(time.Millisecond), fill.Round(time.Millisecond), r.dups.Load())
+		fmt.Printf("# %s: %d messages in %s, the first after %s (%.0f msgs/s from first to last); backlog written in %s; %d duplicates\n",
+			s.name(), got, elapsed.Round(time.Millisecond), first.Sub(start).Round(time.Millisecond),
+			float64(got-1)/end.Sub(first).Seconds(), fill.Round(time.Millisecond), r.dups.Load())
 	}
 	return nil
 }
@@ -542,6 +582,17 @@ func (e *env) latency(ctx context.Context) error {
 				continue
 			}
 			lat = append(lat, max(0, time.Duration(r.at[seq]-committed[seq])))
+		}
+		if e.cfg.verbose {
+			for from := 0; from < total; from += e.cfg.rate {
+				var worst time.Duration
+				for seq := from; seq < min(from+e.cfg.rate, total); seq++ {
+					if r.at[seq] != 0 {
+						worst = max(worst, time.Duration(r.at[seq]-committed[seq]))
+					}
+				}
+				fmt.Printf("# %s: second %d: worst %s\n", s.name(), from/e.cfg.rate, worst.Round(100*time.Microsecond))
+			}
 		}
 		slices.Sort(lat)
 		if len(lat) == 0 {

@@ -35,7 +35,8 @@ type system interface {
 	write(ctx context.Context, topic string, seqs []int64, business bool) error
 	// start begins delivering to Kafka; stop waits until it has stopped.
 	start(ctx context.Context) (stop func(), err error)
-	// tables are vacuumed after a backlog is written.
+	// tables are emptied before each phase and vacuumed after a backlog is
+	// written.
 	tables() []string
 }
 
@@ -167,7 +168,9 @@ func newForwarder(ctx context.Context, db *sql.DB, brokers []string, schemaID in
 
 func (f *forwarderSystem) name() string { return "watermill-forwarder" }
 func (f *forwarderSystem) tables() []string {
-	return []string{`"watermill_` + forwarderTopic + `"`, `"watermill_offsets_` + forwarderTopic + `"`}
+	// Only the messages table: the offsets table remembers what was
+	// forwarded, and new rows get higher offsets.
+	return []string{`"watermill_` + forwarderTopic + `"`}
 }
 
 // subscriber is watermill-sql's subscriber as watermill's docs wire it for
