@@ -254,6 +254,9 @@ func (s *Service) App() *app.Application { return s.app }
 // Pool is the service's database.
 func (s *Service) Pool() *pgxpool.Pool { return s.pool }
 
+// Health lets the composition that adds consumers register their checks.
+func (s *Service) Health() *httpx.Health { return s.health }
+
 // Issuer signs the service's tokens; its JWKS is served at
 // /.well-known/jwks.json.
 func (s *Service) Issuer() *auth.Issuer { return s.issuer }
