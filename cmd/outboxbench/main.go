@@ -59,13 +59,14 @@ type config struct {
 	systems     string
 	verbose     bool
 	cpuProfile  string
+	repeat      int
 }
 
 func main() {
 	var cfg config
 	flag.StringVar(&cfg.databaseURL, "database-url", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable",
 		"Postgres server to benchmark on; a fresh database is created there and dropped at the end")
-	flag.IntVar(&cfg.messages, "messages", 20000, "backlog per system in the throughput phase")
+	flag.IntVar(&cfg.messages, "messages", 50000, "backlog per system in the throughput phase")
 	flag.DurationVar(&cfg.duration, "duration", 10*time.Second, "length of the write-path phase and of the latency phase, per system")
 	flag.IntVar(&cfg.rate, "rate", 1000, "messages per second in the latency phase")
 	flag.IntVar(&cfg.writers, "writers", 8, "concurrent writers in the write-path phase")
@@ -74,6 +75,7 @@ func main() {
 	flag.StringVar(&cfg.phases, "phases", "throughput,write,latency", "phases to run, comma-separated")
 	flag.StringVar(&cfg.systems, "systems", "sagabox,watermill-forwarder,ceiling", "systems to run, comma-separated")
 	flag.BoolVar(&cfg.verbose, "v", false, "print the worst latency of every second of the latency phase")
+	flag.IntVar(&cfg.repeat, "repeat", 3, "throughput runs per system (the median is printed)")
 	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	if cfg.cpuProfile != "" {
@@ -360,58 +362,79 @@ func (r *receiver) span() (first, last time.Time) {
 // --- phase 1: throughput -----------------------------------------------------
 
 // throughput fills each system's table with the same backlog, then times how
-// long the system takes to make all of it readable on Kafka.
+// long the system takes to make all of it readable on Kafka. The systems take
+// turns, cfg.repeat times, and the median run counts: other load on the
+// machine then falls on all of them alike.
 func (e *env) throughput(ctx context.Context) error {
-	n := e.cfg.messages
-	for _, s := range e.systems {
-		topic := "tp-" + s.name()
-		if err := e.createTopic(ctx, topic); err != nil {
-			return err
-		}
-		fillStart := time.Now()
-		if err := e.fill(ctx, s, topic, n); err != nil {
-			return fmt.Errorf("%s: fill: %w", s.name(), err)
-		}
-		fill := time.Since(fillStart)
-		for _, t := range s.tables() {
-			if _, err := e.pool.Exec(ctx, "VACUUM ANALYZE "+t); err != nil {
-				return fmt.Errorf("vacuum %s: %w", t, err)
+	rates := map[string][]float64{}
+	for rep := range e.cfg.repeat {
+		for _, s := range e.systems {
+			rate, err := e.throughputRun(ctx, s, fmt.Sprintf("tp-%s-%d", s.name(), rep))
+			if err != nil {
+				return fmt.Errorf("%s: %w", s.name(), err)
 			}
+			rates[s.name()] = append(rates[s.name()], rate)
 		}
-		r, err := e.receive(ctx, topic, n)
-		if err != nil {
-			return err
-		}
-		start := time.Now()
-		stop, err := s.start(ctx)
-		if err != nil {
-			r.stop()
-			return fmt.Errorf("%s: start: %w", s.name(), err)
-		}
-		timedOut := false
-		select {
-		case <-r.allSeen:
-		case <-time.After(e.cfg.maxWait):
-			timedOut = true
-		case <-ctx.Done():
-			stop()
-			r.stop()
-			return ctx.Err()
-		}
-		first, end := r.span()
-		stop()
-		r.stop()
-		got := r.unique.Load()
-		elapsed := end.Sub(start)
-		if timedOut {
-			fmt.Printf("# %s: only %d of %d messages readable after %s\n", s.name(), got, n, e.cfg.maxWait)
-		}
-		fmt.Printf("system=%s msgs_per_sec=%.0f\n", s.name(), float64(got)/elapsed.Seconds())
-		fmt.Printf("# %s: %d messages in %s, the first after %s (%.0f msgs/s from first to last); backlog written in %s; %d duplicates\n",
-			s.name(), got, elapsed.Round(time.Millisecond), first.Sub(start).Round(time.Millisecond),
-			float64(got-1)/end.Sub(first).Seconds(), fill.Round(time.Millisecond), r.dups.Load())
+	}
+	for _, s := range e.systems {
+		r := rates[s.name()]
+		slices.Sort(r)
+		fmt.Printf("system=%s msgs_per_sec=%.0f\n", s.name(), r[len(r)/2])
 	}
 	return nil
+}
+
+func (e *env) throughputRun(ctx context.Context, s system, topic string) (float64, error) {
+	n := e.cfg.messages
+	if err := e.createTopic(ctx, topic); err != nil {
+		return 0, err
+	}
+	for _, t := range s.tables() {
+		if _, err := e.pool.Exec(ctx, "TRUNCATE "+t); err != nil {
+			return 0, fmt.Errorf("truncate %s: %w", t, err)
+		}
+	}
+	fillStart := time.Now()
+	if err := e.fill(ctx, s, topic, n); err != nil {
+		return 0, fmt.Errorf("fill: %w", err)
+	}
+	fill := time.Since(fillStart)
+	for _, t := range s.tables() {
+		if _, err := e.pool.Exec(ctx, "VACUUM ANALYZE "+t); err != nil {
+			return 0, fmt.Errorf("vacuum %s: %w", t, err)
+		}
+	}
+	r, err := e.receive(ctx, topic, n)
+	if err != nil {
+		return 0, err
+	}
+	defer r.stop()
+	start := time.Now()
+	stop, err := s.start(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("start: %w", err)
+	}
+	timedOut := false
+	select {
+	case <-r.allSeen:
+	case <-time.After(e.cfg.maxWait):
+		timedOut = true
+	case <-ctx.Done():
+		stop()
+		return 0, ctx.Err()
+	}
+	first, end := r.span()
+	stop()
+	got := r.unique.Load()
+	elapsed := end.Sub(start)
+	if timedOut {
+		fmt.Printf("# %s: only %d of %d messages readable after %s\n", s.name(), got, n, e.cfg.maxWait)
+	}
+	rate := float64(got) / elapsed.Seconds()
+	fmt.Printf("# %s: %.0f msgs/s: %d messages in %s, the first after %s (%.0f msgs/s from first to last); backlog written in %s; %d duplicates\n",
+		s.name(), rate, got, elapsed.Round(time.Millisecond), first.Sub(start).Round(time.Millisecond),
+		float64(got-1)/end.Sub(first).Seconds(), fill.Round(time.Millisecond), r.dups.Load())
+	return rate, nil
 }
 
 // fill writes n messages in transactions of 500, four at a time.
