@@ -23,7 +23,11 @@ import (
 	"github.com/sagabox/sagabox/internal/platform/auth"
 	"github.com/sagabox/sagabox/internal/platform/config"
 	"github.com/sagabox/sagabox/internal/platform/httpx"
+	"github.com/sagabox/sagabox/internal/platform/lifecycle"
+	"github.com/sagabox/sagabox/internal/platform/messaging"
 	"github.com/sagabox/sagabox/internal/platform/ratelimit"
+	"github.com/sagabox/sagabox/saga"
+	"github.com/sagabox/sagabox/schemas"
 	"github.com/sagabox/sagabox/userservice/adapters"
 	"github.com/sagabox/sagabox/userservice/app"
 	"github.com/sagabox/sagabox/userservice/domain"
@@ -78,6 +82,10 @@ type Config struct {
 	// LoginEvery (LOGIN_BURST, LOGIN_EVERY). Default to 5 and 20s.
 	LoginBurst int
 	LoginEvery time.Duration
+	// Messaging says where Kafka and the Schema Registry are (KAFKA_BROKERS,
+	// SCHEMA_REGISTRY_URL). Without brokers the service serves HTTP only
+	// and does not consume saga commands.
+	Messaging messaging.Config
 	// PasswordParams are the argon2id costs. Defaults to
 	// adapters.DefaultArgon2idParams; tests lower them.
 	PasswordParams adapters.Argon2idParams
@@ -102,6 +110,7 @@ func ConfigFromEnv() (Config, error) {
 		AdminPassword:       e.Secret("ADMIN_PASSWORD", ""),
 		LoginBurst:          e.Int("LOGIN_BURST", DefaultLoginBurst),
 		LoginEvery:          e.Duration("LOGIN_EVERY", DefaultLoginEvery),
+		Messaging:           messaging.FromEnv(e),
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: e.LogLevel("LOG_LEVEL", slog.LevelInfo)}))
 	if k := e.Secret("JWT_SIGNING_KEY", ""); k != "" {
@@ -168,6 +177,8 @@ type Service struct {
 	issuer  *auth.Issuer
 	health  *httpx.Health
 	handler http.Handler
+	msg     *messaging.Messaging
+	part    *saga.Participant
 }
 
 // New connects to the database, applies the migrations, makes sure the
@@ -222,6 +233,11 @@ func (s *Service) init(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	metrics := httpx.NewMetrics(Name)
+	s.msg, err = messaging.Setup(ctx, s.pool, cfg.Messaging, s.log, metrics.Registry)
+	if err != nil {
+		return fmt.Errorf("userservice: %w", err)
+	}
 	repo := adapters.NewUsers(s.pool)
 	s.app, err = app.New(ctx, repo, adapters.NewArgon2id(cfg.PasswordParams), s.issuer, cfg.StartingCreditCents)
 	if err != nil {
@@ -234,10 +250,18 @@ func (s *Service) init(ctx context.Context) error {
 		}
 		s.log.Info("userservice: admin account ready", "user_id", u.ID, "email", u.Email)
 	}
+	// The saga participant: debit_credit and refund_credit commands arrive
+	// on user.commands; replies leave through the outbox.
+	s.part, err = saga.NewParticipant(saga.ParticipantConfig{Name: Name, Pool: s.pool, Writer: s.msg.Writer, Codec: s.msg.Codec,
+		Brokers: cfg.Messaging.Brokers, Registry: s.msg.Registry, CommandTopic: schemas.TopicUserCommands, Logger: s.log})
+	if err != nil {
+		return err
+	}
+	ports.RegisterSagaHandlers(s.part, s.app)
 	s.health = httpx.NewHealth()
 	s.health.Add("postgres", repo.Ping)
 	s.handler = ports.NewHTTP(ports.HTTPConfig{
-		App: s.app, Verifier: verifier, JWKS: jwks, Health: s.health, Metrics: httpx.NewMetrics(Name), Logger: s.log,
+		App: s.app, Verifier: verifier, JWKS: jwks, Health: s.health, Metrics: metrics, Logger: s.log,
 		LoginPerAccount: ratelimit.New(cfg.LoginEvery, cfg.LoginBurst),
 		LoginPerClient:  ratelimit.New(DefaultClientEvery, DefaultClientBurst),
 	})
@@ -254,6 +278,13 @@ func (s *Service) App() *app.Application { return s.app }
 // Pool is the service's database.
 func (s *Service) Pool() *pgxpool.Pool { return s.pool }
 
+// Participant answers the order saga's credit commands. Run consumes them
+// from Kafka; tests and the demo may call Process directly.
+func (s *Service) Participant() *saga.Participant { return s.part }
+
+// Messaging is the service's outbox side (codec, writer, relay).
+func (s *Service) Messaging() *messaging.Messaging { return s.msg }
+
 // Health lets the composition that adds consumers register their checks.
 func (s *Service) Health() *httpx.Health { return s.health }
 
@@ -261,8 +292,11 @@ func (s *Service) Health() *httpx.Health { return s.health }
 // /.well-known/jwks.json.
 func (s *Service) Issuer() *auth.Issuer { return s.issuer }
 
-// Run serves the API on Config.Addr until ctx is done, then drains: /readyz
-// fails, the server finishes the requests in flight and stops.
+// Run serves the API on Config.Addr and, with Kafka configured, consumes
+// saga commands and relays the outbox, until ctx is done. Then it drains:
+// /readyz fails, the server finishes the requests in flight, the consumer
+// finishes the command in flight, and only then the relay stops, after
+// publishing the replies they wrote.
 func (s *Service) Run(ctx context.Context) error {
 	l, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {
@@ -273,8 +307,18 @@ func (s *Service) Run(ctx context.Context) error {
 
 // Serve is Run on a listener of the caller's.
 func (s *Service) Serve(ctx context.Context, l net.Listener) error {
-	go func() { <-ctx.Done(); s.health.Drain() }()
-	return httpx.Serve(ctx, l, s.handler, s.log)
+	front := []lifecycle.Part{func(ctx context.Context) error {
+		go func() { <-ctx.Done(); s.health.Drain() }()
+		return httpx.Serve(ctx, l, s.handler, s.log)
+	}}
+	var back []lifecycle.Part
+	if s.cfg.Messaging.Enabled() {
+		front = append(front, s.part.Run)
+		back = append(back, s.msg.Relay.Run)
+	} else {
+		s.log.Warn("userservice: KAFKA_BROKERS is not set: serving HTTP only, saga commands are not consumed")
+	}
+	return lifecycle.Run(ctx, front, back)
 }
 
 // Close closes the database pool when the service opened it.
