@@ -23,7 +23,9 @@ func TestBackStopsAfterFront(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { done <- Run(ctx, []Part{part("http", 50*time.Millisecond), part("consumer", 10*time.Millisecond)}, []Part{part("relay", 0)}) }()
+	go func() {
+		done <- Run(ctx, []Part{part("http", 50*time.Millisecond), part("consumer", 10*time.Millisecond)}, []Part{part("relay", 0)})
+	}()
 	time.Sleep(20 * time.Millisecond)
 	cancel()
 	if err := <-done; err != nil {
