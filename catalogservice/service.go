@@ -25,6 +25,11 @@ import (
 	"github.com/sagabox/sagabox/internal/platform/auth"
 	"github.com/sagabox/sagabox/internal/platform/config"
 	"github.com/sagabox/sagabox/internal/platform/httpx"
+	"github.com/sagabox/sagabox/internal/platform/lifecycle"
+	"github.com/sagabox/sagabox/internal/platform/messaging"
+	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/saga"
+	"github.com/sagabox/sagabox/schemas"
 )
 
 // Name is the service's name in logs, metrics and migrations.
@@ -59,6 +64,10 @@ type Config struct {
 	Issuer, Audience string
 	// Verifier, when set, checks tokens instead of one built from JWKSURL.
 	Verifier auth.TokenVerifier
+	// Messaging says where Kafka and the Schema Registry are (KAFKA_BROKERS,
+	// SCHEMA_REGISTRY_URL). Without brokers the service serves HTTP only:
+	// no saga commands, no order events.
+	Messaging messaging.Config
 	// Logger defaults to a logger that discards everything. ConfigFromEnv
 	// sets a JSON logger at LOG_LEVEL (default info).
 	Logger *slog.Logger
@@ -75,6 +84,7 @@ func ConfigFromEnv() (Config, error) {
 		JWKSURL:     e.Required("JWKS_URL"),
 		Issuer:      e.String("JWT_ISSUER", DefaultIssuer),
 		Audience:    e.String("JWT_AUDIENCE", DefaultAudience),
+		Messaging:   messaging.FromEnv(e),
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: e.LogLevel("LOG_LEVEL", slog.LevelInfo)}))
 	return cfg, e.Err()
@@ -119,6 +129,9 @@ type Service struct {
 	app     *app.Application
 	health  *httpx.Health
 	handler http.Handler
+	msg     *messaging.Messaging
+	part    *saga.Participant
+	events  messaging.Consumer
 }
 
 // New connects to the database, applies the migrations and builds the HTTP
@@ -160,12 +173,36 @@ func (s *Service) init(ctx context.Context) error {
 		}
 		verifier = v
 	}
+	metrics := httpx.NewMetrics(Name)
+	var err error
+	s.msg, err = messaging.Setup(ctx, s.pool, s.cfg.Messaging, s.log, metrics.Registry)
+	if err != nil {
+		return fmt.Errorf("catalogservice: %w", err)
+	}
 	repo := adapters.NewCatalog(s.pool)
 	s.app = app.New(repo)
+
+	// The saga participant: reserve_stock and release_stock commands arrive
+	// on catalog.commands; replies leave through the outbox.
+	s.part, err = saga.NewParticipant(saga.ParticipantConfig{Name: Name, Pool: s.pool, Writer: s.msg.Writer, Codec: s.msg.Codec,
+		Brokers: s.cfg.Messaging.Brokers, Registry: s.msg.Registry, CommandTopic: schemas.TopicCatalogCommands, Logger: s.log})
+	if err != nil {
+		return err
+	}
+	ports.RegisterSagaHandlers(s.part, s.app)
+
+	// The read model's feed: order.events, deduplicated by the inbox.
+	if s.cfg.Messaging.Enabled() {
+		const consumer = Name + "-order-view"
+		s.events = messaging.Consumer{Name: consumer, Brokers: s.cfg.Messaging.Brokers, Topic: schemas.TopicOrderEvents,
+			Group: consumer, Inbox: saga.NewInbox(s.pool, consumer), Logger: s.log,
+			Handler: ports.OrderEventsHandler(s.app, outbox.NewDecoder(s.msg.Registry, s.msg.Codec), s.log)}
+	}
+
 	s.health = httpx.NewHealth()
 	s.health.Add("postgres", repo.Ping)
 	s.handler = ports.NewHTTP(ports.HTTPConfig{App: s.app, Verifier: verifier, Health: s.health,
-		Metrics: httpx.NewMetrics(Name), Logger: s.log})
+		Metrics: metrics, Logger: s.log})
 	return nil
 }
 
@@ -179,10 +216,21 @@ func (s *Service) App() *app.Application { return s.app }
 // Pool is the service's database.
 func (s *Service) Pool() *pgxpool.Pool { return s.pool }
 
+// Participant answers the order saga's stock commands. Run consumes them
+// from Kafka; tests and the demo may call Process directly.
+func (s *Service) Participant() *saga.Participant { return s.part }
+
+// Messaging is the service's outbox side (codec, writer, relay).
+func (s *Service) Messaging() *messaging.Messaging { return s.msg }
+
 // Health lets the composition that adds consumers register their checks.
 func (s *Service) Health() *httpx.Health { return s.health }
 
-// Run serves the API on Config.Addr until ctx is done, then drains.
+// Run serves the API on Config.Addr and, with Kafka configured, consumes
+// saga commands and order events and relays the outbox, until ctx is done.
+// Then it drains: /readyz fails, the server and the consumers finish what
+// is in flight, and only then the relay stops, after publishing the replies
+// they wrote.
 func (s *Service) Run(ctx context.Context) error {
 	l, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {
@@ -193,8 +241,18 @@ func (s *Service) Run(ctx context.Context) error {
 
 // Serve is Run on a listener of the caller's.
 func (s *Service) Serve(ctx context.Context, l net.Listener) error {
-	go func() { <-ctx.Done(); s.health.Drain() }()
-	return httpx.Serve(ctx, l, s.handler, s.log)
+	front := []lifecycle.Part{func(ctx context.Context) error {
+		go func() { <-ctx.Done(); s.health.Drain() }()
+		return httpx.Serve(ctx, l, s.handler, s.log)
+	}}
+	var back []lifecycle.Part
+	if s.cfg.Messaging.Enabled() {
+		front = append(front, s.part.Run, s.events.Run)
+		back = append(back, s.msg.Relay.Run)
+	} else {
+		s.log.Warn("catalogservice: KAFKA_BROKERS is not set: serving HTTP only, saga commands and order events are not consumed")
+	}
+	return lifecycle.Run(ctx, front, back)
 }
 
 // Close closes the database pool when the service opened it.

@@ -1,0 +1,156 @@
+package catalogservice_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/hamba/avro/v2"
+
+	"github.com/sagabox/sagabox/catalogservice"
+	"github.com/sagabox/sagabox/internal/platform/auth"
+	"github.com/sagabox/sagabox/internal/platform/messaging"
+	"github.com/sagabox/sagabox/internal/testkit"
+	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/saga"
+	"github.com/sagabox/sagabox/schemas"
+)
+
+const replyTopic = "order.saga.replies"
+
+func (b bundle) command(t *testing.T, sagaID uuid.UUID, step int, compensation bool, name, payloadType string, payload any) *saga.Command {
+	t.Helper()
+	_, raw, err := b.svc.Messaging().Codec.Encode(payloadType, payload)
+	testkit.Must(t, err, "encode %s", payloadType)
+	return &saga.Command{SagaID: sagaID, SagaType: "order", Step: step, StepName: name, Attempt: 1, Compensation: compensation,
+		Name: name, ReplyTopic: replyTopic, PayloadType: payloadType, Payload: raw, MessageID: uuid.NewString()}
+}
+
+func decodeReply(t *testing.T, codec *outbox.Codec, value []byte) (outcome, reason string, payload map[string]any) {
+	t.Helper()
+	var r map[string]any
+	testkit.Must(t, avro.Unmarshal(codec.MustSchema(saga.ReplyType), value, &r), "decode reply")
+	if raw, _ := r["payload"].([]byte); len(raw) > 0 {
+		testkit.Must(t, avro.Unmarshal(codec.MustSchema(r["payload_type"].(string)), raw, &payload), "decode payload")
+	}
+	return r["outcome"].(string), r["reason"].(string), payload
+}
+
+func (b bundle) lastReply(t *testing.T) (outcome, reason string, payload map[string]any) {
+	t.Helper()
+	var value []byte
+	testkit.Must(t, b.db.Pool.QueryRow(context.Background(),
+		`SELECT value FROM sagabox.outbox WHERE topic = $1 ORDER BY id DESC LIMIT 1`, replyTopic).Scan(&value), "read reply")
+	return decodeReply(t, b.svc.Messaging().Codec, value)
+}
+
+func TestStockCommandsThroughTheSagaParticipant(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	b.addProduct(t, "A", "Apple", 50, 10)
+	b.addProduct(t, "B", "Banana", 20, 1)
+	p := b.svc.Participant()
+	order, sagaID := uuid.NewString(), uuid.New()
+
+	reserve := b.command(t, sagaID, 0, false, schemas.CommandReserveStock, schemas.NameReserveStock,
+		&schemas.ReserveStock{OrderID: order, Items: []schemas.StockLine{{Sku: "A", Quantity: 3}, {Sku: "B", Quantity: 1}}})
+	testkit.Must(t, p.Process(ctx, reserve), "reserve")
+	outcome, _, payload := b.lastReply(t)
+	if outcome != string(saga.Success) || payload["total_cents"] != int64(170) || b.stock(t, "A") != 7 || b.stock(t, "B") != 0 {
+		t.Fatalf("reserve: %s %v, stock A %d B %d", outcome, payload, b.stock(t, "A"), b.stock(t, "B"))
+	}
+	testkit.Must(t, p.Process(ctx, reserve), "redelivered reserve")
+	if b.stock(t, "A") != 7 {
+		t.Fatalf("a redelivered reserve took stock again: %d", b.stock(t, "A"))
+	}
+
+	short := b.command(t, uuid.New(), 0, false, schemas.CommandReserveStock, schemas.NameReserveStock,
+		&schemas.ReserveStock{OrderID: uuid.NewString(), Items: []schemas.StockLine{{Sku: "A", Quantity: 1}, {Sku: "B", Quantity: 1}}})
+	testkit.Must(t, p.Process(ctx, short), "short reserve")
+	if outcome, reason, _ := b.lastReply(t); outcome != string(saga.Rejected) || reason != "insufficient stock for B" || b.stock(t, "A") != 7 {
+		t.Fatalf("short: %s %q, stock A %d", outcome, reason, b.stock(t, "A"))
+	}
+
+	release := b.command(t, sagaID, 0, true, schemas.CommandReleaseStock, schemas.NameReleaseStock, &schemas.ReleaseStock{OrderID: order})
+	testkit.Must(t, p.Process(ctx, release), "release")
+	testkit.Must(t, p.Process(ctx, release), "redelivered release")
+	if outcome, _, _ := b.lastReply(t); outcome != string(saga.Success) || b.stock(t, "A") != 10 || b.stock(t, "B") != 1 {
+		t.Fatalf("release: %s, stock A %d B %d", outcome, b.stock(t, "A"), b.stock(t, "B"))
+	}
+}
+
+// End to end on Kafka (kfake) and a Schema Registry (srfake): a command
+// published to catalog.commands is answered on the reply topic, and order
+// events published to order.events reach the read model, each through the
+// real relay and consumers. Then a clean shutdown.
+func TestOnKafka(t *testing.T) {
+	t.Parallel()
+	db := testkit.NewDatabase(t)
+	cluster := testkit.Kafka(t, 3)
+	registry := testkit.Registry(t)
+	issuer, err := auth.NewIssuer(auth.IssuerConfig{Key: auth.GenerateKey(), Issuer: catalogservice.DefaultIssuer,
+		Audience: catalogservice.DefaultAudience})
+	testkit.Must(t, err, "issuer")
+	verifier, err := auth.NewVerifier(auth.VerifierConfig{Keys: func(context.Context) ([]byte, error) { return issuer.JWKS(), nil },
+		Issuer: catalogservice.DefaultIssuer, Audience: catalogservice.DefaultAudience})
+	testkit.Must(t, err, "verifier")
+	svc, err := catalogservice.New(testkit.Ctx(t), catalogservice.Config{Pool: db.Pool, Verifier: verifier, Addr: "127.0.0.1:0",
+		Messaging: messaging.Config{Brokers: cluster.ListenAddrs(), RegistryURL: registry.URL()}})
+	testkit.Must(t, err, "new catalogservice")
+	defer svc.Close()
+	_, err = svc.App().AddProduct(context.Background(), "A", "Apple", 50, 10)
+	testkit.Must(t, err, "product")
+
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+
+	// Another service's outbox, publishing to the catalog like orderservice
+	// will: here simply the catalog's own writer, in its own transactions.
+	order := uuid.NewString()
+	userID := uuid.NewString()
+	payload, err := (&schemas.ReserveStock{OrderID: order, Items: []schemas.StockLine{{Sku: "A", Quantity: 2}}}).Marshal()
+	testkit.Must(t, err, "payload")
+	sagaID := uuid.NewString()
+	tx, err := db.Pool.Begin(context.Background())
+	testkit.Must(t, err, "begin")
+	testkit.Must(t, svc.Messaging().Writer.Write(context.Background(), tx,
+		outbox.Message{Topic: schemas.TopicCatalogCommands, Key: sagaID, Type: saga.CommandType, SagaID: sagaID, Value: map[string]any{
+			"saga_id": sagaID, "saga_type": "order", "step": 0, "step_name": "reserve_stock", "attempt": 1, "compensation": false,
+			"command": schemas.CommandReserveStock, "reply_topic": replyTopic, "payload_type": schemas.NameReserveStock, "payload": payload}},
+		outbox.Message{Topic: schemas.TopicOrderEvents, Key: order, Value: &schemas.OrderCreated{OrderID: order, UserID: userID,
+			Items: []schemas.OrderLine{{Sku: "A", Quantity: 2}}, OccurredAt: time.Now()}},
+		outbox.Message{Topic: schemas.TopicOrderEvents, Key: order, Value: &schemas.OrderApproved{OrderID: order, UserID: userID,
+			TotalCents: 100, OccurredAt: time.Now()}},
+	), "write")
+	testkit.Must(t, tx.Commit(context.Background()), "commit")
+
+	replies := testkit.ReadAll(t, cluster.ListenAddrs(), replyTopic, 1, 60*time.Second)
+	if len(replies) != 1 {
+		t.Fatalf("%d replies on %s", len(replies), replyTopic)
+	}
+	value := replies[0].Value
+	if len(value) < 5 || value[0] != 0 {
+		t.Fatalf("reply is not in the Confluent wire format: % x", value[:min(8, len(value))])
+	}
+	outcome, _, reply := decodeReply(t, svc.Messaging().Codec, value[5:])
+	if outcome != string(saga.Success) || reply["total_cents"] != int64(100) {
+		t.Fatalf("reply %s %v", outcome, reply)
+	}
+	testkit.Eventually(t, 60*time.Second, "the order view to be approved", func() bool {
+		v, err := svc.App().OrderView(context.Background(), userID, false, order)
+		return err == nil && v.Status == "APPROVED" && len(v.Items) == 1 && v.Items[0].Name == "Apple"
+	})
+
+	stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("Run did not return after shutdown")
+	}
+}
