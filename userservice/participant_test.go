@@ -3,13 +3,19 @@ package userservice_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/hamba/avro/v2"
 
+	"github.com/sagabox/sagabox/internal/platform/messaging"
 	"github.com/sagabox/sagabox/internal/testkit"
+	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/saga"
 	"github.com/sagabox/sagabox/schemas"
+	"github.com/sagabox/sagabox/userservice"
+	"github.com/sagabox/sagabox/userservice/adapters"
+	"github.com/sagabox/sagabox/userservice/app"
 )
 
 const replyTopic = "order.saga.replies"
@@ -75,5 +81,61 @@ func TestCreditCommandsThroughTheSagaParticipant(t *testing.T) {
 	testkit.Must(t, p.Process(ctx, refund), "redelivered refund")
 	if b.balance(t, user) != 10000 {
 		t.Fatalf("a redelivered refund gave credit again: %d", b.balance(t, user))
+	}
+}
+
+// End to end on Kafka (kfake) and a Schema Registry (srfake): a debit_credit
+// command published to user.commands is answered on the reply topic through
+// the real consumer and relay; then a clean shutdown.
+func TestOnKafka(t *testing.T) {
+	t.Parallel()
+	db := testkit.NewDatabase(t)
+	cluster := testkit.Kafka(t, 3)
+	registry := testkit.Registry(t)
+	svc, err := userservice.New(testkit.Ctx(t), userservice.Config{Pool: db.Pool, Addr: "127.0.0.1:0",
+		PasswordParams: adapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1},
+		Messaging:      messaging.Config{Brokers: cluster.ListenAddrs(), RegistryURL: registry.URL()}})
+	testkit.Must(t, err, "new userservice")
+	defer svc.Close()
+	u, err := svc.App().SignUp(context.Background(), app.SignUp{Email: "kafka@example.com", Password: "password-123", Name: "K"})
+	testkit.Must(t, err, "sign up")
+
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+
+	order, sagaID := uuid.NewString(), uuid.NewString()
+	payload, err := (&schemas.DebitCredit{OrderID: order, UserID: u.ID.String(), AmountCents: 1234}).Marshal()
+	testkit.Must(t, err, "payload")
+	tx, err := db.Pool.Begin(context.Background())
+	testkit.Must(t, err, "begin")
+	testkit.Must(t, svc.Messaging().Writer.Write(context.Background(), tx,
+		outbox.Message{Topic: schemas.TopicUserCommands, Key: sagaID, Type: saga.CommandType, SagaID: sagaID, Value: map[string]any{
+			"saga_id": sagaID, "saga_type": "order", "step": 1, "step_name": "debit_credit", "attempt": 1, "compensation": false,
+			"command": schemas.CommandDebitCredit, "reply_topic": replyTopic, "payload_type": schemas.NameDebitCredit, "payload": payload}}), "write")
+	testkit.Must(t, tx.Commit(context.Background()), "commit")
+
+	replies := testkit.ReadAll(t, cluster.ListenAddrs(), replyTopic, 1, 60*time.Second)
+	if len(replies) != 1 || len(replies[0].Value) < 5 {
+		t.Fatalf("%d replies on %s", len(replies), replyTopic)
+	}
+	var r map[string]any
+	testkit.Must(t, avro.Unmarshal(svc.Messaging().Codec.MustSchema(saga.ReplyType), replies[0].Value[5:], &r), "decode reply")
+	if r["outcome"] != string(saga.Success) || replies[0].Key != sagaID {
+		t.Fatalf("reply %v key %q", r, replies[0].Key)
+	}
+	var balance int64
+	testkit.Must(t, db.Pool.QueryRow(context.Background(), `SELECT credit_cents FROM users WHERE id = $1`, u.ID).Scan(&balance), "balance")
+	if balance != 10000-1234 {
+		t.Fatalf("balance %d", balance)
+	}
+	stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("Run did not return after shutdown")
 	}
 }
