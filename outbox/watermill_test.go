@@ -405,3 +405,33 @@ func TestWatermillAvroMarshalerUnmarshalsFramedValues(t *testing.T) {
 		t.Fatalf("unframed payload: want ErrNotAvro, got %v", err)
 	}
 }
+
+// The publisher does what Writer.Write does after the insert: with
+// NotifyChannel set, relays in other processes hear of the commit.
+func TestWatermillPublisherNotifiesTheChannel(t *testing.T) {
+	t.Parallel()
+	b := setupWatermill(t)
+	w, err := outbox.NewWriter(b.ctx, b.pool, outbox.WriterConfig{Codec: b.codec, NotifyChannel: "sagabox_outbox"})
+	testkit.Must(t, err, "writer")
+	b.writer = w
+
+	listener, err := b.pool.Acquire(b.ctx)
+	testkit.Must(t, err, "acquire")
+	defer listener.Release()
+	_, err = listener.Exec(b.ctx, `LISTEN sagabox_outbox`)
+	testkit.Must(t, err, "listen")
+
+	tx, err := b.sqlDB.BeginTx(b.ctx, nil)
+	testkit.Must(t, err, "begin")
+	testkit.Must(t, b.eventBus(t, tx, nil).Publish(b.ctx, OrderPlaced{OrderID: "o1", Seq: 1}), "publish")
+	testkit.Must(t, tx.Commit(), "commit")
+
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	defer cancel()
+	n, err := listener.Conn().WaitForNotification(ctx)
+	testkit.Must(t, err, "no notification after commit")
+	if n.Channel != "sagabox_outbox" {
+		t.Fatalf("notification on %q", n.Channel)
+	}
+	_, _ = listener.Exec(context.Background(), `UNLISTEN *`)
+}
