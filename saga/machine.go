@@ -91,6 +91,9 @@ type machine[D any] struct {
 // (for a reply or a retry) or finishes.
 func (m *machine[D]) advance(ctx context.Context, e env[D], s *state, data *D) error {
 	for {
+		if !s.NextRetryAt.IsZero() {
+			return nil // backing off: the poller resumes at NextRetryAt
+		}
 		switch s.Status {
 		case StatusRunning:
 			if s.Step >= len(m.def.steps) {
