@@ -471,7 +471,8 @@ func (e *env) fill(ctx context.Context, s system, topic string, n int) error {
 // --- phase 2: write path -----------------------------------------------------
 
 // writePath measures the business transaction alone, with the outbox write
-// (waking the relay in-process), and with the outbox write plus pg_notify.
+// (waking the relay in-process), with the outbox write plus pg_notify, and
+// with the outbox write waking nothing (the relay then polls).
 // The variants take turns in short rounds, so that load from elsewhere on the
 // machine falls on all of them alike. No relay runs: this is the cost in the
 // writers' transactions.
@@ -487,6 +488,10 @@ func (e *env) writePath(ctx context.Context) error {
 		return err
 	}
 	notifying, err := outbox.NewWriter(ctx, e.pool, outbox.WriterConfig{Codec: codec, NotifyChannel: "outboxbench"})
+	if err != nil {
+		return err
+	}
+	silent, err := outbox.NewWriter(ctx, e.pool, outbox.WriterConfig{Codec: codec})
 	if err != nil {
 		return err
 	}
@@ -517,6 +522,7 @@ func (e *env) writePath(ctx context.Context) error {
 		{name: "write-baseline", do: tx(nil, false)},
 		{name: "write-outbox", do: tx(inProcess, false)},
 		{name: "write-outbox-notify", do: tx(notifying, false)},
+		{name: "write-outbox-nowake", do: tx(silent, false)},
 		// The same with a fuller business transaction (order lines, stock),
 		// for context: the outbox row costs the same, the ratio moves.
 		{name: "write-baseline-shop", do: tx(nil, true)},
