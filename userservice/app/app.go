@@ -55,7 +55,8 @@ func New(ctx context.Context, repo Repository, hasher PasswordHasher, tokens Tok
 	if err != nil {
 		return nil, err
 	}
-	return &Application{repo: repo, hasher: hasher, tokens: tokens, startingCredit: startingCredit, now: time.Now, dummyHash: dummy}, nil
+	now := func() time.Time { return time.Now().UTC().Truncate(time.Microsecond) } // what Postgres stores
+	return &Application{repo: repo, hasher: hasher, tokens: tokens, startingCredit: startingCredit, now: now, dummyHash: dummy}, nil
 }
 
 // SignUp is the sign-up command.

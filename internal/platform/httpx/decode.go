@@ -17,12 +17,14 @@ const MaxBodyBytes = 64 << 10
 
 // DecodeJSON decodes the request body into v, strictly: the body must be one
 // JSON value of at most MaxBodyBytes, with no field v does not have and
-// nothing after it. A Content-Type other than application/json is refused.
-// The error is an *Error (400, 413 or 415) naming what is wrong.
+// nothing after it. The Content-Type must be application/json (or a
+// +json type) when given; application/x-www-form-urlencoded is tolerated
+// because it is what `curl -d` sends, and the body must be JSON anyway. The
+// error is an *Error (400, 413 or 415) naming what is wrong.
 func DecodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || mt != "application/json" {
+		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json") && mt != "application/x-www-form-urlencoded") {
 			return NewError(http.StatusUnsupportedMediaType, "unsupported_media_type",
 				"Content-Type must be application/json")
 		}

@@ -40,7 +40,10 @@ func TestDecodeJSONIsStrict(t *testing.T) {
 		{"trailing object", `{"email":"a"}{"email":"b"}`, "application/json", 400, "malformed_json"},
 		{"trailing garbage", `{"email":"a"} x`, "application/json", 400, "malformed_json"},
 		{"oversized", `{"email":"` + strings.Repeat("a", MaxBodyBytes) + `"}`, "application/json", 413, "body_too_large"},
-		{"form", `email=a`, "application/x-www-form-urlencoded", 415, "unsupported_media_type"},
+		{"curl -d with JSON", `{"email":"a@b.c"}`, "application/x-www-form-urlencoded", 200, ""},
+		{"curl -d with a form", `email=a`, "application/x-www-form-urlencoded", 400, "malformed_json"},
+		{"text", `{"email":"a@b.c"}`, "text/plain", 415, "unsupported_media_type"},
+		{"multipart", `{"email":"a@b.c"}`, "multipart/form-data; boundary=x", 415, "unsupported_media_type"},
 	}
 	for _, c := range cases {
 		h := Handle(quiet, func(w http.ResponseWriter, r *http.Request) error {

@@ -60,7 +60,7 @@ func (c Consumer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("messaging: %s: router: %w", c.Name, err)
 	}
-	h := router.AddNoPublisherHandler(c.Name, c.Topic, sub, c.Handler)
+	h := router.AddConsumerHandler(c.Name, c.Topic, sub, c.Handler)
 	h.AddMiddleware(c.Inbox.Middleware)
 	done := make(chan error, 1)
 	go func() { done <- router.Run(context.WithoutCancel(ctx)) }()
