@@ -130,6 +130,7 @@ func orderDefinition(tn tuning) *saga.Definition[order] {
 // world is one test's infrastructure: its database, Kafka, registry, relay.
 type world struct {
 	t        *testing.T
+	db       *testkit.Database
 	ctx      context.Context
 	pool     *pgxpool.Pool
 	kafka    *kfake.Cluster
@@ -154,7 +155,7 @@ func newWorld(t *testing.T, partitions int) *world {
 	t.Helper()
 	db := testkit.NewDatabase(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &world{t: t, ctx: ctx, pool: db.Pool, codec: testCodec()}
+	w := &world{t: t, db: db, ctx: ctx, pool: db.Pool, codec: testCodec()}
 	// Runs before the database is dropped: stop every component first.
 	t.Cleanup(func() { cancel(); w.wg.Wait() })
 	testkit.Must(t, outbox.Migrate(ctx, w.pool), "outbox migrate")
