@@ -1,11 +1,3 @@
-// Package catalogservice is the shop's catalog: products and their stock,
-// which the order saga reserves (all lines of an order or none, never
-// oversold) and releases on compensation, and a CQRS read model of orders
-// fed by order events.
-//
-// Layout (as in wild-workouts): domain/ holds the rules (no I/O), app/ the use
-// cases, adapters/ Postgres, ports/ the HTTP API. This file is the
-// composition root; cmd/catalogservice/main.go runs it.
 package catalogservice
 
 import (

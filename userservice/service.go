@@ -1,10 +1,3 @@
-// Package userservice is the shop's user service: sign-up, login, access
-// tokens and their public keys, and each user's credit, which the order saga
-// debits and refunds.
-//
-// Layout (as in wild-workouts): domain/ holds the rules (no I/O), app/ the use
-// cases, adapters/ Postgres and password hashing, ports/ the HTTP API. This
-// file is the composition root; cmd/userservice/main.go runs it.
 package userservice
 
 import (
