@@ -20,6 +20,8 @@
 //     Events may arrive twice or out of order: a status never moves back and
 //     the first final status wins.
 //
+// The reservation of one order:
+//
 //	stateDiagram-v2
 //	    [*] --> RESERVED: reserve_stock, every line available
 //	    [*] --> REJECTED: reserve_stock, a line short or unknown
