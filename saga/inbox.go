@@ -22,7 +22,9 @@ type Inbox struct {
 
 // NewInbox returns an inbox for one consumer (a name unique to the handler:
 // two handlers of the same message must not share it).
-func NewInbox(pool *pgxpool.Pool, consumer string) *Inbox { return &Inbox{pool: pool, consumer: consumer} }
+func NewInbox(pool *pgxpool.Pool, consumer string) *Inbox {
+	return &Inbox{pool: pool, consumer: consumer}
+}
 
 type txKey struct{}
 

@@ -135,8 +135,8 @@ func silentDefinition(timeout time.Duration) *saga.Definition[order] {
 		},
 		saga.Step[order]{
 			// A read-only check: nothing to compensate.
-			Name:   "fraud_check",
-			Invoke: &saga.Invocation[order]{Topic: "fraud.commands", Command: "check"},
+			Name:    "fraud_check",
+			Invoke:  &saga.Invocation[order]{Topic: "fraud.commands", Command: "check"},
 			Timeout: timeout, Retry: retry,
 		},
 	)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riferrei/srclient"
 	"github.com/sagabox/sagabox/internal/testkit"
 	"github.com/sagabox/sagabox/outbox"
@@ -150,7 +151,7 @@ func testLogger(t *testing.T) *slog.Logger {
 }
 
 // newWorld migrates a fresh database (outbox, saga and the test's business
-// tables) and, unless noKafka, starts Kafka, the registry and a relay.
+// tables) and, unless partitions is 0, starts Kafka, the registry and a relay.
 func newWorld(t *testing.T, partitions int) *world {
 	t.Helper()
 	db := testkit.NewDatabase(t)
@@ -175,6 +176,9 @@ CREATE TABLE faults (name text PRIMARY KEY);`)
 		}
 	}})
 	testkit.Must(t, err, "writer")
+	if partitions == 0 {
+		return w // database only
+	}
 	w.kafka = testkit.Kafka(t, partitions)
 	w.brokers = w.kafka.ListenAddrs()
 	w.registry = testkit.Registry(t)
@@ -203,12 +207,15 @@ func (w *world) goRunCtx(ctx context.Context, name string, run func(context.Cont
 }
 
 func (w *world) registryClient() srclient.ISchemaRegistryClient {
+	if w.registry == nil {
+		return nil
+	}
 	return srclient.NewSchemaRegistryClient(w.registry.URL())
 }
 
 func (w *world) orchestratorConfig() saga.Config {
 	return saga.Config{Pool: w.pool, Writer: w.writer, Codec: w.codec, ReplyTopic: replyTopic,
-		Brokers: w.brokers, Registry: w.registryClient(), PollInterval: 20 * time.Millisecond,
+		Brokers: w.brokers, Registry: w.registryClient(), Registerer: prometheus.NewRegistry(), PollInterval: 20 * time.Millisecond,
 		NackResendSleep: 20 * time.Millisecond, Logger: testLogger(w.t)}
 }
 

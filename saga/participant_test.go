@@ -1,0 +1,253 @@
+package saga_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/sagabox/sagabox/internal/testkit"
+	"github.com/sagabox/sagabox/saga"
+)
+
+// replies returns the outcomes of the replies the participant wrote for a
+// saga, in order.
+func (w *world) replies(sagaID uuid.UUID) []string {
+	w.t.Helper()
+	rows, err := w.pool.Query(w.ctx, `SELECT value FROM sagabox.outbox WHERE saga_id = $1 AND message_type = $2 ORDER BY id`, sagaID.String(), saga.ReplyType)
+	testkit.Must(w.t, err, "replies")
+	defer rows.Close()
+	s, _ := w.codec.Schema(saga.ReplyType)
+	var out []string
+	for rows.Next() {
+		var v []byte
+		testkit.Must(w.t, rows.Scan(&v), "scan")
+		var r map[string]any
+		testkit.Must(w.t, avroUnmarshal(s, v, &r), "decode reply")
+		out = append(out, fmt.Sprintf("%v#%v:%v", map[bool]string{false: "do", true: "undo"}[r["compensation"].(bool)], r["attempt"], r["outcome"]))
+	}
+	return out
+}
+
+func command(id uuid.UUID, name string, attempt int, compensation bool) *saga.Command {
+	return &saga.Command{SagaID: id, SagaType: "create_order", Step: 0, Attempt: attempt, Compensation: compensation,
+		Name: name, ReplyTopic: replyTopic, PayloadType: "test.catalog.ReserveStock", Payload: encodeReserve(2)}
+}
+
+func encodeReserve(qty int) []byte {
+	_, b, err := testCodec().Encode("test.catalog.ReserveStock", reserveStock{Item: "book", Qty: qty})
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func (w *world) stock() int {
+	var q int
+	testkit.Must(w.t, w.pool.QueryRow(w.ctx, `SELECT qty FROM stock WHERE item = 'book'`).Scan(&q), "stock")
+	return q
+}
+
+// Invariant (participant barrier): a command delivered again, or retried
+// with a new attempt, has no second effect and gets the stored reply again.
+func TestParticipantDuplicateCommandGetsStoredReply(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, 0)
+	w.seed("book", 10, "ann", 0)
+	catalog, _ := w.participants("g")
+	id := uuid.New()
+	for _, attempt := range []int{1, 1, 2} {
+		testkit.Must(t, catalog.Process(w.ctx, command(id, "reserve_stock", attempt, false)), "process")
+	}
+	if got := w.stock(); got != 8 {
+		t.Fatalf("stock %d, want 8: the duplicate reserved again", got)
+	}
+	if got, want := w.replies(id), []string{"do#1:SUCCESS", "do#1:SUCCESS", "do#2:SUCCESS"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("replies %v, want %v", got, want)
+	}
+	// A rejection is stored too: the retry is rejected again without
+	// running the handler.
+	id2 := uuid.New()
+	big := command(id2, "reserve_stock", 1, false)
+	big.Payload = encodeReserve(100)
+	testkit.Must(t, catalog.Process(w.ctx, big), "process")
+	w.seed("book", 1000, "ann", 0) // now there would be stock
+	big.Attempt = 2
+	testkit.Must(t, catalog.Process(w.ctx, big), "process")
+	if got := w.stock(); got != 1000 {
+		t.Fatalf("stock %d: a retried rejected command ran again", got)
+	}
+	if got, want := w.replies(id2), []string{"do#1:REJECTED", "do#2:REJECTED"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("replies %v, want %v", got, want)
+	}
+}
+
+// Invariant (participant barrier): a compensation for an action that never
+// ran succeeds and does nothing, and the action arriving after it does
+// nothing either.
+func TestParticipantCompensationBeforeAction(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, 0)
+	w.seed("book", 10, "ann", 0)
+	catalog, _ := w.participants("g")
+	id := uuid.New()
+	testkit.Must(t, catalog.Process(w.ctx, command(id, "release_stock", 1, true)), "compensate")
+	testkit.Must(t, catalog.Process(w.ctx, command(id, "reserve_stock", 1, false)), "late action")
+	testkit.Must(t, catalog.Process(w.ctx, command(id, "release_stock", 2, true)), "compensate again")
+	if got := w.stock(); got != 10 {
+		t.Fatalf("stock %d, want 10 (nothing happened)", got)
+	}
+	if eff := w.effects()[id.String()]; len(eff) != 0 {
+		t.Fatalf("effects %v, want none", eff)
+	}
+	if got, want := w.replies(id), []string{"undo#1:SUCCESS", "do#1:REJECTED", "undo#2:SUCCESS"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("replies %v, want %v", got, want)
+	}
+}
+
+// Invariant: a compensation after the action undoes it exactly once, and a
+// transient handler failure keeps nothing and answers ERROR (so the
+// orchestrator backs off and retries).
+func TestParticipantCompensationAfterActionAndTransientFailure(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, 0)
+	w.seed("book", 10, "ann", 0)
+	catalog, _ := w.participants("g")
+	id := uuid.New()
+	testkit.Must(t, catalog.Process(w.ctx, command(id, "reserve_stock", 1, false)), "action")
+	w.setFault("release_fails", true)
+	testkit.Must(t, catalog.Process(w.ctx, command(id, "release_stock", 1, true)), "failing compensation")
+	if got := w.stock(); got != 8 {
+		t.Fatalf("stock %d after a failed compensation, want 8", got)
+	}
+	w.setFault("release_fails", false)
+	testkit.Must(t, catalog.Process(w.ctx, command(id, "release_stock", 2, true)), "compensation")
+	testkit.Must(t, catalog.Process(w.ctx, command(id, "release_stock", 2, true)), "duplicate compensation")
+	if got := w.stock(); got != 10 {
+		t.Fatalf("stock %d, want 10", got)
+	}
+	if got, want := w.replies(id), []string{"do#1:SUCCESS", "undo#1:ERROR", "undo#2:SUCCESS", "undo#2:SUCCESS"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("replies %v, want %v", got, want)
+	}
+	if eff := w.effects()[id.String()]; fmt.Sprint(eff) != "[reserve release]" {
+		t.Fatalf("effects %v", eff)
+	}
+}
+
+// Invariant: concurrent deliveries of the same command apply it once.
+func TestParticipantConcurrentDuplicates(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, 0)
+	w.seed("book", 1000, "ann", 0)
+	catalog, _ := w.participants("g")
+	id := uuid.New()
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() { errs <- catalog.Process(w.ctx, command(id, "reserve_stock", 1, false)) }()
+	}
+	for range 8 {
+		testkit.Must(t, <-errs, "process")
+	}
+	if got := w.stock(); got != 998 {
+		t.Fatalf("stock %d, want 998: %d reservations instead of 1", got, (1000-got)/2)
+	}
+}
+
+// Invariant (idempotent consumer): a message handled twice through the
+// Inbox middleware has one effect; a handler error keeps nothing, so the
+// redelivery runs it again.
+func TestInboxMiddleware(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, 0)
+	inbox := saga.NewInbox(w.pool, "mailer")
+	calls := 0
+	fail := true
+	h := inbox.Middleware(func(msg *message.Message) ([]*message.Message, error) {
+		calls++
+		tx, ok := saga.Tx(msg.Context())
+		if !ok {
+			return nil, errors.New("no transaction in the context")
+		}
+		if _, err := tx.Exec(msg.Context(), `INSERT INTO effects (saga_id, what) VALUES ($1, 'mail')`, uuid.Nil); err != nil {
+			return nil, err
+		}
+		if fail {
+			fail = false
+			return nil, errors.New("smtp down")
+		}
+		return nil, nil
+	})
+	msg := message.NewMessage("0190a0b0-0000-7000-8000-000000000001", []byte("x"))
+	msg.SetContext(w.ctx)
+	if _, err := h(msg); err == nil {
+		t.Fatal("handler error swallowed")
+	}
+	for range 3 {
+		_, err := h(msg)
+		testkit.Must(t, err, "handle")
+	}
+	var n int
+	testkit.Must(t, w.pool.QueryRow(w.ctx, `SELECT count(*) FROM effects`).Scan(&n), "count")
+	if n != 1 || calls != 2 {
+		t.Fatalf("%d effects after %d handler calls; want 1 effect, 2 calls (one failed, one applied)", n, calls)
+	}
+}
+
+// Invariant: the cleaner deletes finished sagas and inbox entries past the
+// retention, never failed or running sagas.
+func TestCleanup(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, 0)
+	o := w.orchestrator(orderDefinition(tuning{}), nil)
+	var ids []string
+	for i := range 4 {
+		ids = append(ids, w.placeOrder(o, order{OrderID: fmt.Sprintf("o%d", i), Item: "book"}))
+	}
+	_, err := w.pool.Exec(w.ctx, `UPDATE sagabox.sagas SET status = s.st, finished_at = now() - interval '2 hours'
+		FROM (VALUES ($1::uuid, 'succeeded'), ($2::uuid, 'compensated'), ($3::uuid, 'failed')) AS s(id, st) WHERE sagas.id = s.id`,
+		ids[0], ids[1], ids[2])
+	testkit.Must(t, err, "age sagas")
+	_, err = w.pool.Exec(w.ctx, `INSERT INTO sagabox.saga_inbox (consumer, key, processed_at) VALUES ('c', 'old', now() - interval '2 hours'), ('c', 'new', now())`)
+	testkit.Must(t, err, "inbox")
+	n, err := saga.Cleanup(w.ctx, w.pool, time.Hour)
+	testkit.Must(t, err, "cleanup")
+	var left []string
+	rows, _ := w.pool.Query(w.ctx, `SELECT id::text FROM sagabox.sagas ORDER BY id`)
+	left, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	testkit.Must(t, err, "left")
+	var inbox int
+	testkit.Must(t, w.pool.QueryRow(w.ctx, `SELECT count(*) FROM sagabox.saga_inbox`).Scan(&inbox), "inbox")
+	var steps int
+	testkit.Must(t, w.pool.QueryRow(w.ctx, `SELECT count(*) FROM sagabox.saga_steps WHERE saga_id = ANY($1::uuid[])`, ids[:2]).Scan(&steps), "steps")
+	if n != 3 || len(left) != 2 || inbox != 1 || steps != 0 {
+		t.Fatalf("deleted %d; left sagas %v, inbox %d, history of deleted %d", n, left, inbox, steps)
+	}
+	if _, err := saga.Get(w.ctx, w.pool, uuid.MustParse(ids[2])); err != nil {
+		t.Fatalf("failed saga deleted: %v", err)
+	}
+	if _, err := saga.Get(w.ctx, w.pool, uuid.MustParse(ids[0])); !errors.Is(err, saga.ErrNotFound) {
+		t.Fatalf("finished saga kept: %v", err)
+	}
+}
+
+// Invariant: List finds sagas stuck past a deadline.
+func TestListStuck(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, 0)
+	o := w.orchestrator(orderDefinition(tuning{}), nil)
+	old := w.placeOrder(o, order{OrderID: "o1", Item: "book"})
+	w.placeOrder(o, order{OrderID: "o2", Item: "book"})
+	_, err := w.pool.Exec(w.ctx, `UPDATE sagabox.sagas SET updated_at = now() - interval '1 hour' WHERE id = $1`, old)
+	testkit.Must(t, err, "age")
+	list, err := saga.List(w.ctx, w.pool, saga.ListOptions{StuckFor: 10 * time.Minute, Type: "create_order"})
+	testkit.Must(t, err, "list")
+	if len(list) != 1 || list[0].ID.String() != old {
+		t.Fatalf("stuck: %+v", list)
+	}
+}
+
+var _ = context.Background
