@@ -3,16 +3,32 @@
 //
 // The .avsc files are the source of truth: edit one, run
 // `go generate ./schemas/`, commit both. Every message is sent as Avro in the
-// Confluent wire format (magic byte, 4-byte schema ID, Avro binary). The
-// outbox relay registers each schema in the Schema Registry at start-up, once,
-// under the subject it derives from the topic and the schema's full name, and
-// caches the ID; nothing touches the registry on the hot path.
+// Confluent wire format (magic byte, 4-byte schema ID, Avro binary).
+//
+// # Subjects
+//
+// A schema is registered under "<topic>-<full name>" (outbox.Subject, the
+// TopicRecordNameStrategy), since one topic carries several record types:
+//
+//	order.events-sagabox.shop.OrderCreated
+//	order.events-sagabox.shop.OrderApproved
+//	order.events-sagabox.shop.OrderCancelled
+//	catalog.commands-sagabox.saga.Command   (payload: ReserveStock, ReleaseStock)
+//	user.commands-sagabox.saga.Command      (payload: DebitCredit, RefundCredit)
+//	<reply topic>-sagabox.saga.Reply        (payload: StockReserved, CreditDebited)
+//
+// Saga payloads travel inside the saga envelopes as Avro bytes named by
+// payload_type; both sides compile the same schemas in. Services register
+// the subjects they know at start-up (messaging.RegisterSchemas); the outbox
+// relay registers any other on first publish and caches every ID, so nothing
+// waits on the registry on the hot path.
 //
 // # Evolving a schema
 //
-// Consumers are upgraded after producers, so every new version must be
-// BACKWARD compatible: a reader with the new schema must read data written
-// with every older one. In practice: add fields only with a default, never
+// Every new version must be BACKWARD compatible: a reader with the new
+// schema must read data written with every older one (still in the topic,
+// or still being written by instances not yet upgraded), so consumers can
+// be upgraded first. In practice: add fields only with a default, never
 // remove a field without a default, never change a type. Before changing a
 // schema, copy the released version to history/<full name>/vN.avsc.
 // compat_test.go checks the current schema against every version there with
