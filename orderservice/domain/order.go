@@ -43,6 +43,22 @@ const (
 // Final reports whether no event can change the status any more.
 func (s Status) Final() bool { return s == StatusApproved || s == StatusCancelled }
 
+// Why an order is cancelled: the business "no" of the step that failed. The
+// participant's own words (which SKU, how much) are in the saga's history.
+const (
+	ReasonInsufficientStock  = "insufficient stock"
+	ReasonInsufficientCredit = "insufficient credit"
+)
+
+// UnknownSKUError names the SKUs of an order that the catalog does not sell.
+type UnknownSKUError struct {
+	SKUs []string
+}
+
+func (e *UnknownSKUError) Error() string {
+	return "unknown SKU: " + strings.Join(e.SKUs, ", ")
+}
+
 // Errors.
 var (
 	ErrOrderNotFound = errors.New("order not found")

@@ -1,0 +1,198 @@
+// Package app holds orderservice's use cases: placing an order (which
+// starts the order saga), reading one with its saga's progress, listing a
+// user's orders; and the order saga itself (saga.go).
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sagabox/sagabox/orderservice/domain"
+	"github.com/sagabox/sagabox/saga"
+)
+
+// ErrCatalogUnavailable means the catalog could not be asked whether it
+// sells the order's SKUs; nothing was written and the client may retry.
+var ErrCatalogUnavailable = errors.New("the catalog is unavailable")
+
+// Repository is what the use cases need from storage (adapters.Orders).
+type Repository interface {
+	// Create stores o with its OrderCreated event and runs start in the same
+	// transaction. When key is set and the user already has an order with
+	// that key, it writes nothing and returns that order, its request
+	// fingerprint and replayed true.
+	Create(ctx context.Context, o *domain.Order, key, fingerprint string,
+		start func(ctx context.Context, tx pgx.Tx) error) (stored *domain.Order, storedFingerprint string, replayed bool, err error)
+	// ByIdempotencyKey returns the user's order made with key and its
+	// request fingerprint, or domain.ErrOrderNotFound.
+	ByIdempotencyKey(ctx context.Context, userID uuid.UUID, key string) (*domain.Order, string, error)
+	Order(ctx context.Context, id uuid.UUID) (*domain.Order, error)
+	OrdersOf(ctx context.Context, userID, before uuid.UUID, limit int) ([]domain.Order, error)
+	// Update changes an order inside tx (the saga's) and writes the event
+	// its status change calls for.
+	Update(ctx context.Context, tx pgx.Tx, id uuid.UUID, fn func(*domain.Order) error) error
+	// Saga returns the order's saga (it has the order's ID).
+	Saga(ctx context.Context, orderID uuid.UUID) (*saga.Info, error)
+}
+
+// Catalog says what the catalog sells (adapters.Catalog): the list price
+// of every SKU, a *domain.UnknownSKUError, or an error wrapping
+// ErrCatalogUnavailable.
+type Catalog interface {
+	Prices(ctx context.Context, skus []string) (map[string]int64, error)
+}
+
+// SagaStarter starts an order saga inside the caller's transaction
+// (*saga.Orchestrator[SagaData]).
+type SagaStarter interface {
+	Start(ctx context.Context, tx pgx.Tx, data SagaData, opts ...saga.StartOptions) (uuid.UUID, error)
+}
+
+// Application is orderservice's use cases.
+type Application struct {
+	repo    Repository
+	catalog Catalog
+	sagas   SagaStarter
+	now     func() time.Time
+}
+
+// New returns the application. catalog may be nil: then SKUs are not
+// checked when the order is placed, and an unknown SKU cancels the order
+// through the saga (the catalog rejects the reservation).
+func New(repo Repository, catalog Catalog, sagas SagaStarter) *Application {
+	return &Application{repo: repo, catalog: catalog, sagas: sagas, now: now}
+}
+
+// now is the database's precision, so that what the API answers at once is
+// what it answers later.
+func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+
+// PlaceOrder is a customer's order request.
+type PlaceOrder struct {
+	UserID uuid.UUID
+	Items  []domain.Item
+	// IdempotencyKey, when set, makes a retry of the same request return
+	// the order the first one made.
+	IdempotencyKey string
+}
+
+// PlaceOrder validates the request, checks the SKUs with the catalog, and
+// stores the PENDING order, its OrderCreated event, the saga's state and its
+// first command (reserve_stock) in one transaction. replayed is true when
+// the Idempotency-Key had already made this order: nothing was written.
+//
+// Errors: *domain.ValidationError, *domain.UnknownSKUError,
+// domain.ErrIdempotencyKeyReused, ErrCatalogUnavailable.
+func (a *Application) PlaceOrder(ctx context.Context, cmd PlaceOrder) (order *domain.Order, replayed bool, err error) {
+	if cmd.IdempotencyKey != "" {
+		if err := domain.ValidateIdempotencyKey(cmd.IdempotencyKey); err != nil {
+			return nil, false, err
+		}
+	}
+	o, err := domain.NewOrder(cmd.UserID, cmd.Items, a.now())
+	if err != nil {
+		return nil, false, err
+	}
+	fingerprint := domain.RequestFingerprint(o.UserID, o.Items)
+	if cmd.IdempotencyKey != "" {
+		// A retry is answered from the database, even while the catalog is
+		// down. The race of two first attempts is settled in Create.
+		stored, storedFP, err := a.repo.ByIdempotencyKey(ctx, o.UserID, cmd.IdempotencyKey)
+		switch {
+		case err == nil:
+			return sameRequest(stored, storedFP, fingerprint)
+		case !errors.Is(err, domain.ErrOrderNotFound):
+			return nil, false, err
+		}
+	}
+	if err := a.priceFromCatalog(ctx, o); err != nil {
+		return nil, false, err
+	}
+	data := SagaData{OrderID: o.ID, UserID: o.UserID, Items: o.Items}
+	stored, storedFP, replayed, err := a.repo.Create(ctx, o, cmd.IdempotencyKey, fingerprint, func(ctx context.Context, tx pgx.Tx) error {
+		// The saga has the order's ID: one order, one saga, found by ID.
+		_, err := a.sagas.Start(ctx, tx, data, saga.StartOptions{ID: o.ID})
+		return err
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	if replayed {
+		return sameRequest(stored, storedFP, fingerprint)
+	}
+	return stored, false, nil
+}
+
+func sameRequest(stored *domain.Order, storedFP, fingerprint string) (*domain.Order, bool, error) {
+	if storedFP != fingerprint {
+		return nil, false, domain.ErrIdempotencyKeyReused
+	}
+	return stored, true, nil
+}
+
+// priceFromCatalog checks that the catalog sells every SKU and prices the
+// order at its list prices, which OrderCreated carries. The saga's
+// reservation may charge other prices (a price changed meanwhile); the
+// order then takes those.
+func (a *Application) priceFromCatalog(ctx context.Context, o *domain.Order) error {
+	if a.catalog == nil {
+		return nil
+	}
+	skus := make([]string, len(o.Items))
+	for i, it := range o.Items {
+		skus[i] = it.SKU
+	}
+	prices, err := a.catalog.Prices(ctx, skus)
+	if err != nil {
+		return err
+	}
+	priced := make([]domain.Item, len(o.Items))
+	var total int64
+	for i, it := range o.Items {
+		priced[i] = domain.Item{SKU: it.SKU, Quantity: it.Quantity, UnitPriceCents: prices[it.SKU]}
+		total += int64(it.Quantity) * prices[it.SKU]
+	}
+	if err := o.Price(priced, total, o.UpdatedAt); err != nil {
+		return fmt.Errorf("%w: %v", ErrCatalogUnavailable, err)
+	}
+	return nil
+}
+
+// OrderDetails is an order with its saga's progress.
+type OrderDetails struct {
+	Order *domain.Order
+	// Saga is nil once the finished saga was cleaned up (saga.Config
+	// Retention).
+	Saga *saga.Info
+}
+
+// Order returns the order for its owner; anyone else gets
+// domain.ErrOrderNotFound, as for an order that does not exist.
+func (a *Application) Order(ctx context.Context, viewer, id uuid.UUID) (*OrderDetails, error) {
+	o, err := a.repo.Order(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !o.CanBeSeenBy(viewer) {
+		return nil, domain.ErrOrderNotFound
+	}
+	info, err := a.repo.Saga(ctx, id)
+	if errors.Is(err, saga.ErrNotFound) {
+		info, err = nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &OrderDetails{Order: o, Saga: info}, nil
+}
+
+// Orders lists the viewer's orders, newest first, limit at a time, older
+// than the order `before` (uuid.Nil: the newest).
+func (a *Application) Orders(ctx context.Context, viewer, before uuid.UUID, limit int) ([]domain.Order, error) {
+	return a.repo.OrdersOf(ctx, viewer, before, limit)
+}

@@ -1,0 +1,150 @@
+package app
+
+import (
+	"context"
+	"slices"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sagabox/sagabox/orderservice/domain"
+	"github.com/sagabox/sagabox/saga"
+	"github.com/sagabox/sagabox/schemas"
+)
+
+// The order saga's name (stored with each instance, labels the metrics) and
+// the version of its definition. Change the version with the steps.
+const (
+	SagaName    = "order"
+	SagaVersion = 1
+)
+
+// Step names, as they appear in the saga's history.
+const (
+	StepCreateOrder  = "create_order"
+	StepReserveStock = schemas.CommandReserveStock
+	StepDebitCredit  = schemas.CommandDebitCredit
+	StepApproveOrder = "approve_order"
+)
+
+// SagaData is the order saga's data, stored as JSON with the saga.
+type SagaData struct {
+	OrderID uuid.UUID `json:"order_id"`
+	UserID  uuid.UUID `json:"user_id"`
+	// Items are the order's lines; once the stock is reserved, with the
+	// prices the catalog reserved it at.
+	Items      []domain.Item `json:"items"`
+	TotalCents int64         `json:"total_cents"`
+	// StockReserved is set by reserve_stock's reply. When the saga
+	// compensates, it tells which step said no.
+	StockReserved bool `json:"stock_reserved"`
+}
+
+// cancelReason says why the saga cancels the order: the step that failed is
+// the first one whose effect the data does not show.
+//
+// The saga package does not hand a compensation the failing step's
+// rejection, so this is derived from the data; the participant's exact words
+// ("insufficient stock for TEA-1") are in the saga's step history, which
+// GET /orders/{id} shows.
+func (d *SagaData) cancelReason() string {
+	if !d.StockReserved {
+		return domain.ReasonInsufficientStock
+	}
+	return domain.ReasonInsufficientCredit
+}
+
+// OrderSaga is the order saga on repo:
+//
+//  1. create_order (local, compensatable): the order was stored PENDING in
+//     the transaction that started the saga; the step exists for its
+//     compensation, which cancels the order with the reason and writes
+//     OrderCancelled.
+//  2. reserve_stock on catalog.commands (compensatable): the catalog takes
+//     every line or none and answers with the prices. Compensation:
+//     release_stock.
+//  3. debit_credit on user.commands (the pivot): once the money is taken
+//     the order can only go forward. A "no" compensates steps 2 and 1.
+//  4. approve_order (local, retriable): the order takes the reserved prices
+//     and becomes APPROVED, with OrderApproved.
+//
+// Every local step runs in the orchestrator's transaction, with the saga's
+// state change and the commands it sends.
+func OrderSaga(repo Repository) *saga.Definition[SagaData] {
+	return saga.MustDefinition(SagaName, SagaVersion,
+		saga.Step[SagaData]{
+			Name:  StepCreateOrder,
+			Local: func(context.Context, pgx.Tx, *SagaData) error { return nil },
+			CompensateLocal: func(ctx context.Context, tx pgx.Tx, d *SagaData) error {
+				reason := d.cancelReason()
+				return repo.Update(ctx, tx, d.OrderID, func(o *domain.Order) error {
+					return o.Cancel(reason, now())
+				})
+			},
+		},
+		saga.Step[SagaData]{
+			Name: StepReserveStock,
+			Invoke: &saga.Invocation[SagaData]{
+				Topic: schemas.TopicCatalogCommands, Command: schemas.CommandReserveStock, Type: schemas.NameReserveStock,
+				Payload: func(d *SagaData) (any, error) {
+					p := &schemas.ReserveStock{OrderID: d.OrderID.String(), Items: make([]schemas.StockLine, len(d.Items))}
+					for i, it := range d.Items {
+						p.Items[i] = schemas.StockLine{Sku: it.SKU, Quantity: it.Quantity}
+					}
+					return p, nil
+				},
+				OnReply: func(d *SagaData, r *saga.Reply) error {
+					var res schemas.StockReserved
+					if err := r.Decode(&res); err != nil {
+						return err
+					}
+					priced := make([]domain.Item, len(res.Items))
+					for i, l := range res.Items {
+						priced[i] = domain.Item{SKU: l.Sku, Quantity: l.Quantity, UnitPriceCents: l.UnitPriceCents}
+					}
+					// Check the reservation against the order with the
+					// domain's rule; a mismatch fails the step, which
+					// releases the stock and cancels the order.
+					check := &domain.Order{Status: domain.StatusPending, Items: slices.Clone(d.Items)}
+					if err := check.Price(priced, res.TotalCents, now()); err != nil {
+						return err
+					}
+					d.Items, d.TotalCents, d.StockReserved = check.Items, res.TotalCents, true
+					return nil
+				},
+			},
+			Compensate: &saga.Invocation[SagaData]{
+				Topic: schemas.TopicCatalogCommands, Command: schemas.CommandReleaseStock, Type: schemas.NameReleaseStock,
+				Payload: func(d *SagaData) (any, error) {
+					return &schemas.ReleaseStock{OrderID: d.OrderID.String()}, nil
+				},
+			},
+		},
+		saga.Step[SagaData]{
+			Name: StepDebitCredit,
+			Kind: saga.Pivot,
+			Invoke: &saga.Invocation[SagaData]{
+				Topic: schemas.TopicUserCommands, Command: schemas.CommandDebitCredit, Type: schemas.NameDebitCredit,
+				Payload: func(d *SagaData) (any, error) {
+					return &schemas.DebitCredit{OrderID: d.OrderID.String(), UserID: d.UserID.String(), AmountCents: d.TotalCents}, nil
+				},
+			},
+		},
+		saga.Step[SagaData]{
+			Name: StepApproveOrder,
+			Kind: saga.Retriable,
+			Local: func(ctx context.Context, tx pgx.Tx, d *SagaData) error {
+				return repo.Update(ctx, tx, d.OrderID, func(o *domain.Order) error {
+					if o.Status == domain.StatusApproved {
+						return nil
+					}
+					at := now()
+					if err := o.Price(d.Items, d.TotalCents, at); err != nil {
+						return err
+					}
+					return o.Approve(at)
+				})
+			},
+		},
+	)
+}

@@ -1,0 +1,289 @@
+package orderservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagabox/sagabox/internal/platform/auth"
+	"github.com/sagabox/sagabox/internal/platform/config"
+	"github.com/sagabox/sagabox/internal/platform/httpx"
+	"github.com/sagabox/sagabox/internal/platform/lifecycle"
+	"github.com/sagabox/sagabox/internal/platform/messaging"
+	"github.com/sagabox/sagabox/orderservice/adapters"
+	"github.com/sagabox/sagabox/orderservice/app"
+	"github.com/sagabox/sagabox/orderservice/ports"
+	"github.com/sagabox/sagabox/saga"
+	"github.com/sagabox/sagabox/schemas"
+)
+
+// Name is the service's name in logs, metrics and migrations.
+const Name = "orderservice"
+
+// Defaults.
+const (
+	DefaultAddr     = ":8003"
+	DefaultIssuer   = "sagabox-users"
+	DefaultAudience = "sagabox"
+	DefaultMaxConns = 10
+)
+
+// Config configures the service. ConfigFromEnv reads it from the
+// environment variable each field names.
+type Config struct {
+	// Addr is where the HTTP API listens (HTTP_ADDR). Defaults to ":8003".
+	Addr string
+	// DatabaseURL is the service's own database (DATABASE_URL). Required
+	// unless Pool is set.
+	DatabaseURL string
+	// Pool, when set, is used instead of opening DatabaseURL (tests, the
+	// demo). The service does not close it.
+	Pool *pgxpool.Pool
+	// MaxConns is the pool size (DB_MAX_CONNS). Defaults to 10.
+	MaxConns int
+	// JWKSURL is userservice's key set (JWKS_URL). Required unless
+	// Verifier is set.
+	JWKSURL string
+	// Issuer and Audience are what tokens must carry (JWT_ISSUER,
+	// JWT_AUDIENCE). Default to "sagabox-users" and "sagabox".
+	Issuer, Audience string
+	// Verifier, when set, checks tokens instead of one built from JWKSURL.
+	Verifier auth.TokenVerifier
+	// CatalogURL is catalogservice's HTTP API (CATALOG_URL), asked whether
+	// it sells an order's SKUs before the order is stored: an unknown SKU
+	// is a 422 that writes nothing. Empty: SKUs are not checked at the door
+	// and an unknown SKU cancels the order through the saga.
+	CatalogURL string
+	// Catalog, when set, is used instead of a client of CatalogURL.
+	Catalog app.Catalog
+	// Messaging says where Kafka and the Schema Registry are (KAFKA_BROKERS,
+	// SCHEMA_REGISTRY_URL). Without brokers the service serves HTTP only:
+	// orders are stored PENDING with their saga's first command, which waits
+	// in the outbox until a relay runs.
+	Messaging messaging.Config
+	// Saga tunes the order saga's orchestrator (poll interval, retention...).
+	// Pool, Writer, Codec, ReplyTopic, Brokers, Registry, Logger and
+	// Registerer are set by the service.
+	Saga saga.Config
+	// Logger defaults to a logger that discards everything. ConfigFromEnv
+	// sets a JSON logger at LOG_LEVEL (default info).
+	Logger *slog.Logger
+}
+
+// ConfigFromEnv reads Config from the environment, reporting every bad
+// variable at once.
+func ConfigFromEnv() (Config, error) {
+	e := config.FromOS()
+	cfg := Config{
+		Addr:        e.String("HTTP_ADDR", DefaultAddr),
+		DatabaseURL: e.Required("DATABASE_URL"),
+		MaxConns:    e.Int("DB_MAX_CONNS", DefaultMaxConns),
+		JWKSURL:     e.Required("JWKS_URL"),
+		Issuer:      e.String("JWT_ISSUER", DefaultIssuer),
+		Audience:    e.String("JWT_AUDIENCE", DefaultAudience),
+		CatalogURL:  e.String("CATALOG_URL", ""),
+		Messaging:   messaging.FromEnv(e),
+	}
+	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: e.LogLevel("LOG_LEVEL", slog.LevelInfo)}))
+	return cfg, e.Err()
+}
+
+// WithDefaults returns a copy of c with every unset field defaulted.
+func (c Config) WithDefaults() Config {
+	if c.Addr == "" {
+		c.Addr = DefaultAddr
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = DefaultMaxConns
+	}
+	if c.Issuer == "" {
+		c.Issuer = DefaultIssuer
+	}
+	if c.Audience == "" {
+		c.Audience = DefaultAudience
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.Pool == nil && c.DatabaseURL == "":
+		return errors.New("orderservice: Config.DatabaseURL (DATABASE_URL) is required")
+	case c.Verifier == nil && c.JWKSURL == "":
+		return errors.New("orderservice: Config.JWKSURL (JWKS_URL) is required: userservice's /.well-known/jwks.json")
+	case c.CatalogURL != "" && !strings.HasPrefix(c.CatalogURL, "http://") && !strings.HasPrefix(c.CatalogURL, "https://"):
+		return fmt.Errorf("orderservice: Config.CatalogURL (CATALOG_URL) %q must be an http:// or https:// URL", c.CatalogURL)
+	}
+	return nil
+}
+
+// ReplyTopic is where the participants answer the order saga's commands.
+const ReplyTopic = "order.saga.replies"
+
+// Service is a running orderservice.
+type Service struct {
+	cfg     Config
+	log     *slog.Logger
+	pool    *pgxpool.Pool
+	ownPool bool
+	app     *app.Application
+	health  *httpx.Health
+	handler http.Handler
+	msg     *messaging.Messaging
+	orch    *saga.Orchestrator[app.SagaData]
+}
+
+// New connects to the database, applies the migrations and builds the HTTP
+// API. Close releases what it opened.
+func New(ctx context.Context, cfg Config) (*Service, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	s := &Service{cfg: cfg, log: cfg.Logger.With("service", Name), pool: cfg.Pool}
+	if s.pool == nil {
+		pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+		if err != nil {
+			return nil, fmt.Errorf("orderservice: DATABASE_URL: %w", err)
+		}
+		pc.MaxConns = int32(cfg.MaxConns)
+		if s.pool, err = pgxpool.NewWithConfig(ctx, pc); err != nil {
+			return nil, fmt.Errorf("orderservice: connect: %w", err)
+		}
+		s.ownPool = true
+	}
+	if err := s.init(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Service) init(ctx context.Context) error {
+	if err := adapters.Migrate(ctx, s.pool); err != nil {
+		return fmt.Errorf("orderservice: %w", err)
+	}
+	verifier := s.cfg.Verifier
+	if verifier == nil {
+		v, err := auth.NewVerifier(auth.VerifierConfig{Keys: auth.FromURL(s.cfg.JWKSURL, nil),
+			Issuer: s.cfg.Issuer, Audience: s.cfg.Audience})
+		if err != nil {
+			return err
+		}
+		verifier = v
+	}
+	metrics := httpx.NewMetrics(Name)
+	var err error
+	s.msg, err = messaging.Setup(ctx, s.pool, s.cfg.Messaging, s.log, metrics.Registry)
+	if err != nil {
+		return fmt.Errorf("orderservice: %w", err)
+	}
+	// Refuse to start with an order event schema the registry's consumers
+	// could not read (BACKWARD compatibility), rather than park events later.
+	if err := s.msg.RegisterSchemas(schemas.TopicOrderEvents,
+		schemas.NameOrderCreated, schemas.NameOrderApproved, schemas.NameOrderCancelled); err != nil {
+		return fmt.Errorf("orderservice: %w", err)
+	}
+	repo := adapters.NewOrders(s.pool, s.msg.Writer)
+
+	// The order saga's orchestrator: Start runs inside PlaceOrder's
+	// transaction; Run consumes the participants' replies on ReplyTopic and
+	// fires the timeouts and retries stored in the database.
+	sc := s.cfg.Saga
+	sc.Pool, sc.Writer, sc.Codec, sc.ReplyTopic = s.pool, s.msg.Writer, s.msg.Codec, ReplyTopic
+	sc.Brokers, sc.Registry, sc.Logger, sc.Registerer = s.cfg.Messaging.Brokers, s.msg.Registry, s.log, metrics.Registry
+	s.orch, err = saga.NewOrchestrator(app.OrderSaga(repo), sc)
+	if err != nil {
+		return fmt.Errorf("orderservice: %w", err)
+	}
+
+	catalog := s.cfg.Catalog
+	if catalog == nil && s.cfg.CatalogURL != "" {
+		catalog = adapters.NewCatalog(s.cfg.CatalogURL, nil)
+	}
+	if catalog == nil {
+		s.log.Warn("orderservice: CATALOG_URL is not set: SKUs are not checked when an order is placed; the saga cancels orders for unknown SKUs")
+	}
+	s.app = app.New(repo, catalog, s.orch)
+
+	s.health = httpx.NewHealth()
+	s.health.Add("postgres", repo.Ping)
+	s.handler = ports.NewHTTP(ports.HTTPConfig{App: s.app, Verifier: verifier, Health: s.health,
+		Metrics: metrics, Logger: s.log})
+	return nil
+}
+
+// Handler is the HTTP API.
+func (s *Service) Handler() http.Handler { return s.handler }
+
+// App is the use cases, for the demo and tests.
+func (s *Service) App() *app.Application { return s.app }
+
+// Pool is the service's database.
+func (s *Service) Pool() *pgxpool.Pool { return s.pool }
+
+// Orchestrator runs the order sagas. Run consumes their replies; its
+// Retry and Abort are the operator's levers on a failed or stuck saga.
+func (s *Service) Orchestrator() *saga.Orchestrator[app.SagaData] { return s.orch }
+
+// Messaging is the service's outbox side (codec, writer, relay).
+func (s *Service) Messaging() *messaging.Messaging { return s.msg }
+
+// Health lets the composition that adds consumers register their checks.
+func (s *Service) Health() *httpx.Health { return s.health }
+
+// Run serves the API on Config.Addr and, with Kafka configured, runs the
+// order sagas (consuming their replies, firing their timeouts) and relays
+// the outbox, until ctx is done. Then it drains: /readyz fails, the server
+// and the orchestrator finish what is in flight, and only then the relay
+// stops, after publishing the commands and events they wrote.
+func (s *Service) Run(ctx context.Context) error {
+	l, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("orderservice: listen on %s: %w", s.cfg.Addr, err)
+	}
+	return s.Serve(ctx, l)
+}
+
+// Serve is Run on a listener of the caller's.
+func (s *Service) Serve(ctx context.Context, l net.Listener) error {
+	front := []lifecycle.Part{func(ctx context.Context) error {
+		go func() { <-ctx.Done(); s.health.Drain() }()
+		return httpx.Serve(ctx, l, s.handler, s.log)
+	}}
+	var back []lifecycle.Part
+	if s.cfg.Messaging.Enabled() {
+		front = append(front, s.orch.Run)
+		back = append(back, s.msg.Relay.Run)
+	} else {
+		s.log.Warn("orderservice: KAFKA_BROKERS is not set: serving HTTP only: orders stay PENDING, their commands wait in the outbox")
+	}
+	return lifecycle.Run(ctx, front, back)
+}
+
+// Close closes the database pool when the service opened it.
+func (s *Service) Close() {
+	if s.ownPool && s.pool != nil {
+		s.pool.Close()
+	}
+}
+
+// Run builds the service from cfg, runs it until ctx is done and closes it.
+func Run(ctx context.Context, cfg Config) error {
+	s, err := New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	return s.Run(ctx)
+}
