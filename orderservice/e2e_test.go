@@ -1,0 +1,277 @@
+package orderservice_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/sagabox/sagabox/catalogservice"
+	"github.com/sagabox/sagabox/internal/platform/auth"
+	"github.com/sagabox/sagabox/internal/platform/messaging"
+	"github.com/sagabox/sagabox/internal/testkit"
+	"github.com/sagabox/sagabox/orderservice"
+	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/saga"
+	"github.com/sagabox/sagabox/schemas"
+	"github.com/sagabox/sagabox/userservice"
+	useradapters "github.com/sagabox/sagabox/userservice/adapters"
+)
+
+// shop is the three services running in one process, each with its own
+// database and HTTP server on a random port, sharing one Kafka (kfake) and
+// one Schema Registry (srfake): what docker-compose runs, in a test.
+type shop struct {
+	users, catalog, orders string // base URLs
+	admin                  string // token
+	brokers                []string
+	wg                     sync.WaitGroup
+	errs                   chan error
+}
+
+func startShop(t *testing.T, ctx context.Context) *shop {
+	t.Helper()
+	cluster := testkit.Kafka(t, 3)
+	registry := testkit.Registry(t)
+	msg := messaging.Config{Brokers: cluster.ListenAddrs(), RegistryURL: registry.URL()}
+	s := &shop{errs: make(chan error, 3)}
+	listen := func() (net.Listener, string) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		testkit.Must(t, err, "listen")
+		return l, "http://" + l.Addr().String()
+	}
+	run := func(name string, serve func(context.Context, net.Listener) error, l net.Listener) {
+		s.wg.Go(func() {
+			if err := serve(ctx, l); err != nil {
+				s.errs <- fmt.Errorf("%s: %w", name, err)
+			}
+		})
+	}
+
+	ul, uurl := listen()
+	users, err := userservice.New(ctx, userservice.Config{Pool: testkit.DB(t), Messaging: msg,
+		PasswordParams: useradapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1}})
+	testkit.Must(t, err, "userservice")
+	t.Cleanup(users.Close)
+	jwks := uurl + "/.well-known/jwks.json"
+
+	cl, curl := listen()
+	catalog, err := catalogservice.New(ctx, catalogservice.Config{Pool: testkit.DB(t), JWKSURL: jwks, Messaging: msg})
+	testkit.Must(t, err, "catalogservice")
+	t.Cleanup(catalog.Close)
+
+	ol, ourl := listen()
+	orders, err := orderservice.New(ctx, orderservice.Config{Pool: testkit.DB(t), JWKSURL: jwks, CatalogURL: curl, Messaging: msg,
+		Saga: saga.Config{PollInterval: 100 * time.Millisecond}})
+	testkit.Must(t, err, "orderservice")
+	t.Cleanup(orders.Close)
+
+	run("userservice", users.Serve, ul)
+	run("catalogservice", catalog.Serve, cl)
+	run("orderservice", orders.Serve, ol)
+	s.users, s.catalog, s.orders, s.brokers = uurl, curl, ourl, cluster.ListenAddrs()
+	s.admin, _, err = users.Issuer().Issue(uuid.NewString(), auth.RoleAdmin)
+	testkit.Must(t, err, "admin token")
+	return s
+}
+
+// call sends a request over the network and decodes the JSON answer.
+func call(t *testing.T, method, url, token string, body any) (int, map[string]any) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		js, _ := json.Marshal(body)
+		rd = bytes.NewReader(js)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	testkit.Must(t, err, "request")
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	res, err := http.DefaultClient.Do(req)
+	testkit.Must(t, err, "%s %s", method, url)
+	defer res.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(res.Body).Decode(&out)
+	return res.StatusCode, out
+}
+
+// customer signs up and logs in; new users have 10000 cents of credit.
+func (s *shop) customer(t *testing.T, email string) (id, token string) {
+	t.Helper()
+	if st, body := call(t, "POST", s.users+"/signup", "", map[string]any{"email": email, "password": "correct horse battery", "name": "Ann"}); st != 201 {
+		t.Fatalf("signup: %d %v", st, body)
+	}
+	st, body := call(t, "POST", s.users+"/login", "", map[string]any{"email": email, "password": "correct horse battery"})
+	if st != 200 {
+		t.Fatalf("login: %d %v", st, body)
+	}
+	return body["user_id"].(string), body["token"].(string)
+}
+
+func (s *shop) credit(t *testing.T, id, token string) float64 {
+	t.Helper()
+	st, body := call(t, "GET", s.users+"/users/"+id, token, nil)
+	if st != 200 {
+		t.Fatalf("user: %d %v", st, body)
+	}
+	return body["credit_cents"].(float64)
+}
+
+func (s *shop) stock(t *testing.T, sku string) float64 {
+	t.Helper()
+	st, body := call(t, "GET", s.catalog+"/products/"+sku, "", nil)
+	if st != 200 {
+		t.Fatalf("product: %d %v", st, body)
+	}
+	return body["stock"].(float64)
+}
+
+// order places an order and waits until the saga has decided it.
+func (s *shop) order(t *testing.T, token string, items ...map[string]any) map[string]any {
+	t.Helper()
+	st, body := call(t, "POST", s.orders+"/orders", token, map[string]any{"items": items})
+	if st != 202 || body["status"] != "PENDING" {
+		t.Fatalf("place: %d %v", st, body)
+	}
+	id := body["orderId"].(string)
+	var got map[string]any
+	testkit.Eventually(t, 90*time.Second, "order "+id+" to be decided", func() bool {
+		st, got = call(t, "GET", s.orders+"/orders/"+id, token, nil)
+		sg, _ := got["saga"].(map[string]any)
+		return st == 200 && got["status"] != "PENDING" && sg != nil && sg["finishedAt"] != nil
+	})
+	return got
+}
+
+func line(sku string, q int) map[string]any { return map[string]any{"sku": sku, "quantity": q} }
+
+// history lists the saga's attempts as "step outcome" ("undo step outcome"
+// for compensations).
+func history(order map[string]any) string {
+	var out []string
+	for _, a := range order["saga"].(map[string]any)["history"].([]any) {
+		a := a.(map[string]any)
+		s := fmt.Sprintf("%s %v", a["step"], a["outcome"])
+		if a["compensation"] == true {
+			s = "undo " + s
+		}
+		out = append(out, s)
+	}
+	return strings.Join(out, ", ")
+}
+
+// The order saga across the three services, over Kafka: an order is
+// approved when stock and credit suffice; cancelled for lack of credit with
+// its stock given back and the credit untouched; cancelled for lack of stock
+// with nothing taken. Each order's events reach order.events keyed by the
+// order, in order. Then every service shuts down cleanly.
+func TestOrderSagaAcrossTheThreeServices(t *testing.T) {
+	t.Parallel()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	s := startShop(t, ctx)
+	for _, p := range []map[string]any{
+		{"sku": "TEA-1", "name": "Green tea", "price": 450, "stock": 10},
+		{"sku": "LAMP-1", "name": "Lamp", "price": 6000, "stock": 5},
+		{"sku": "RARE-1", "name": "Rare tea", "price": 100, "stock": 1},
+	} {
+		if st, body := call(t, "POST", s.catalog+"/products", s.admin, p); st != 201 {
+			t.Fatalf("add product: %d %v", st, body)
+		}
+	}
+	ann, annToken := s.customer(t, "ann@example.com")
+	bob, bobToken := s.customer(t, "bob@example.com")
+
+	approved := s.order(t, annToken, line("TEA-1", 2), line("RARE-1", 1))
+	if approved["status"] != "APPROVED" || approved["totalCents"] != float64(1000) || approved["reason"] != nil ||
+		approved["saga"].(map[string]any)["status"] != string(saga.StatusSucceeded) {
+		t.Fatalf("approved order: %v", approved)
+	}
+	if h := history(approved); h != "create_order succeeded, reserve_stock succeeded, debit_credit succeeded, approve_order succeeded" {
+		t.Fatalf("approved order's history: %s", h)
+	}
+	if c, st := s.credit(t, ann, annToken), s.stock(t, "TEA-1"); c != 10000-1000 || st != 8 {
+		t.Fatalf("after the approved order: credit %v, stock %v", c, st)
+	}
+
+	// 2 lamps cost 12000 cents, Bob has 10000.
+	noCredit := s.order(t, bobToken, line("LAMP-1", 2))
+	if noCredit["status"] != "CANCELLED" || noCredit["reason"] != "insufficient credit" ||
+		noCredit["saga"].(map[string]any)["status"] != string(saga.StatusCompensated) {
+		t.Fatalf("order without credit: %v", noCredit)
+	}
+	if h := history(noCredit); h != "create_order succeeded, reserve_stock succeeded, debit_credit rejected, undo reserve_stock succeeded, undo create_order succeeded" {
+		t.Fatalf("order without credit's history: %s", h)
+	}
+	if c, st := s.credit(t, bob, bobToken), s.stock(t, "LAMP-1"); c != 10000 || st != 5 {
+		t.Fatalf("after the order without credit: credit %v (want untouched), stock %v (want given back)", c, st)
+	}
+
+	// RARE-1's only unit went to Ann.
+	noStock := s.order(t, bobToken, line("RARE-1", 1), line("TEA-1", 1))
+	if noStock["status"] != "CANCELLED" || noStock["reason"] != "insufficient stock" {
+		t.Fatalf("order without stock: %v", noStock)
+	}
+	if h := history(noStock); h != "create_order succeeded, reserve_stock rejected, undo create_order succeeded" {
+		t.Fatalf("order without stock's history: %s", h)
+	}
+	if c, st := s.credit(t, bob, bobToken), s.stock(t, "TEA-1"); c != 10000 || st != 8 {
+		t.Fatalf("after the order without stock: credit %v, stock TEA-1 %v", c, st)
+	}
+
+	// Every order's events, keyed by the order, in the order they happened.
+	want := map[string]string{
+		approved["orderId"].(string): "OrderCreated OrderApproved",
+		noCredit["orderId"].(string): "OrderCreated OrderCancelled",
+		noStock["orderId"].(string):  "OrderCreated OrderCancelled",
+	}
+	events := readEvents(t, s.brokers, 6)
+	for id, w := range want {
+		if events[id] != w {
+			t.Errorf("events of %s: %q, want %q (all: %v)", id, events[id], w, events)
+		}
+	}
+
+	stop()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the services did not stop within 60s of shutdown")
+	}
+	close(s.errs)
+	for err := range s.errs {
+		t.Errorf("Run: %v", err)
+	}
+}
+
+// readEvents reads n records of order.events and returns, per key, the
+// event names in the order of their partition (one key, one partition).
+func readEvents(t *testing.T, brokers []string, n int) map[string]string {
+	t.Helper()
+	recs := testkit.ReadAll(t, brokers, schemas.TopicOrderEvents, n, 60*time.Second)
+	if len(recs) != n {
+		t.Errorf("read %d records of %s, want %d", len(recs), schemas.TopicOrderEvents, n)
+	}
+	out := map[string]string{}
+	for _, r := range recs {
+		name := strings.TrimPrefix(r.Headers[outbox.HeaderType], schemas.Namespace+".")
+		if out[r.Key] != "" {
+			out[r.Key] += " "
+		}
+		out[r.Key] += name
+	}
+	return out
+}
