@@ -25,7 +25,7 @@
 //	    R->>PG: SELECT pending rows of my shards ORDER BY id
 //	    R->>K: one produce request per batch (idempotent producer)
 //	    K-->>R: acknowledged
-//	    R->>PG: UPDATE rows SET published_at = now()
+//	    R->>PG: DELETE the published rows (or move them to the archive)
 //
 // A message row moves through these states:
 //
@@ -37,7 +37,7 @@
 //	    backing_off --> parked: MaxAttempts, or a failure no retry fixes
 //	    parked --> pending: Admin.Retry
 //	    parked --> [*]: Admin.Discard
-//	    published --> [*]: deleted after Retention
+//	    published --> [*]: deleted (archived for Retention when set)
 //
 // # What the relay guarantees
 //

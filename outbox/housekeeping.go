@@ -5,25 +5,24 @@ import (
 	"time"
 )
 
-// cleanupSQL deletes one small batch of rows published before the retention
-// horizon, oldest first (the outbox_published partial index). Small batches
-// keep each transaction short: no long locks, no vacuum pinned, no WAL burst.
+// cleanupSQL deletes one small batch of archived messages older than the
+// retention, oldest first. Small batches keep each transaction short: no long
+// locks, no vacuum pinned, no WAL burst.
 const cleanupSQL = `
-DELETE FROM sagabox.outbox WHERE id IN (
-	SELECT id FROM sagabox.outbox
-	WHERE published_at IS NOT NULL AND published_at < now() - $1 * interval '1 millisecond'
+DELETE FROM sagabox.outbox_archive WHERE id IN (
+	SELECT id FROM sagabox.outbox_archive
+	WHERE published_at < now() - $1 * interval '1 millisecond'
 	ORDER BY published_at
 	LIMIT $2
 )`
 
-// statsSQL answers from the partial indexes only (pending, parked), so it
-// stays cheap however many published rows the table keeps.
+// statsSQL: the outbox table holds only pending and parked rows.
 const statsSQL = `
 SELECT
-	(SELECT count(*) FROM sagabox.outbox WHERE published_at IS NULL AND parked_at IS NULL),
+	(SELECT count(*) FROM sagabox.outbox WHERE parked_at IS NULL),
 	(SELECT count(*) FROM sagabox.outbox WHERE parked_at IS NOT NULL),
 	COALESCE((SELECT EXTRACT(EPOCH FROM now() - created_at) FROM sagabox.outbox
-	          WHERE published_at IS NULL AND parked_at IS NULL ORDER BY id LIMIT 1), 0)`
+	          WHERE parked_at IS NULL ORDER BY id LIMIT 1), 0)`
 
 // housekeeping runs on the relay that holds shard 0, so exactly one instance
 // does it: it deletes published rows past the retention and refreshes the
@@ -49,7 +48,7 @@ func (r *Relay) housekeeping(ctx context.Context) {
 			r.m.parkedTotal.Set(float64(parked))
 			r.m.oldestAge.Set(age)
 		}
-		if time.Now().Before(nextClean) {
+		if r.cfg.Retention <= 0 || time.Now().Before(nextClean) {
 			continue
 		}
 		nextClean = time.Now().Add(r.cfg.CleanupInterval)
@@ -63,10 +62,10 @@ func (r *Relay) housekeeping(ctx context.Context) {
 	}
 }
 
-// Cleanup deletes published rows older than the retention, in batches of
+// Cleanup deletes archived messages older than the retention, in batches of
 // CleanupBatch, until none are left, and returns how many it deleted. The
-// relay holding shard 0 calls it every CleanupInterval; call it yourself
-// only from one place.
+// relay holding shard 0 calls it every CleanupInterval when Retention is
+// set; call it yourself only from one place.
 func (r *Relay) Cleanup(ctx context.Context) (int64, error) {
 	var total int64
 	for {

@@ -1,6 +1,7 @@
 package outbox_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -10,38 +11,55 @@ import (
 	"github.com/sagabox/sagabox/outbox"
 )
 
-// PITFALLS 7: published rows are deleted after the retention, in small
-// batches, so the table does not grow without bound; pending and parked rows
-// are never touched.
-func TestCleanupDeletesOnlyPublishedRowsPastRetention(t *testing.T) {
+// PITFALLS 7: the table does not grow without bound. Without a retention a
+// row is gone as soon as it is published; with one, published rows are
+// archived and the cleaner deletes those past the retention in small
+// batches. Parked rows are never touched.
+func TestPublishedRowsAreDeletedOrArchivedThenCleaned(t *testing.T) {
 	t.Parallel()
-	rb := setupRelay(t, 1)
-	ctx := testkit.Ctx(t)
-	rb.writeSeq(t, "orders", 3, 25)
-	relay, _ := rb.startRelay(t, func(c *outbox.RelayConfig) {
-		c.Retention = time.Hour
-		c.CleanupBatch = 7
-		c.CleanupInterval = time.Hour // we call Cleanup ourselves
-	})
-	testkit.Eventually(t, 10*time.Second, "published", func() bool { return pendingCount(t, rb) == 0 })
-	// Age 20 of the rows past the retention; keep 5 recent; add a parked and a pending row.
-	_, err := rb.pool.Exec(ctx, `UPDATE sagabox.outbox SET published_at = now() - interval '2 hours' WHERE id IN (SELECT id FROM sagabox.outbox ORDER BY id LIMIT 20)`)
-	testkit.Must(t, err, "age rows")
-	testkit.Must(t, pgx.BeginFunc(ctx, rb.pool, func(tx pgx.Tx) error {
-		return rb.writer.Write(ctx, tx, outbox.Message{Topic: "orders", Key: "p", Type: orderPlacedType, Value: orderPlaced{OrderID: "p"}})
-	}), "write")
-	_, err = rb.pool.Exec(ctx, `UPDATE sagabox.outbox SET parked_at = now() - interval '2 hours', published_at = NULL WHERE key = 'p'`)
-	testkit.Must(t, err, "park")
+	for _, retention := range []time.Duration{0, time.Hour} {
+		t.Run(fmt.Sprint("retention=", retention), func(t *testing.T) {
+			t.Parallel()
+			rb := setupRelay(t, 1)
+			ctx := testkit.Ctx(t)
+			rb.writeSeq(t, "orders", 3, 25)
+			relay, _ := rb.startRelay(t, func(c *outbox.RelayConfig) {
+				c.Retention = retention
+				c.CleanupBatch = 7
+				c.CleanupInterval = time.Hour // we call Cleanup ourselves
+			})
+			testkit.Eventually(t, 10*time.Second, "published", func() bool { return pendingCount(t, rb) == 0 })
+			var outboxRows, archived int
+			testkit.Must(t, rb.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM sagabox.outbox), (SELECT count(*) FROM sagabox.outbox_archive)`).Scan(&outboxRows, &archived), "count")
+			if outboxRows != 0 {
+				t.Fatalf("%d published rows left in the outbox", outboxRows)
+			}
+			if retention == 0 {
+				if archived != 0 {
+					t.Fatalf("archived %d rows without a retention", archived)
+				}
+				return
+			}
+			if archived != 25 {
+				t.Fatalf("archived %d rows, want 25", archived)
+			}
+			// Age 20 archived rows past the retention; park a pending row.
+			_, err := rb.pool.Exec(ctx, `UPDATE sagabox.outbox_archive SET published_at = now() - interval '2 hours' WHERE id IN (SELECT id FROM sagabox.outbox_archive ORDER BY id LIMIT 20)`)
+			testkit.Must(t, err, "age rows")
+			testkit.Must(t, rb.writer.Write(ctx, rb.pool, outbox.Message{Topic: "orders", Key: "p", Type: orderPlacedType, Value: orderPlaced{OrderID: "p"}}), "write")
+			_, err = rb.pool.Exec(ctx, `UPDATE sagabox.outbox SET parked_at = now() - interval '2 hours' WHERE key = 'p'`)
+			testkit.Must(t, err, "park")
 
-	n, err := relay.Cleanup(ctx)
-	testkit.Must(t, err, "cleanup")
-	if n != 20 {
-		t.Fatalf("deleted %d rows, want the 20 published past retention", n)
-	}
-	var left, parked int
-	testkit.Must(t, rb.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE parked_at IS NOT NULL) FROM sagabox.outbox`).Scan(&left, &parked), "count")
-	if left != 6 || parked != 1 {
-		t.Fatalf("left %d rows (%d parked), want 5 recent published + 1 parked", left, parked)
+			n, err := relay.Cleanup(ctx)
+			testkit.Must(t, err, "cleanup")
+			if n != 20 {
+				t.Fatalf("deleted %d rows, want the 20 past retention", n)
+			}
+			testkit.Must(t, rb.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM sagabox.outbox WHERE parked_at IS NOT NULL), (SELECT count(*) FROM sagabox.outbox_archive)`).Scan(&outboxRows, &archived), "count")
+			if outboxRows != 1 || archived != 5 {
+				t.Fatalf("left %d parked and %d archived rows, want 1 and 5", outboxRows, archived)
+			}
+		})
 	}
 }
 

@@ -28,7 +28,6 @@ const (
 	DefaultMaxAttempts     = 10
 	DefaultRetryBackoff    = 200 * time.Millisecond
 	DefaultMaxRetryBackoff = 30 * time.Second
-	DefaultRetention       = time.Hour
 	DefaultCleanupInterval = time.Minute
 	DefaultCleanupBatch    = 1000
 	DefaultMaxMessageBytes = 1000000
@@ -72,10 +71,12 @@ type RelayConfig struct {
 	// parked without being sent. Keep it at or below the topic's
 	// max.message.bytes. Defaults to DefaultMaxMessageBytes.
 	MaxMessageBytes int
-	// Retention is how long published rows stay in the table before the
-	// cleaner deletes them, in batches of CleanupBatch every
-	// CleanupInterval. Defaults to DefaultRetention, DefaultCleanupBatch and
-	// DefaultCleanupInterval. Only the relay holding shard 0 cleans.
+	// Retention is how long published messages are kept in
+	// sagabox.outbox_archive. Zero, the default, keeps none: a row is
+	// deleted as soon as Kafka has it, which is the fastest. With a
+	// retention, the relay holding shard 0 deletes archived messages older
+	// than that in batches of CleanupBatch every CleanupInterval (defaults
+	// DefaultCleanupBatch and DefaultCleanupInterval).
 	Retention       time.Duration
 	CleanupInterval time.Duration
 	CleanupBatch    int
@@ -118,7 +119,6 @@ func (c RelayConfig) WithDefaults() RelayConfig {
 	def(&c.RetryBackoff, DefaultRetryBackoff)
 	def(&c.MaxRetryBackoff, DefaultMaxRetryBackoff)
 	defInt(&c.MaxMessageBytes, DefaultMaxMessageBytes)
-	def(&c.Retention, DefaultRetention)
 	def(&c.CleanupInterval, DefaultCleanupInterval)
 	defInt(&c.CleanupBatch, DefaultCleanupBatch)
 	if c.Logger == nil {
@@ -138,7 +138,7 @@ func (c RelayConfig) validate() error {
 		return errors.New("outbox: RelayConfig.Brokers is required")
 	case c.Registry == nil:
 		return errors.New("outbox: RelayConfig.Registry is required: srclient.NewSchemaRegistryClient(url)")
-	case c.BatchSize < 0 || c.MaxAttempts < 0 || c.MaxMessageBytes < 0 || c.CleanupBatch < 0:
+	case c.BatchSize < 0 || c.MaxAttempts < 0 || c.MaxMessageBytes < 0 || c.CleanupBatch < 0 || c.Retention < 0:
 		return errors.New("outbox: RelayConfig sizes and counts must not be negative")
 	case c.LeaseTTL < 2*c.ProduceTimeout+c.LeaseTTL/5:
 		return fmt.Errorf("outbox: RelayConfig.LeaseTTL (%s) must exceed 2*ProduceTimeout + LeaseTTL/5 (%s): a relay must not publish on a lease that may expire mid-request",
@@ -353,29 +353,42 @@ func (r *Relay) connect(ctx context.Context) (sarama.Client, *sarama.Config, err
 const fetchSQL = `
 WITH blocked AS (
 	SELECT topic, key, min(id) AS from_id FROM sagabox.outbox
-	WHERE next_attempt_at IS NOT NULL AND published_at IS NULL AND parked_at IS NULL
+	WHERE next_attempt_at IS NOT NULL AND parked_at IS NULL
 	  AND next_attempt_at > now() AND key <> '' AND shard = ANY($1)
 	GROUP BY topic, key
 )
 SELECT o.id, o.message_id::text, o.topic, o.key, o.value, o.schema_fp, o.message_type,
        o.correlation_id, o.causation_id, o.saga_id, o.traceparent, o.tracestate, o.headers::text, o.attempts
 FROM sagabox.outbox o
-WHERE o.published_at IS NULL AND o.parked_at IS NULL AND o.shard = ANY($1)
+WHERE o.parked_at IS NULL AND o.shard = ANY($1)
   AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
   AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.topic = o.topic AND b.key = o.key AND o.id > b.from_id)
 ORDER BY o.id
 LIMIT $2`
 
-// markSQL records the outcome of a whole batch in one statement.
-const markSQL = `
+// Marking a batch: published rows are deleted (one index-driven DELETE, far
+// cheaper than updating a state column), or moved to the archive when a
+// retention is set; failed rows get their attempt, backoff and error. The
+// "id = ANY" conditions keep the planner on the primary key whatever the
+// array sizes.
+const (
+	deletePublishedSQL  = `DELETE FROM sagabox.outbox WHERE id = ANY($1)`
+	archivePublishedSQL = `
+WITH done AS (DELETE FROM sagabox.outbox WHERE id = ANY($1) RETURNING *)
+INSERT INTO sagabox.outbox_archive (id, message_id, topic, key, value, schema_fp, message_type,
+	correlation_id, causation_id, saga_id, traceparent, headers, created_at, attempts)
+SELECT id, message_id, topic, key, value, schema_fp, message_type,
+	correlation_id, causation_id, saga_id, traceparent, headers, created_at, attempts
+FROM done`
+	markFailedSQL = `
 UPDATE sagabox.outbox o SET
-	published_at    = CASE WHEN u.ok THEN now() END,
 	attempts        = o.attempts + u.inc,
-	next_attempt_at = CASE WHEN u.ok THEN o.next_attempt_at ELSE now() + u.delay_ms * interval '1 millisecond' END,
-	last_error      = CASE WHEN u.ok THEN o.last_error ELSE u.err END,
+	next_attempt_at = now() + u.delay_ms * interval '1 millisecond',
+	last_error      = u.err,
 	parked_at       = CASE WHEN u.park THEN now() END
-FROM unnest($1::bigint[], $2::bool[], $3::int[], $4::bigint[], $5::text[], $6::bool[]) AS u(id, ok, inc, delay_ms, err, park)
-WHERE o.id = u.id AND o.published_at IS NULL`
+FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::bool[]) AS u(id, inc, delay_ms, err, park)
+WHERE o.id = u.id AND o.id = ANY($1)`
+)
 
 type row struct {
 	id                                      int64
@@ -493,8 +506,8 @@ func (r *Relay) failure(x *row, err error, permanent bool) outcome {
 
 func (r *Relay) mark(ctx context.Context, batch []row, outcomes []outcome) error {
 	var (
+		done   []int64
 		ids    []int64
-		oks    []bool
 		incs   []int32
 		delays []int64
 		errs   []string
@@ -502,26 +515,39 @@ func (r *Relay) mark(ctx context.Context, batch []row, outcomes []outcome) error
 	)
 	published := map[string]int{}
 	for i, o := range outcomes {
-		if !o.recorded {
-			continue
-		}
-		ids = append(ids, batch[i].id)
-		oks = append(oks, o.ok)
-		incs = append(incs, int32(o.inc))
-		delays = append(delays, o.delayMS)
-		errs = append(errs, o.err)
-		parks = append(parks, o.park)
-		if o.ok {
+		switch {
+		case !o.recorded:
+		case o.ok:
+			done = append(done, batch[i].id)
 			published[batch[i].topic]++
+		default:
+			ids = append(ids, batch[i].id)
+			incs = append(incs, int32(o.inc))
+			delays = append(delays, o.delayMS)
+			errs = append(errs, o.err)
+			parks = append(parks, o.park)
 		}
 	}
-	if len(ids) == 0 {
+	b := &pgx.Batch{}
+	if len(done) > 0 {
+		if r.cfg.Retention > 0 {
+			b.Queue(archivePublishedSQL, done)
+		} else {
+			b.Queue(deletePublishedSQL, done)
+		}
+	}
+	if len(ids) > 0 {
+		b.Queue(markFailedSQL, ids, incs, delays, errs, parks)
+	}
+	if b.Len() == 0 {
 		return nil
 	}
-	if _, err := r.cfg.Pool.Exec(ctx, markSQL, ids, oks, incs, delays, errs, parks); err != nil {
-		// The messages reached Kafka but are still pending: they will be
-		// published again (at-least-once; consumers deduplicate by ID).
-		return fmt.Errorf("mark %d messages: %w", len(ids), err)
+	// One round trip; the statements of a batch run in one implicit
+	// transaction.
+	if err := r.cfg.Pool.SendBatch(ctx, b).Close(); err != nil {
+		// Whatever reached Kafka is still pending and will be published
+		// again (at-least-once; consumers deduplicate by message ID).
+		return fmt.Errorf("mark %d messages: %w", len(done)+len(ids), err)
 	}
 	for topic, n := range published {
 		r.m.published.WithLabelValues(topic).Add(float64(n))

@@ -2,11 +2,9 @@ package outbox
 
 import (
 	stdsql "database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
-	"slices"
 	"strings"
 
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
@@ -78,11 +76,11 @@ const errWatermillSubscribe = "outbox: sagabox.outbox is read by the sagabox rel
 // that is refused (no UUID, no type, a payload that does not fit its schema)
 // fails the whole call with a *MessageError and nothing is written.
 func (a *WatermillSchemaAdapter) InsertQuery(topic string, msgs message.Messages) (wsql.Query, error) {
-	args, err := a.w.watermillArgs(topic, msgs)
+	st, err := a.w.watermillStatement(topic, msgs)
 	if err != nil {
 		return wsql.Query{}, err
 	}
-	return wsql.Query{Query: insertSQL, Args: args}, nil
+	return wsql.Query{Query: st.sql, Args: st.args}, nil
 }
 
 // SelectQuery returns a query that fails, naming the relay: watermill-sql's
@@ -106,32 +104,17 @@ func (a *WatermillSchemaAdapter) SubscribeIsolationLevel() stdsql.IsolationLevel
 	return stdsql.LevelDefault
 }
 
-// watermillArgs turns watermill messages into the arguments of insertSQL,
-// with Writer.Write's validation.
-//
-// TODO(outbox): share this with Writer.Write through an unexported
-// (w *Writer) insertArgs(ctx, msgs []Message) hook in writer.go.
-func (w *Writer) watermillArgs(topic string, msgs message.Messages) ([]any, error) {
-	n := len(msgs)
+// watermillStatement turns watermill messages into the insert Writer.Write
+// runs, with the same validation.
+func (w *Writer) watermillStatement(topic string, msgs message.Messages) (statement, error) {
 	var (
-		ids      = make([]uuid.UUID, n)
-		shards   = make([]int16, n)
-		topics   = make([]string, n)
-		keys     = make([]string, n)
-		values   = make([][]byte, n)
-		fps      = make([][]byte, n)
-		types    = make([]string, n)
-		corrs    = make([]string, n)
-		causes   = make([]string, n)
-		sagas    = make([]string, n)
-		headers  = make([]string, n)
-		lockKeys = make([]int32, 0, n)
-		tp, ts   string
-		traced   = -1
+		out    = make([]Message, len(msgs))
+		tp, ts string
+		traced = -1
 	)
 	for i, wm := range msgs {
 		if wm == nil {
-			return nil, &MessageError{Index: i, Topic: topic, Err: errors.New("watermill message is nil")}
+			return statement{}, &MessageError{Index: i, Topic: topic, Err: errors.New("watermill message is nil")}
 		}
 		md := wm.Metadata
 		m := Message{
@@ -148,10 +131,11 @@ func (w *Writer) watermillArgs(topic string, msgs message.Messages) ([]any, erro
 		}
 		id, err := uuid.Parse(wm.UUID)
 		if err != nil || id == uuid.Nil {
-			return nil, bad("watermill message UUID %q is not a UUID: the outbox uses it as the message ID consumers deduplicate on (watermill.NewUUID and the AvroMarshaler make UUIDs)", wm.UUID)
+			return statement{}, bad("watermill message UUID %q is not a UUID: the outbox uses it as the message ID consumers deduplicate on (watermill.NewUUID and the AvroMarshaler make UUIDs)", wm.UUID)
 		}
+		m.ID = id
 		if m.Type == "" {
-			return nil, bad("metadata %q is empty: set it to the Avro full name of the payload's schema (outbox.AvroMarshaler does)", HeaderType)
+			return statement{}, bad("metadata %q is empty: set it to the Avro full name of the payload's schema (outbox.AvroMarshaler does)", HeaderType)
 		}
 		for k, v := range md {
 			if watermillDropped[k] {
@@ -162,13 +146,6 @@ func (w *Writer) watermillArgs(topic string, msgs message.Messages) ([]any, erro
 			}
 			m.Headers[k] = v
 		}
-		if err := w.prepare(i, m); err != nil {
-			return nil, err
-		}
-		s, value, err := w.cfg.Codec.Encode(m.Type, m.Value)
-		if err != nil {
-			return nil, &MessageError{Index: i, Topic: topic, Type: m.Type, Err: err}
-		}
 		// One statement stores one trace context; a call mixing traces would
 		// file all of them under one.
 		mtp, mts := traceContext(wm.Context())
@@ -177,25 +154,13 @@ func (w *Writer) watermillArgs(topic string, msgs message.Messages) ([]any, erro
 		}
 		if mtp != "" {
 			if traced >= 0 && (mtp != tp || mts != ts) {
-				return nil, bad("its trace context differs from message %d's: publish messages of different traces in separate Publish calls", traced)
+				return statement{}, bad("its trace context differs from message %d's: publish messages of different traces in separate Publish calls", traced)
 			}
 			tp, ts, traced = mtp, mts, i
 		}
-		h := []byte("{}")
-		if len(m.Headers) > 0 {
-			h, _ = json.Marshal(m.Headers)
-		}
-		ids[i], shards[i], topics[i], keys[i] = id, shardOf(m.Key, id), topic, m.Key
-		values[i], fps[i], types[i] = value, s.Fingerprint[:], s.Name
-		corrs[i], causes[i], sagas[i], headers[i] = m.CorrelationID, m.CausationID, m.SagaID, string(h)
-		if m.Key != "" {
-			lockKeys = append(lockKeys, lockKeyOf(topic, m.Key))
-		}
+		out[i] = m
 	}
-	slices.Sort(lockKeys)
-	lockKeys = slices.Compact(lockKeys)
-	return []any{lockClass, lockKeys, tp, ts,
-		ids, shards, topics, keys, values, fps, types, corrs, causes, sagas, headers}, nil
+	return w.buildStatement(out, tp, ts)
 }
 
 // WatermillPublisher is a watermill message.Publisher that adds messages to

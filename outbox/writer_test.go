@@ -149,3 +149,36 @@ func TestWriteOrdersIDsOfAKeyByCommit(t *testing.T) {
 		t.Fatalf("id order %v differs from commit order %v", got, commits)
 	}
 }
+
+// Queue puts the outbox write into the caller's batch: one round trip for
+// the business change and its message, atomic with the transaction.
+func TestQueueWritesWithTheBusinessBatch(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testkit.Ctx(t)
+	_, err := b.pool.Exec(ctx, `CREATE TABLE orders (id text PRIMARY KEY)`)
+	testkit.Must(t, err, "create")
+	place := func(id string) error {
+		return pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+			batch := &pgx.Batch{}
+			batch.Queue(`INSERT INTO orders VALUES ($1)`, id)
+			if err := b.writer.Queue(ctx, batch, outbox.Message{Topic: "orders", Key: id, Type: orderPlacedType, Value: orderPlaced{OrderID: id}}); err != nil {
+				return err
+			}
+			return tx.SendBatch(ctx, batch).Close()
+		})
+	}
+	testkit.Must(t, place("o1"), "place o1")
+	if err := place("o1"); err == nil { // duplicate order: the whole transaction rolls back
+		t.Fatal("duplicate order accepted")
+	}
+	if n := countRows(t, b); n != 1 {
+		t.Fatalf("%d outbox rows, want the committed one only", n)
+	}
+	// A refused message queues nothing.
+	batch := &pgx.Batch{}
+	err = b.writer.Queue(ctx, batch, outbox.Message{Topic: "orders", Type: orderPlacedType, Value: map[string]any{"order_id": 1}})
+	if !errors.Is(err, outbox.ErrInvalidMessage) || batch.Len() != 0 {
+		t.Fatalf("refused message: err %v, %d queued", err, batch.Len())
+	}
+}

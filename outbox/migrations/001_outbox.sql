@@ -16,6 +16,13 @@
 --               byte and schema ID) is added by the relay, which resolves the
 --               ID in the Schema Registry: a registry outage delays
 --               publishing but never fails a business transaction.
+--
+-- The table holds only what is still to do: pending and parked messages. The
+-- relay deletes a row once Kafka has it (moving it to outbox_archive when a
+-- retention is configured). That keeps the hot table and its indexes as
+-- small as the backlog, lets the relay walk the primary key in id order, and
+-- makes "mark published" a cheap DELETE: an UPDATE of an indexed state
+-- column can never be HOT and costs several times more (BENCHMARKS.md).
 CREATE TABLE sagabox.outbox (
 	id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	message_id      uuid        NOT NULL,
@@ -37,30 +44,42 @@ CREATE TABLE sagabox.outbox (
 	-- every later row of its key wait (per-key order survives retries).
 	next_attempt_at timestamptz,
 	last_error      text,
-	parked_at       timestamptz,
-	published_at    timestamptz
+	parked_at       timestamptz
 );
 
 -- A message ID is unique: writing the same message twice is refused.
 CREATE UNIQUE INDEX outbox_message_id ON sagabox.outbox (message_id);
 
--- The relay's hot query walks pending rows in id order and stops at its batch
--- size. Published and parked rows drop out of this partial index, so it stays
--- as small as the backlog however big the table is.
-CREATE INDEX outbox_pending ON sagabox.outbox (id)
-	WHERE published_at IS NULL AND parked_at IS NULL;
-
--- Keys held back by a failed attempt. Tiny in normal operation.
+-- Keys held back by a failed attempt. Tiny in normal operation, and rows
+-- that never failed are not in it, so writers do not pay for it.
 CREATE INDEX outbox_backoff ON sagabox.outbox (topic, key, id)
-	WHERE next_attempt_at IS NOT NULL AND published_at IS NULL AND parked_at IS NULL;
-
--- The cleaner deletes published rows oldest first, in small batches.
-CREATE INDEX outbox_published ON sagabox.outbox (published_at)
-	WHERE published_at IS NOT NULL;
+	WHERE next_attempt_at IS NOT NULL AND parked_at IS NULL;
 
 -- Operators list parked messages.
 CREATE INDEX outbox_parked ON sagabox.outbox (parked_at)
 	WHERE parked_at IS NOT NULL;
+
+-- Published messages, kept for RelayConfig.Retention when it is set (for
+-- audits and replays); the relay holding shard 0 deletes them in small
+-- batches once they are older.
+CREATE TABLE sagabox.outbox_archive (
+	id             bigint      PRIMARY KEY,
+	message_id     uuid        NOT NULL,
+	topic          text        NOT NULL,
+	key            text        NOT NULL,
+	value          bytea       NOT NULL,
+	schema_fp      bytea       NOT NULL,
+	message_type   text        NOT NULL,
+	correlation_id text        NOT NULL,
+	causation_id   text        NOT NULL,
+	saga_id        text        NOT NULL,
+	traceparent    text        NOT NULL,
+	headers        jsonb       NOT NULL,
+	created_at     timestamptz NOT NULL,
+	attempts       int         NOT NULL,
+	published_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX outbox_archive_published ON sagabox.outbox_archive (published_at);
 
 -- Schemas the writers encoded with, by fingerprint, so that any relay (also
 -- one running an older build during a rolling deploy) can register them in
