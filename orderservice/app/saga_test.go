@@ -1,11 +1,22 @@
 package app_test
 
 import (
+	"context"
 	"os"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/sagabox/sagabox/orderservice/app"
+	"github.com/sagabox/sagabox/orderservice/domain"
+	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/saga"
+	"github.com/sagabox/sagabox/saga/sagatest"
+	"github.com/sagabox/sagabox/schemas"
 )
 
 // The diagram in the README is the definition's own rendering, so it
@@ -19,5 +30,142 @@ func TestReadmeShowsTheCurrentSaga(t *testing.T) {
 	want := "```mermaid\n" + app.OrderSaga(nil).Mermaid() + "```"
 	if !strings.Contains(string(readme), want) {
 		t.Fatalf("orderservice/README.md does not show the current saga; paste:\n%s", want)
+	}
+}
+
+// memOrders is the one part of the repository the saga uses (Update),
+// in memory, so that the definition's decisions can be tested step by step
+// with sagatest. adapters.Orders itself is tested on Postgres through the
+// service tests.
+type memOrders struct {
+	app.Repository // the other methods are not used by the saga
+	orders         map[uuid.UUID]domain.Order
+	events         []domain.Status
+}
+
+func (m *memOrders) Update(_ context.Context, _ pgx.Tx, id uuid.UUID, fn func(*domain.Order) error) error {
+	o, ok := m.orders[id]
+	if !ok {
+		return domain.ErrOrderNotFound
+	}
+	o.Items = slices.Clone(o.Items)
+	before := o.Status
+	if err := fn(&o); err != nil {
+		return err
+	}
+	m.orders[id] = o
+	if o.Status != before {
+		m.events = append(m.events, o.Status)
+	}
+	return nil
+}
+
+// newSaga starts an order saga for 2 x TEA-1 and 1 x MUG-1.
+func newSaga(t *testing.T) (*sagatest.Harness[app.SagaData], *memOrders, uuid.UUID) {
+	t.Helper()
+	o, err := domain.NewOrder(uuid.New(), []domain.Item{{SKU: "TEA-1", Quantity: 2}, {SKU: "MUG-1", Quantity: 1}}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := &memOrders{orders: map[uuid.UUID]domain.Order{o.ID: *o}}
+	codec, err := outbox.NewCodec(append(saga.Schemas(), schemas.All()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sagatest.New(t, app.OrderSaga(repo), codec, app.SagaData{OrderID: o.ID, UserID: o.UserID, Items: o.Items})
+	h.Start()
+	sent := h.ExpectCommands(schemas.CommandReserveStock)
+	var p schemas.ReserveStock
+	if err := sent[0].Decode(&p); err != nil || p.OrderID != o.ID.String() || len(p.Items) != 2 || sent[0].Topic != schemas.TopicCatalogCommands {
+		t.Fatalf("reserve_stock: %+v %v", p, err)
+	}
+	return h, repo, o.ID
+}
+
+var reserved = &schemas.StockReserved{TotalCents: 2*450 + 900, Items: []schemas.PricedLine{
+	{Sku: "MUG-1", Quantity: 1, UnitPriceCents: 900}, {Sku: "TEA-1", Quantity: 2, UnitPriceCents: 450}}}
+
+func TestOrderSagaApprovesWithTheReservedPrices(t *testing.T) {
+	t.Parallel()
+	h, repo, id := newSaga(t)
+	h.SucceedWith(schemas.NameStockReserved, reserved)
+	sent := h.ExpectCommands(schemas.CommandDebitCredit)
+	var d schemas.DebitCredit
+	if err := sent[0].Decode(&d); err != nil || d.AmountCents != 1800 || d.OrderID != id.String() || sent[0].Topic != schemas.TopicUserCommands {
+		t.Fatalf("debit_credit: %+v %v", d, err)
+	}
+	h.SucceedWith(schemas.NameCreditDebited, &schemas.CreditDebited{OrderID: id.String(), AmountCents: 1800})
+	h.ExpectStatus(saga.StatusSucceeded)
+	o := repo.orders[id]
+	if o.Status != domain.StatusApproved || o.TotalCents != 1800 || o.Items[0].UnitPriceCents != 900 || len(repo.events) != 1 {
+		t.Fatalf("order %+v, events %v", o, repo.events)
+	}
+}
+
+func TestOrderSagaCancelsForInsufficientStockWithoutFurtherCommands(t *testing.T) {
+	t.Parallel()
+	h, repo, id := newSaga(t)
+	h.Reject("insufficient stock for TEA-1")
+	h.ExpectStatus(saga.StatusCompensated)
+	h.ExpectCommands() // nothing was reserved: nothing to release
+	if o := repo.orders[id]; o.Status != domain.StatusCancelled || o.Reason != domain.ReasonInsufficientStock {
+		t.Fatalf("order %+v", o)
+	}
+	if got := strings.Join(h.Trace(), " "); got != "create_order#1:succeeded reserve_stock#1:rejected undo create_order#1:succeeded" {
+		t.Fatalf("trace %s", got)
+	}
+}
+
+func TestOrderSagaReleasesTheStockAndCancelsForInsufficientCredit(t *testing.T) {
+	t.Parallel()
+	h, repo, id := newSaga(t)
+	h.SucceedWith(schemas.NameStockReserved, reserved)
+	h.ExpectCommands(schemas.CommandDebitCredit)
+	h.Reject("insufficient credit")
+	sent := h.ExpectCommands(schemas.CommandReleaseStock)
+	if o := repo.orders[id]; o.Status != domain.StatusPending {
+		t.Fatalf("cancelled before the stock was released: %+v", o)
+	}
+	var r schemas.ReleaseStock
+	if err := sent[0].Decode(&r); err != nil || r.OrderID != id.String() || !sent[0].Compensation {
+		t.Fatalf("release_stock: %+v %v", r, err)
+	}
+	h.Succeed()
+	h.ExpectStatus(saga.StatusCompensated)
+	if o := repo.orders[id]; o.Status != domain.StatusCancelled || o.Reason != domain.ReasonInsufficientCredit || len(repo.events) != 1 {
+		t.Fatalf("order %+v, events %v", o, repo.events)
+	}
+}
+
+// A reservation that does not match the order (a bug, or an old catalog)
+// must not be charged: the stock is released and the order cancelled.
+func TestOrderSagaRefusesAReservationThatDoesNotMatchTheOrder(t *testing.T) {
+	t.Parallel()
+	h, repo, id := newSaga(t)
+	h.SucceedWith(schemas.NameStockReserved, &schemas.StockReserved{TotalCents: 450, Items: []schemas.PricedLine{{Sku: "TEA-1", Quantity: 1, UnitPriceCents: 450}}})
+	h.ExpectCommands(schemas.CommandReleaseStock)
+	h.Succeed()
+	h.ExpectStatus(saga.StatusCompensated)
+	if o := repo.orders[id]; o.Status != domain.StatusCancelled {
+		t.Fatalf("order %+v", o)
+	}
+}
+
+// When the debit's outcome stays unknown (no reply after every attempt),
+// the saga neither approves nor compensates: the money may have been
+// taken. It ends failed, the order stays PENDING, for an operator.
+func TestOrderSagaStopsForAnOperatorWhenTheDebitStaysUnknown(t *testing.T) {
+	t.Parallel()
+	h, repo, id := newSaga(t)
+	h.SucceedWith(schemas.NameStockReserved, reserved)
+	for attempt := 1; attempt <= saga.DefaultMaxAttempts; attempt++ {
+		h.ExpectCommands(schemas.CommandDebitCredit)
+		h.Timeout()
+		h.Wait(time.Minute)
+	}
+	h.ExpectStatus(saga.StatusFailed)
+	h.ExpectCommands() // no release_stock
+	if o := repo.orders[id]; o.Status != domain.StatusPending || len(repo.events) != 0 {
+		t.Fatalf("order %+v, events %v", o, repo.events)
 	}
 }
