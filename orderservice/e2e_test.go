@@ -193,6 +193,12 @@ func TestOrderSagaAcrossTheThreeServices(t *testing.T) {
 	ann, annToken := s.customer(t, "ann@example.com")
 	bob, bobToken := s.customer(t, "bob@example.com")
 
+	// The catalog is asked before anything is written.
+	if st, body := call(t, "POST", s.orders+"/orders", annToken, map[string]any{"items": []any{line("TEA-1", 1), line("GHOST-1", 1)}}); st != 422 ||
+		body["code"] != "unknown_sku" {
+		t.Fatalf("unknown SKU: %d %v", st, body)
+	}
+
 	approved := s.order(t, annToken, line("TEA-1", 2), line("RARE-1", 1))
 	if approved["status"] != "APPROVED" || approved["totalCents"] != float64(1000) || approved["reason"] != nil ||
 		approved["saga"].(map[string]any)["status"] != string(saga.StatusSucceeded) {
@@ -233,8 +239,8 @@ func TestOrderSagaAcrossTheThreeServices(t *testing.T) {
 	// Every order's events, keyed by the order, in the order they happened.
 	want := map[string]string{
 		approved["orderId"].(string): "OrderCreated OrderApproved",
-		noCredit["orderId"].(string): "OrderCreated OrderCancelled",
-		noStock["orderId"].(string):  "OrderCreated OrderCancelled",
+		noCredit["orderId"].(string): "OrderCreated OrderCancelled(insufficient credit)",
+		noStock["orderId"].(string):  "OrderCreated OrderCancelled(insufficient stock)",
 	}
 	events := readEvents(t, s.brokers, 6)
 	for id, w := range want {
@@ -268,6 +274,13 @@ func readEvents(t *testing.T, brokers []string, n int) map[string]string {
 	out := map[string]string{}
 	for _, r := range recs {
 		name := strings.TrimPrefix(r.Headers[outbox.HeaderType], schemas.Namespace+".")
+		if name == "OrderCancelled" {
+			var e schemas.OrderCancelled
+			if len(r.Value) < 5 || e.Unmarshal(r.Value[5:]) != nil { // Confluent wire format: magic byte, schema ID, Avro
+				t.Errorf("OrderCancelled of %s does not decode", r.Key)
+			}
+			name += "(" + e.Reason + ")"
+		}
 		if out[r.Key] != "" {
 			out[r.Key] += " "
 		}
