@@ -19,10 +19,8 @@ vet: ## go vet
 fmt-check: ## fail when a file is not gofmt'ed
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-generate-check: ## fail when go generate changes committed files
-	@if grep -rl --include='*.go' '^//go:generate' . >/dev/null 2>&1; then \
-		$(GO) generate ./... && git diff --exit-code -- '*.go' || { echo "generated code is stale: run go generate ./... and commit"; exit 1; }; \
-	fi
+generate-check: ## fail when go generate changes a committed generated file
+	bash scripts/generate-check.sh
 
 bench: ## outbox relay benchmark: sagabox vs watermill forwarder vs ceiling (see BENCHMARKS.md)
 	$(GO) run ./cmd/outboxbench
