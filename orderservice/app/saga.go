@@ -43,10 +43,12 @@ type SagaData struct {
 // cancelReason says why the saga cancels the order: the step that failed is
 // the first one whose effect the data does not show.
 //
-// The saga package does not hand a compensation the failing step's
-// rejection, so this is derived from the data; the participant's exact words
-// ("insufficient stock for TEA-1") are in the saga's step history, which
-// GET /orders/{id} shows.
+// The saga package does not hand a compensation the failure that caused it,
+// so the reason is derived from the data, and it cannot tell a business "no"
+// from a step that ran out of attempts: a reservation that timed out three
+// times is reported as insufficient stock too. The participant's exact words
+// ("insufficient stock for TEA-1", or "timed out") are in the saga's step
+// history, which GET /orders/{id} shows next to the reason.
 func (d *SagaData) cancelReason() string {
 	if !d.StockReserved {
 		return domain.ReasonInsufficientStock
