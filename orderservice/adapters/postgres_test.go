@@ -1,0 +1,105 @@
+package adapters_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sagabox/sagabox/internal/platform/messaging"
+	"github.com/sagabox/sagabox/internal/testkit"
+	"github.com/sagabox/sagabox/orderservice/adapters"
+	"github.com/sagabox/sagabox/orderservice/domain"
+)
+
+func repo(t *testing.T) (*adapters.Orders, *testkit.Database) {
+	t.Helper()
+	db := testkit.NewDatabase(t)
+	ctx := context.Background()
+	testkit.Must(t, adapters.Migrate(ctx, db.Pool), "migrate")
+	msg, err := messaging.Setup(ctx, db.Pool, messaging.Config{}, nil, nil)
+	testkit.Must(t, err, "messaging")
+	return adapters.NewOrders(db.Pool, msg.Writer), db
+}
+
+func count(t *testing.T, db *testkit.Database, sql string) int {
+	t.Helper()
+	var n int
+	testkit.Must(t, db.Pool.QueryRow(context.Background(), sql).Scan(&n), "%s", sql)
+	return n
+}
+
+func newOrder(t *testing.T) *domain.Order {
+	t.Helper()
+	o, err := domain.NewOrder(uuid.New(), []domain.Item{{SKU: "TEA-1", Quantity: 1}}, time.Now().UTC().Truncate(time.Microsecond))
+	testkit.Must(t, err, "order")
+	return o
+}
+
+// No order without its saga, no saga without its order: when starting the
+// saga fails, the order and its event are not written either.
+func TestCreateCommitsTheOrderItsEventAndTheSagaStartTogether(t *testing.T) {
+	t.Parallel()
+	r, db := repo(t)
+	ctx := context.Background()
+	boom := errors.New("saga start failed")
+	_, _, _, err := r.Create(ctx, newOrder(t), "", "fp", func(ctx context.Context, tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `CREATE TABLE started (id int)`)
+		testkit.Must(t, err, "start's write")
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("Create: %v", err)
+	}
+	if n := count(t, db, `SELECT count(*) FROM orders`) + count(t, db, `SELECT count(*) FROM sagabox.outbox`) +
+		count(t, db, `SELECT count(*) FROM pg_tables WHERE tablename = 'started'`); n != 0 {
+		t.Fatalf("a failed start left %d rows behind", n)
+	}
+
+	o := newOrder(t)
+	stored, _, replayed, err := r.Create(ctx, o, "", "fp", func(ctx context.Context, tx pgx.Tx) error { return nil })
+	if err != nil || replayed || stored.ID != o.ID {
+		t.Fatalf("Create: %v %v %v", stored, replayed, err)
+	}
+	if n := count(t, db, `SELECT count(*) FROM sagabox.outbox WHERE topic = 'order.events' AND message_type = 'sagabox.shop.OrderCreated'`); n != 1 {
+		t.Fatalf("OrderCreated rows: %d", n)
+	}
+}
+
+// An order's event is written by the change that causes it, once: a change
+// that leaves the status alone writes none, a failed change writes nothing.
+func TestUpdateWritesTheEventOfAStatusChangeOnly(t *testing.T) {
+	t.Parallel()
+	r, db := repo(t)
+	ctx := context.Background()
+	o := newOrder(t)
+	_, _, _, err := r.Create(ctx, o, "", "fp", func(context.Context, pgx.Tx) error { return nil })
+	testkit.Must(t, err, "create")
+	update := func(fn func(*domain.Order) error) error {
+		return pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error { return r.Update(ctx, tx, o.ID, fn) })
+	}
+	events := func() int { return count(t, db, `SELECT count(*) FROM sagabox.outbox WHERE topic = 'order.events'`) }
+
+	testkit.Must(t, update(func(o *domain.Order) error {
+		return o.Price([]domain.Item{{SKU: "TEA-1", Quantity: 1, UnitPriceCents: 450}}, 450, time.Now())
+	}), "price")
+	if events() != 1 {
+		t.Fatalf("pricing wrote an event: %d", events())
+	}
+	if err := update(func(o *domain.Order) error { o.Cancel("x", time.Now()); return errors.New("no") }); err == nil || events() != 1 {
+		t.Fatalf("a failed change: %v, events %d", err, events())
+	}
+	testkit.Must(t, update(func(o *domain.Order) error { return o.Cancel(domain.ReasonInsufficientStock, time.Now()) }), "cancel")
+	testkit.Must(t, update(func(o *domain.Order) error { return o.Cancel(domain.ReasonInsufficientStock, time.Now()) }), "cancel again")
+	got, err := r.Order(ctx, o.ID)
+	testkit.Must(t, err, "order")
+	if got.Status != domain.StatusCancelled || got.Reason != domain.ReasonInsufficientStock || got.TotalCents != 450 || events() != 2 {
+		t.Fatalf("order %+v, events %d", got, events())
+	}
+	if n := count(t, db, `SELECT count(*) FROM sagabox.outbox WHERE message_type = 'sagabox.shop.OrderCancelled' AND key = '`+o.ID.String()+`'`); n != 1 {
+		t.Fatalf("OrderCancelled rows keyed by the order: %d", n)
+	}
+}
