@@ -1,0 +1,143 @@
+package outbox_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagabox/sagabox/internal/testkit"
+	"github.com/sagabox/sagabox/outbox"
+)
+
+// PITFALLS 10: the writer's W3C trace context survives the table and reaches
+// Kafka as the traceparent header.
+func TestTraceContextTravelsWithTheMessage(t *testing.T) {
+	t.Parallel()
+	rb := setupRelay(t, 1)
+	traceID, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
+	spanID, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
+	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: traceID, SpanID: spanID, TraceFlags: trace.FlagsSampled})
+	ctx := trace.ContextWithSpanContext(testkit.Ctx(t), sc)
+	testkit.Must(t, rb.writer.Write(ctx, rb.pool, outbox.Message{Topic: "orders", Key: "t", Type: orderPlacedType, Value: orderPlaced{OrderID: "t"},
+		CorrelationID: "corr-1", CausationID: "cause-1", SagaID: "saga-1", Headers: map[string]string{"tenant": "acme"}}), "write")
+	rb.startRelay(t, nil)
+	recs := testkit.ReadAll(t, rb.brokers, "orders", 1, 10*time.Second)
+	if len(recs) != 1 {
+		t.Fatal("not published")
+	}
+	h := recs[0].Headers
+	want := map[string]string{
+		outbox.HeaderTraceparent:   "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		outbox.HeaderCorrelationID: "corr-1", outbox.HeaderCausationID: "cause-1", outbox.HeaderSagaID: "saga-1",
+		"tenant": "acme", outbox.HeaderType: orderPlacedType,
+	}
+	for k, v := range want {
+		if h[k] != v {
+			t.Errorf("header %s = %q, want %q", k, h[k], v)
+		}
+	}
+}
+
+// PITFALLS 11: a batch goes out as one produce request, not one round trip
+// per message.
+func TestRelaySendsABatchInOneProduceRequest(t *testing.T) {
+	t.Parallel()
+	rb := setupRelay(t, 4)
+	rb.writeSeq(t, "orders", 20, 600)
+	produces := rb.kafka.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Observe: true, Count: -1})
+	rb.startRelay(t, nil) // BatchSize 1000: the whole backlog is one batch
+	if recs := testkit.ReadAll(t, rb.brokers, "orders", 600, 20*time.Second); len(recs) != 600 {
+		t.Fatalf("read %d of 600", len(recs))
+	}
+	if n := produces.Hits(); n != 1 {
+		t.Fatalf("%d produce requests for one batch of 600 messages over 4 partitions, want 1", n)
+	}
+}
+
+// PITFALLS 6: no database transaction is held open while the relay talks to
+// Kafka. While a produce request is being answered, none of the relay's
+// connections is inside a transaction.
+func TestRelayHoldsNoTransactionDuringKafkaIO(t *testing.T) {
+	t.Parallel()
+	rb := setupRelay(t, 1)
+	ctx := testkit.Ctx(t)
+	rb.writeSeq(t, "orders", 2, 50)
+	cfg, err := pgxpool.ParseConfig(rb.db.URL)
+	testkit.Must(t, err, "parse")
+	cfg.ConnConfig.RuntimeParams["application_name"] = "watched-relay"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	testkit.Must(t, err, "pool")
+	defer pool.Close()
+
+	var checked, inTx atomic.Int32
+	rb.kafka.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		rb.kafka.KeepControl()
+		var n int
+		_ = rb.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE application_name = 'watched-relay' AND (state LIKE 'idle in transaction%' OR xact_start IS NOT NULL AND state = 'active')`).Scan(&n)
+		checked.Add(1)
+		inTx.Add(int32(n))
+		return nil, nil, false
+	})
+	rb.startRelay(t, func(c *outbox.RelayConfig) { c.Pool = pool; c.BatchSize = 10 })
+	if recs := testkit.ReadAll(t, rb.brokers, "orders", 50, 20*time.Second); len(recs) != 50 {
+		t.Fatalf("read %d of 50", len(recs))
+	}
+	if checked.Load() == 0 {
+		t.Fatal("no produce request was observed")
+	}
+	if inTx.Load() != 0 {
+		t.Fatalf("relay connections were inside a transaction during %d produce requests", inTx.Load())
+	}
+}
+
+// The in-process wake-up: with polling (and lease renewals) a minute apart,
+// only Notify explains a prompt delivery.
+func TestRelayWakesOnInProcessNotify(t *testing.T) {
+	t.Parallel()
+	rb := setupRelay(t, 1)
+	ctx := testkit.Ctx(t)
+	relay, _ := rb.startRelay(t, func(c *outbox.RelayConfig) { c.PollInterval = time.Minute; c.LeaseTTL = time.Minute })
+	w, err := outbox.NewWriter(ctx, rb.pool, outbox.WriterConfig{Codec: rb.codec, Notify: relay.Notify})
+	testkit.Must(t, err, "writer")
+	time.Sleep(300 * time.Millisecond) // past the relay's first, empty poll
+	testkit.Must(t, pgx.BeginFunc(ctx, rb.pool, func(tx pgx.Tx) error {
+		if err := w.Write(ctx, tx, outbox.Message{Topic: "orders", Key: "w", Type: orderPlacedType, Value: orderPlaced{OrderID: "w"}}); err != nil {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond) // commit a little after the wake-up, as real transactions do
+		return nil
+	}), "write")
+	if recs := testkit.ReadAll(t, rb.brokers, "orders", 1, 3*time.Second); len(recs) != 1 {
+		t.Fatal("the relay did not wake on Notify")
+	}
+}
+
+// PITFALLS 12: Sarama gives up on unreachable brokers within a second; the
+// relay does not. Started while Kafka is down, it publishes once Kafka is up.
+func TestRelayWaitsForKafkaToComeUp(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	testkit.Must(t, err, "listen")
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close() // nothing listens here until kfake starts below
+	rb := &relayBundle{bundle: b, registry: testkit.Registry(t), brokers: []string{fmt.Sprintf("127.0.0.1:%d", port)}}
+	want := rb.writeSeq(t, "orders", 2, 20)
+	rb.startRelay(t, nil)
+	time.Sleep(1500 * time.Millisecond) // the relay retries meanwhile
+	rb.kafka = testkit.Kafka(t, 2, kfake.Ports(port))
+	recs := testkit.ReadAll(t, rb.brokers, "orders", 20, 20*time.Second)
+	if res := count(t, rb.codec, recs, want); res != (tally{}) || len(recs) != 20 {
+		t.Fatalf("read %d: %+v", len(recs), res)
+	}
+}
