@@ -140,12 +140,24 @@ func (s *shop) stock(t *testing.T, sku string) float64 {
 // order places an order and waits until the saga has decided it.
 func (s *shop) order(t *testing.T, token string, items ...map[string]any) map[string]any {
 	t.Helper()
+	return s.decided(t, token, s.place(t, token, items...))
+}
+
+// place places an order and returns its ID.
+func (s *shop) place(t *testing.T, token string, items ...map[string]any) string {
+	t.Helper()
 	st, body := call(t, "POST", s.orders+"/orders", token, map[string]any{"items": items})
 	if st != 202 || body["status"] != "PENDING" {
 		t.Fatalf("place: %d %v", st, body)
 	}
-	id := body["orderId"].(string)
+	return body["orderId"].(string)
+}
+
+// decided waits until the saga has decided the order and returns it.
+func (s *shop) decided(t *testing.T, token, id string) map[string]any {
+	t.Helper()
 	var got map[string]any
+	var st int
 	testkit.Eventually(t, 90*time.Second, "order "+id+" to be decided", func() bool {
 		st, got = call(t, "GET", s.orders+"/orders/"+id, token, nil)
 		sg, _ := got["saga"].(map[string]any)
@@ -250,6 +262,13 @@ func TestOrderSagaAcrossTheThreeServices(t *testing.T) {
 	}
 
 	stop()
+	s.stopped(t)
+}
+
+// stopped waits for the three services to return from Run after ctx is
+// cancelled, cleanly.
+func (s *shop) stopped(t *testing.T) {
+	t.Helper()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
@@ -261,6 +280,55 @@ func TestOrderSagaAcrossTheThreeServices(t *testing.T) {
 	for err := range s.errs {
 		t.Errorf("Run: %v", err)
 	}
+}
+
+// Twenty orders in flight at once for five units: exactly five are
+// approved, fifteen cancelled for stock; the stock ends at zero, never
+// below; each customer is charged for their approved orders only, once.
+func TestConcurrentSagasNeitherOversellNorOvercharge(t *testing.T) {
+	t.Parallel()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	s := startShop(t, ctx)
+	if st, body := call(t, "POST", s.catalog+"/products", s.admin, map[string]any{"sku": "SCARCE-1", "name": "Scarce", "price": 100, "stock": 5}); st != 201 {
+		t.Fatalf("add product: %d %v", st, body)
+	}
+	type customer struct{ id, token string }
+	var customers []customer
+	for i := range 4 {
+		id, token := s.customer(t, fmt.Sprintf("c%d@example.com", i))
+		customers = append(customers, customer{id, token})
+	}
+	placed := map[string]customer{}
+	for range 5 {
+		for _, c := range customers {
+			placed[s.place(t, c.token, line("SCARCE-1", 1))] = c
+		}
+	}
+	approvedOf := map[string]int{}
+	var approved, cancelled int
+	for id, c := range placed {
+		o := s.decided(t, c.token, id)
+		switch {
+		case o["status"] == "APPROVED":
+			approved++
+			approvedOf[c.id]++
+		case o["status"] == "CANCELLED" && o["reason"] == "insufficient stock":
+			cancelled++
+		default:
+			t.Errorf("order %s: %v", id, o)
+		}
+	}
+	if approved != 5 || cancelled != 15 || s.stock(t, "SCARCE-1") != 0 {
+		t.Fatalf("approved %d, cancelled %d, stock left %v", approved, cancelled, s.stock(t, "SCARCE-1"))
+	}
+	for _, c := range customers {
+		if charged := 10000 - s.credit(t, c.id, c.token); charged != float64(100*approvedOf[c.id]) {
+			t.Errorf("customer %s charged %v for %d approved orders", c.id, charged, approvedOf[c.id])
+		}
+	}
+	stop()
+	s.stopped(t)
 }
 
 // readEvents reads n records of order.events and returns, per key, the
