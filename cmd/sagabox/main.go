@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/saga"
 )
 
 func main() {
@@ -40,6 +41,7 @@ var migrations = []struct {
 	fn   func(context.Context, *pgxpool.Pool) error
 }{
 	{"outbox", func(ctx context.Context, p *pgxpool.Pool) error { return outbox.Migrate(ctx, p) }},
+	{"saga", func(ctx context.Context, p *pgxpool.Pool) error { return saga.Migrate(ctx, p) }},
 }
 
 const usage = `usage: sagabox [-database-url URL] <command>
