@@ -241,6 +241,10 @@ func TestOrderSagaAcrossTheThreeServices(t *testing.T) {
 	if noStock["status"] != "CANCELLED" || noStock["reason"] != "insufficient stock" {
 		t.Fatalf("order without stock: %v", noStock)
 	}
+	if sg := noStock["saga"].(map[string]any); sg["status"] != string(saga.StatusCompensated) || sg["step"] != "create_order" ||
+		!strings.Contains(sg["lastError"].(string), "insufficient stock for RARE-1") {
+		t.Fatalf("order without stock's saga: %v", sg)
+	}
 	if h := history(noStock); h != "create_order succeeded, reserve_stock rejected, undo create_order succeeded" {
 		t.Fatalf("order without stock's history: %s", h)
 	}

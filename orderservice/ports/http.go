@@ -114,8 +114,10 @@ func toJSON(o *domain.Order) orderJSON {
 func toSagaJSON(i *saga.Info) *sagaJSON {
 	s := &sagaJSON{ID: i.ID, Status: string(i.Status), Compensating: i.Compensation, LastError: i.LastError,
 		UpdatedAt: i.UpdatedAt.UTC(), FinishedAt: utc(i.FinishedAt), History: make([]attemptJSON, len(i.History))}
+	// The current step; once compensated (the step index is then before
+	// the first), the last one that ran.
 	for _, a := range i.History {
-		if a.Step == i.Step {
+		if a.Step == i.Step || i.Step < 0 {
 			s.Step = a.Name
 		}
 	}
