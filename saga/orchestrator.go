@@ -1,11 +1,13 @@
 package saga
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -27,6 +29,7 @@ const (
 	DefaultCleanupInterval = time.Minute
 	DefaultCleanupBatch    = 1000
 	DefaultNackResendSleep = 100 * time.Millisecond
+	DefaultReplyBatch      = 64
 )
 
 // Config configures an Orchestrator.
@@ -59,6 +62,13 @@ type Config struct {
 	// Defaults to DefaultNackResendSleep.
 	NackResendSleep time.Duration
 
+	// ReplyBatch is the most replies handled in one transaction. Replies
+	// arriving on different partitions at the same moment share a
+	// transaction (and its commit); a lone reply is handled at once. 1
+	// handles each reply in its own transaction. Defaults to
+	// DefaultReplyBatch.
+	ReplyBatch int
+
 	// PollInterval is how often Run looks for expired deadlines and due
 	// retries. Defaults to DefaultPollInterval.
 	PollInterval time.Duration
@@ -89,6 +99,9 @@ func (c Config) WithDefaults(sagaType string) Config {
 	}
 	if c.NackResendSleep <= 0 {
 		c.NackResendSleep = DefaultNackResendSleep
+	}
+	if c.ReplyBatch <= 0 {
+		c.ReplyBatch = DefaultReplyBatch
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = DefaultPollInterval
@@ -131,6 +144,12 @@ type Orchestrator[D any] struct {
 	m       *machine[D]
 	metrics *metrics
 	decoder *outbox.Decoder
+	batch   *batcher[replyItem]
+}
+
+type replyItem struct {
+	r         *Reply
+	causation string
 }
 
 // NewOrchestrator checks the configuration. It does not touch the network.
@@ -248,6 +267,93 @@ func (o *Orchestrator[D]) handleReply(ctx context.Context, r *Reply, causation s
 	return true, nil
 }
 
+// handleReplies applies a batch of replies in one transaction, locking
+// their sagas in id order. If the transaction fails, each reply is retried
+// in its own, so that one bad reply cannot fail the others.
+func (o *Orchestrator[D]) handleReplies(ctx context.Context, items []replyItem) []error {
+	errs := make([]error, len(items))
+	if len(items) == 1 {
+		_, errs[0] = o.handleReply(ctx, items[0].r, items[0].causation)
+		return errs
+	}
+	envs := map[uuid.UUID]*txEnv[D]{}
+	ignored := 0
+	err := pgx.BeginFunc(ctx, o.cfg.Pool, func(tx pgx.Tx) error {
+		clear(envs)
+		ignored = 0
+		ids := make([]uuid.UUID, 0, len(items))
+		for _, it := range items {
+			ids = append(ids, it.r.SagaID)
+		}
+		states, raws, err := loadManyForUpdate(ctx, tx, o.def.name, ids)
+		if err != nil {
+			return err
+		}
+		datas := map[uuid.UUID]*D{}
+		causes := map[uuid.UUID]string{}
+		var touched []uuid.UUID
+		for _, it := range items {
+			id := it.r.SagaID
+			s := states[id]
+			if s == nil {
+				ignored++
+				continue
+			}
+			if datas[id] == nil {
+				datas[id] = new(D)
+				if err := json.Unmarshal(raws[id], datas[id]); err != nil {
+					return fmt.Errorf("saga %s: data: %w", id, err)
+				}
+				envs[id] = &txEnv[D]{tx: tx}
+			}
+			it.r.codec = o.cfg.Codec
+			used, err := o.m.onReply(ctx, envs[id], s, datas[id], it.r)
+			if err != nil {
+				return err
+			}
+			if !used {
+				ignored++
+				continue
+			}
+			if causes[id] == "" {
+				touched = append(touched, id)
+			}
+			causes[id] = it.causation
+		}
+		if len(touched) == 0 {
+			return nil
+		}
+		slices.SortFunc(touched, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+		b := &pgx.Batch{}
+		sts := make([]*state, 0, len(touched))
+		rowStmts := make([]int, 0, len(touched))
+		for _, id := range touched {
+			rowStmts = append(rowStmts, b.Len())
+			sts = append(sts, states[id])
+			if err := envs[id].queue(ctx, b, o.cfg.Writer, states[id], datas[id], false, causes[id]); err != nil {
+				return err
+			}
+		}
+		return sendBatch(ctx, tx, b, sts, rowStmts)
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			o.log.WarnContext(ctx, "saga: reply batch failed, handling its replies one by one", "replies", len(items), "error", err)
+		}
+		for i, it := range items {
+			_, errs[i] = o.handleReply(ctx, it.r, it.causation)
+		}
+		return errs
+	}
+	for range ignored {
+		o.metrics.ignored.Inc()
+	}
+	for _, e := range envs {
+		o.metrics.record(e.finishes, e.hist)
+	}
+	return errs
+}
+
 // handleMessage is the watermill handler for the reply topic.
 func (o *Orchestrator[D]) handleMessage(msg *message.Message) error {
 	ctx := msg.Context()
@@ -260,7 +366,11 @@ func (o *Orchestrator[D]) handleMessage(msg *message.Message) error {
 		o.log.WarnContext(ctx, "saga: dead-lettering reply", "message_id", msg.UUID, "topic", o.cfg.DeadLetterTopic, "error", err)
 		return writeDeadLetter(ctx, o.cfg.Pool, o.cfg.Writer, o.cfg.DeadLetterTopic, msg, err)
 	}
-	_, err = o.handleReply(ctx, r, msg.UUID)
+	if o.batch != nil {
+		err = o.batch.do(ctx, replyItem{r: r, causation: msg.UUID})
+	} else {
+		_, err = o.handleReply(ctx, r, msg.UUID)
+	}
 	if err != nil && ctx.Err() == nil {
 		o.log.ErrorContext(ctx, "saga: handle reply", "saga_id", r.SagaID, "error", err)
 	}
@@ -293,7 +403,10 @@ func (o *Orchestrator[D]) Run(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 1)
+	o.batch = newBatcher(2, o.cfg.ReplyBatch, o.handleReplies)
+	stopBatch := o.batch.start(ctx, 2)
 	wg.Go(func() {
+		defer stopBatch() // after the router: its handlers wait on the batcher
 		err := runRouter(ctx, consumeConfig{Brokers: o.cfg.Brokers, ConsumerGroup: o.cfg.ConsumerGroup,
 			Topic: o.cfg.ReplyTopic, Sarama: o.cfg.OverwriteSaramaConfig, NackResendSleep: o.cfg.NackResendSleep,
 			Logger: o.cfg.Logger, Name: "saga_replies_" + o.def.name}, o.handleMessage)

@@ -76,6 +76,10 @@ type ParticipantConfig struct {
 	DeadLetterTopic string
 	// OverwriteSaramaConfig replaces SaramaConfig().
 	OverwriteSaramaConfig *sarama.Config
+	// Batch is the most commands run in one transaction (each in its own
+	// savepoint) by Run: commands arriving on different partitions at the
+	// same moment share a commit. Defaults to DefaultReplyBatch.
+	Batch int
 	// Logger defaults to a logger that discards everything.
 	Logger *slog.Logger
 }
@@ -94,6 +98,7 @@ type Participant struct {
 	log      *slog.Logger
 	handlers map[string]HandlerFunc
 	decoder  *outbox.Decoder
+	batch    *batcher[*Command]
 }
 
 // NewParticipant checks the configuration.
@@ -118,6 +123,9 @@ func NewParticipant(cfg ParticipantConfig) (*Participant, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = DefaultReplyBatch
+	}
 	p := &Participant{cfg: cfg, handlers: map[string]HandlerFunc{},
 		log: cfg.Logger.With("component", "saga.participant", "participant", cfg.Name)}
 	if cfg.Registry != nil {
@@ -134,36 +142,58 @@ func (p *Participant) Handle(command string, h HandlerFunc) { p.handlers[command
 // the database failed; then nothing was written and the command should be
 // delivered again.
 func (p *Participant) Process(ctx context.Context, cmd *Command) error {
-	cmd.codec = p.cfg.Codec
-	var transient error
+	return p.processBatch(ctx, []*Command{cmd})[0]
+}
+
+// processBatch runs commands in one transaction, each in a savepoint. If the
+// transaction fails (a deadlock with another batch, say), each command is
+// run again in its own.
+func (p *Participant) processBatch(ctx context.Context, cmds []*Command) []error {
+	errs := make([]error, len(cmds))
 	err := pgx.BeginFunc(ctx, p.cfg.Pool, func(tx pgx.Tx) error {
-		reply, err := p.process(ctx, tx, cmd)
-		if err != nil {
-			return err
+		for _, cmd := range cmds {
+			if err := p.processIn(ctx, tx, cmd); err != nil {
+				return err
+			}
 		}
-		if reply == nil { // transient failure: roll back everything
-			return errTransient
-		}
-		return p.reply(ctx, tx, cmd, reply)
+		return nil
 	})
-	if errors.Is(err, errTransient) {
-		transient = err
-		err = nil
+	if err == nil || len(cmds) == 1 {
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
 	}
+	for i, cmd := range cmds {
+		errs[i] = p.processBatch(ctx, []*Command{cmd})[0]
+	}
+	return errs
+}
+
+// processIn runs one command in a savepoint of tx and writes its reply.
+func (p *Participant) processIn(ctx context.Context, tx pgx.Tx, cmd *Command) error {
+	cmd.codec = p.cfg.Codec
+	sp, err := tx.Begin(ctx)
 	if err != nil {
 		return err
 	}
-	if transient == nil {
-		return nil
+	reply, err := p.process(ctx, sp, cmd)
+	if err != nil {
+		_ = sp.Rollback(ctx)
+		return err
 	}
-	// Nothing happened; say so, so the orchestrator backs off and retries.
-	reason := cmd.transientReason
-	return pgx.BeginFunc(ctx, p.cfg.Pool, func(tx pgx.Tx) error {
-		return p.reply(ctx, tx, cmd, &replyEnvelope{Outcome: string(Error), Reason: reason})
-	})
+	if reply == nil {
+		// A transient failure: keep nothing, not even the inbox entry, and
+		// say so, so the orchestrator backs off and retries.
+		if err := sp.Rollback(ctx); err != nil {
+			return err
+		}
+		reply = &replyEnvelope{Outcome: string(Error), Reason: cmd.transientReason}
+	} else if err := sp.Commit(ctx); err != nil {
+		return err
+	}
+	return p.reply(ctx, tx, cmd, reply)
 }
-
-var errTransient = errors.New("saga: transient handler failure")
 
 func barrierKey(cmd *Command, compensation bool) string {
 	phase := "action"
@@ -286,6 +316,9 @@ func (p *Participant) HandleMessage(msg *message.Message) error {
 		p.log.WarnContext(ctx, "saga: dead-lettering command", "message_id", msg.UUID, "error", err)
 		return writeDeadLetter(ctx, p.cfg.Pool, p.cfg.Writer, p.cfg.DeadLetterTopic, msg, err)
 	}
+	if p.batch != nil {
+		return p.batch.do(ctx, cmd)
+	}
 	return p.Process(ctx, cmd)
 }
 
@@ -316,6 +349,9 @@ func (p *Participant) Run(ctx context.Context) error {
 	if len(p.cfg.Brokers) == 0 || p.decoder == nil || p.cfg.CommandTopic == "" {
 		return fmt.Errorf("%w: Participant.Run needs Brokers, Registry and CommandTopic", ErrInvalidConfig)
 	}
+	p.batch = newBatcher(2, p.cfg.Batch, p.processBatch)
+	stop := p.batch.start(ctx, 2)
+	defer stop() // after the router: its handlers wait on the batcher
 	return runRouter(ctx, consumeConfig{Brokers: p.cfg.Brokers, ConsumerGroup: p.cfg.ConsumerGroup, Topic: p.cfg.CommandTopic,
 		Sarama: p.cfg.OverwriteSaramaConfig, NackResendSleep: DefaultNackResendSleep, Logger: p.cfg.Logger,
 		Name: "saga_commands_" + p.cfg.Name}, p.HandleMessage)

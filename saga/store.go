@@ -132,11 +132,20 @@ WHERE id = $1 AND version = $2`
 // flush writes the saga's row (insert for a new saga), its history and its
 // commands in one round trip.
 func (e *txEnv[D]) flush(ctx context.Context, w *outbox.Writer, s *state, data *D, insert bool, causation string) error {
+	b := &pgx.Batch{}
+	if err := e.queue(ctx, b, w, s, data, insert, causation); err != nil {
+		return err
+	}
+	return sendBatch(ctx, e.tx, b, []*state{s}, []int{0})
+}
+
+// queue adds the saga's row, history and commands to b. The row's
+// statement comes first.
+func (e *txEnv[D]) queue(ctx context.Context, b *pgx.Batch, w *outbox.Writer, s *state, data *D, insert bool, causation string) error {
 	js, err := json.Marshal(data)
 	if err != nil {
 		return fmt.Errorf("saga: marshal data: %w", err)
 	}
-	b := &pgx.Batch{}
 	finished := s.Status.Finished()
 	if insert {
 		b.Queue(insertSagaSQL, s.ID, s.Type, s.DefVersion, string(s.Status), s.Step, s.Attempt, s.Compensation,
@@ -172,23 +181,58 @@ WHERE saga_id = $1 AND step = $2 AND compensation = $3 AND attempt = $4`,
 			return err
 		}
 	}
-	br := e.tx.SendBatch(ctx, b)
+	return nil
+}
+
+// sendBatch sends b and checks that the statement at rowStmts[i] (a saga's
+// row) changed exactly one row; then it bumps the states' versions.
+func sendBatch(ctx context.Context, tx pgx.Tx, b *pgx.Batch, states []*state, rowStmts []int) error {
+	br := tx.SendBatch(ctx, b)
+	next := 0
 	for i := 0; i < b.Len(); i++ {
 		tag, err := br.Exec()
 		if err != nil {
 			_ = br.Close()
-			return fmt.Errorf("saga %s: save: %w", s.ID, err)
+			return fmt.Errorf("saga: save: %w", err)
 		}
-		if i == 0 && tag.RowsAffected() != 1 {
-			_ = br.Close()
-			return fmt.Errorf("%w: saga %s version %d", ErrConcurrentUpdate, s.ID, s.Version)
+		if next < len(rowStmts) && i == rowStmts[next] {
+			if tag.RowsAffected() != 1 {
+				_ = br.Close()
+				return fmt.Errorf("%w: saga %s version %d", ErrConcurrentUpdate, states[next].ID, states[next].Version)
+			}
+			next++
 		}
 	}
 	if err := br.Close(); err != nil {
-		return fmt.Errorf("saga %s: save: %w", s.ID, err)
+		return fmt.Errorf("saga: save: %w", err)
 	}
-	s.Version++
+	for _, s := range states {
+		s.Version++
+	}
 	return nil
+}
+
+// loadManyForUpdate locks the rows of several sagas, in id order so that
+// two batches cannot deadlock.
+func loadManyForUpdate(ctx context.Context, tx pgx.Tx, typ string, ids []uuid.UUID) (map[uuid.UUID]*state, map[uuid.UUID][]byte, error) {
+	rows, err := tx.Query(ctx, `SELECT `+stateColumns+` FROM sagabox.sagas WHERE id = ANY($1) AND saga_type = $2 ORDER BY id FOR UPDATE`, ids, typ)
+	if err != nil {
+		return nil, nil, fmt.Errorf("saga: load: %w", err)
+	}
+	defer rows.Close()
+	states, datas := map[uuid.UUID]*state{}, map[uuid.UUID][]byte{}
+	for rows.Next() {
+		s := &state{}
+		var data []byte
+		if err := scanState(rows, s, &data); err != nil {
+			return nil, nil, fmt.Errorf("saga: load: %w", err)
+		}
+		states[s.ID], datas[s.ID] = s, data
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("saga: load: %w", err)
+	}
+	return states, datas, nil
 }
 
 // loadForUpdate locks a saga's row for the rest of tx.

@@ -1,0 +1,299 @@
+// Command sagabench runs a three-step saga end to end, through the outbox,
+// an in-process Kafka broker (kfake, real TCP), an in-process Schema
+// Registry (srfake) and a real Postgres, and prints
+//
+//	system=saga sagas_per_sec=<n> p50_ms=<x> p99_ms=<y>
+//
+// sagas_per_sec counts sagas completed per second of wall time, from the
+// first Start to the last completion; p50/p99 are the time from a saga's
+// start to its completion (its row's created_at to finished_at, both
+// Postgres transaction timestamps).
+//
+// Every saga: the orchestrator's Start writes the saga row and the first
+// command in one transaction; each of three participants (each its own
+// consumer group, inbox barrier, reply through the outbox) answers one
+// command; the orchestrator handles each reply in one transaction that
+// writes the next command. That is 4 transactions on the orchestrator
+// side, 3 on the participants', and 6 Kafka messages per saga.
+//
+// It creates a fresh database on -database-url and drops it at the end.
+//
+//	go run ./cmd/sagabench -sagas 20000 -starters 8 -partitions 8
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riferrei/srclient"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/sr/srfake"
+
+	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/saga"
+)
+
+const payloadSchema = `{"type": "record", "name": "Line", "namespace": "sagabench",
+ "fields": [{"name": "order_id", "type": "string"}, {"name": "amount", "type": "long"}]}`
+
+type line struct {
+	OrderID string `avro:"order_id"`
+	Amount  int64  `avro:"amount"`
+}
+
+type orderData struct {
+	OrderID string
+	Amount  int64
+}
+
+func main() {
+	databaseURL := flag.String("database-url", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "Postgres server; a fresh database is created there and dropped at the end")
+	sagas := flag.Int("sagas", 20000, "sagas to run in the measured phase")
+	starters := flag.Int("starters", 8, "goroutines starting sagas")
+	rate := flag.Int("rate", 0, "sagas started per second (0: as fast as possible)")
+	partitions := flag.Int("partitions", 8, "partitions per topic")
+	maxConns := flag.Int("max-conns", 48, "pool size")
+	verbose := flag.Bool("v", false, "log at debug level")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, *databaseURL, *sagas, *starters, *rate, *partitions, int32(*maxConns), *verbose); err != nil {
+		fmt.Fprintln(os.Stderr, "sagabench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, adminURL string, n, starters, rate, partitions int, maxConns int32, verbose bool) error {
+	log := slog.New(slog.DiscardHandler)
+	if verbose {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	pool, drop, err := freshDatabase(ctx, adminURL, maxConns)
+	if err != nil {
+		return err
+	}
+	defer drop()
+	defer pool.Close()
+	if err := outbox.Migrate(ctx, pool); err != nil {
+		return err
+	}
+	if err := saga.Migrate(ctx, pool); err != nil {
+		return err
+	}
+
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(partitions))
+	if err != nil {
+		return err
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()
+	reg := srfake.New()
+	defer reg.Close()
+
+	codec := outbox.MustCodec(append(saga.Schemas(), payloadSchema)...)
+	var relayPtr atomic.Pointer[outbox.Relay]
+	writer, err := outbox.NewWriter(ctx, pool, outbox.WriterConfig{Codec: codec, Notify: func() {
+		if r := relayPtr.Load(); r != nil {
+			r.Notify()
+		}
+	}})
+	if err != nil {
+		return err
+	}
+	relay, err := outbox.NewRelay(outbox.RelayConfig{Pool: pool, Brokers: brokers,
+		Registry: srclient.NewSchemaRegistryClient(reg.URL()), Logger: log})
+	if err != nil {
+		return err
+	}
+	relayPtr.Store(relay)
+
+	step := func(name string) saga.Step[orderData] {
+		return saga.Step[orderData]{Name: name,
+			Invoke: &saga.Invocation[orderData]{Topic: name + ".commands", Command: name, Type: "sagabench.Line",
+				Payload: func(d *orderData) (any, error) { return line{OrderID: d.OrderID, Amount: d.Amount}, nil }},
+			Compensate: &saga.Invocation[orderData]{Topic: name + ".commands", Command: "undo_" + name, Type: "sagabench.Line",
+				Payload: func(d *orderData) (any, error) { return line{OrderID: d.OrderID, Amount: d.Amount}, nil }},
+		}
+	}
+	def := saga.MustDefinition("bench_order", 1, step("reserve_stock"), step("debit_credit"), step("ship"))
+	orch, err := saga.NewOrchestrator(def, saga.Config{Pool: pool, Writer: writer, Codec: codec,
+		ReplyTopic: "orders.replies", Brokers: brokers, Registry: srclient.NewSchemaRegistryClient(reg.URL()), Logger: log})
+	if err != nil {
+		return err
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	goRun := func(f func(context.Context) error) {
+		wg.Go(func() {
+			if err := f(runCtx); err != nil {
+				errs <- err
+			}
+		})
+	}
+	goRun(relay.Run)
+	goRun(orch.Run)
+	for _, name := range []string{"reserve_stock", "debit_credit", "ship"} {
+		p, err := saga.NewParticipant(saga.ParticipantConfig{Name: name, Pool: pool, Writer: writer, Codec: codec,
+			Brokers: brokers, Registry: srclient.NewSchemaRegistryClient(reg.URL()), CommandTopic: name + ".commands", Logger: log})
+		if err != nil {
+			cancel()
+			return err
+		}
+		ok := func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (*saga.Result, error) {
+			var l line
+			return nil, cmd.Decode(&l)
+		}
+		p.Handle(name, ok)
+		p.Handle("undo_"+name, ok)
+		goRun(p.Run)
+	}
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+
+	// Warm-up: consumer groups join, schemas get registered, pools fill.
+	if _, err := phase(ctx, pool, orch, 200, starters, 0, "warmup"); err != nil {
+		return err
+	}
+	res, err := phase(ctx, pool, orch, n, starters, rate, "run")
+	if err != nil {
+		return err
+	}
+	select {
+	case err := <-errs:
+		return err
+	default:
+	}
+	fmt.Fprintf(os.Stderr, "sagabench: %d sagas, %d starters, %d partitions, rate %d/s (0 = unpaced); %d succeeded\n",
+		n, starters, partitions, rate, res.succeeded)
+	fmt.Printf("system=saga sagas_per_sec=%.0f p50_ms=%.1f p99_ms=%.1f\n", res.perSec, res.p50, res.p99)
+	return nil
+}
+
+type result struct {
+	perSec, p50, p99 float64
+	succeeded        int
+}
+
+// phase starts n sagas (tagged with label) and waits until all are finished.
+func phase(ctx context.Context, pool *pgxpool.Pool, orch *saga.Orchestrator[orderData], n, starters, rate int, label string) (result, error) {
+	var next atomic.Int64
+	begin := time.Now()
+	var wg sync.WaitGroup
+	startErr := make(chan error, starters)
+	for range starters {
+		wg.Go(func() {
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(n) {
+					return
+				}
+				if rate > 0 {
+					if d := time.Until(begin.Add(time.Duration(i) * time.Second / time.Duration(rate))); d > 0 {
+						time.Sleep(d)
+					}
+				}
+				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+					_, err := orch.Start(ctx, tx, orderData{OrderID: fmt.Sprintf("%s-%d", label, i), Amount: i},
+						saga.StartOptions{CorrelationID: label})
+					return err
+				})
+				if err != nil {
+					startErr <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	select {
+	case err := <-startErr:
+		return result{}, err
+	default:
+	}
+	if label != "warmup" {
+		fmt.Fprintf(os.Stderr, "sagabench: started %d sagas in %s\n", n, time.Since(begin).Round(time.Millisecond))
+	}
+	for {
+		var done int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM sagabox.sagas WHERE correlation_id = $1 AND finished_at IS NOT NULL`, label).Scan(&done); err != nil {
+			return result{}, err
+		}
+		if done == n {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return result{}, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	var r result
+	var first, last time.Time
+	err := pool.QueryRow(ctx, `SELECT min(created_at), max(finished_at),
+		percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)) * 1000,
+		percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)) * 1000,
+		count(*) FILTER (WHERE status = 'succeeded')
+		FROM sagabox.sagas WHERE correlation_id = $1`, label).Scan(&first, &last, &r.p50, &r.p99, &r.succeeded)
+	if err != nil {
+		return result{}, err
+	}
+	r.perSec = float64(n) / last.Sub(first).Seconds()
+	return r, nil
+}
+
+func freshDatabase(ctx context.Context, adminURL string, maxConns int32) (*pgxpool.Pool, func(), error) {
+	var rnd [4]byte
+	_, _ = rand.Read(rnd[:])
+	name := "sagabench_" + hex.EncodeToString(rnd[:])
+	admin, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect %s: %w", adminURL, err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		return nil, nil, err
+	}
+	drop := func() {
+		c, err := pgx.Connect(context.Background(), adminURL)
+		if err != nil {
+			return
+		}
+		defer c.Close(context.Background())
+		_, _ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+	}
+	u, err := url.Parse(adminURL)
+	if err != nil {
+		drop()
+		return nil, nil, err
+	}
+	u.Path = "/" + name
+	cfg, err := pgxpool.ParseConfig(u.String())
+	if err != nil {
+		drop()
+		return nil, nil, err
+	}
+	cfg.MaxConns = maxConns
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		drop()
+		return nil, nil, err
+	}
+	return pool, drop, nil
+}
