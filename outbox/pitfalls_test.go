@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/sr"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagabox/sagabox/internal/testkit"
@@ -139,5 +142,65 @@ func TestRelayWaitsForKafkaToComeUp(t *testing.T) {
 	recs := testkit.ReadAll(t, rb.brokers, "orders", 20, 20*time.Second)
 	if res := count(t, rb.codec, recs, want); res != (tally{}) || len(recs) != 20 {
 		t.Fatalf("read %d: %+v", len(recs), res)
+	}
+}
+
+// PITFALLS 13: schemas are registered once and their IDs cached, not looked
+// up per message.
+func TestRelayRegistersEachSchemaOnceNotPerMessage(t *testing.T) {
+	t.Parallel()
+	rb := setupRelay(t, 2)
+	var calls atomic.Int32
+	rb.registry.Intercept(func(_ http.ResponseWriter, r *http.Request) bool {
+		calls.Add(1)
+		return false
+	})
+	rb.writeSeq(t, "orders", 10, 300)
+	rb.startRelay(t, func(c *outbox.RelayConfig) { c.BatchSize = 50 }) // six batches
+	if recs := testkit.ReadAll(t, rb.brokers, "orders", 300, 20*time.Second); len(recs) != 300 {
+		t.Fatalf("read %d of 300", len(recs))
+	}
+	// The subject's latest version, the registration, and srclient's
+	// fetch of the schema it just registered: three, whatever the count of
+	// messages and batches.
+	if n := calls.Load(); n > 3 {
+		t.Fatalf("%d registry requests for 300 messages of one schema in six batches, want at most 3", n)
+	}
+}
+
+// PITFALLS 14: test registries accept incompatible schemas, so the relay
+// checks BACKWARD compatibility itself: a schema that removes a field
+// without a default is not registered, its messages wait with the reason,
+// and compatible evolutions go through.
+func TestRelayRefusesASchemaThatBreaksBackwardCompatibility(t *testing.T) {
+	t.Parallel()
+	rb := setupRelay(t, 1)
+	ctx := testkit.Ctx(t)
+	subject := outbox.Subject("orders", orderPlacedType)
+	// v1 in the registry has a required field "customer" that the current
+	// schema dropped... which is fine for BACKWARD (readers ignore it).
+	_, _, err := rb.registry.RegisterSchema(subject, sr.Schema{Schema: `{"type":"record","name":"OrderPlaced","namespace":"test.orders",
+		"fields":[{"name":"order_id","type":"string"},{"name":"seq","type":"long"},{"name":"customer","type":"string"}]}`})
+	testkit.Must(t, err, "seed v1")
+	// ... but a reader that needs a field v1 data lacks, with no default, is not.
+	breaking := outbox.MustCodec(`{"type":"record","name":"OrderPlaced","namespace":"test.orders",
+		"fields":[{"name":"order_id","type":"string"},{"name":"seq","type":"long"},{"name":"region","type":"string"}]}`)
+	w, err := outbox.NewWriter(ctx, rb.pool, outbox.WriterConfig{Codec: breaking})
+	testkit.Must(t, err, "writer")
+	testkit.Must(t, w.Write(ctx, rb.pool, outbox.Message{Topic: "orders", Key: "b", Type: orderPlacedType,
+		Value: map[string]any{"order_id": "b", "seq": int64(1), "region": "eu"}}), "write")
+	rb.startRelay(t, func(c *outbox.RelayConfig) { c.MaxAttempts = 100 })
+	testkit.Eventually(t, 10*time.Second, "incompatibility recorded", func() bool {
+		var e string
+		_ = rb.pool.QueryRow(ctx, `SELECT COALESCE(last_error, '') FROM sagabox.outbox WHERE key = 'b'`).Scan(&e)
+		return strings.Contains(e, "backward compatible")
+	})
+	if recs := testkit.ReadAll(t, rb.brokers, "orders", 1, 300*time.Millisecond); len(recs) != 0 {
+		t.Fatal("a message with an incompatible schema was published")
+	}
+	// The compatible schema of the test codec (note has a default) goes out.
+	testkit.Must(t, rb.writer.Write(ctx, rb.pool, outbox.Message{Topic: "orders", Key: "c", Type: orderPlacedType, Value: orderPlaced{OrderID: "c"}}), "write")
+	if recs := testkit.ReadAll(t, rb.brokers, "orders", 1, 10*time.Second); len(recs) != 1 || recs[0].Key != "c" {
+		t.Fatalf("compatible schema not published: %d records", len(recs))
 	}
 }
