@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"io"
 	"net"
 	"net/http"
@@ -40,6 +41,26 @@ type shop struct {
 
 func startShop(t *testing.T, ctx context.Context) *shop {
 	t.Helper()
+	return startShopWithPools(t, ctx, 0)
+}
+
+// startShopWithPools starts the three services; maxConns > 0 gives each
+// service a pool of that many connections instead of the test kit's 16.
+func startShopWithPools(t *testing.T, ctx context.Context, maxConns int) *shop {
+	t.Helper()
+	pool := func() *pgxpool.Pool {
+		db := testkit.NewDatabase(t)
+		if maxConns <= 0 {
+			return db.Pool
+		}
+		cfg, err := pgxpool.ParseConfig(db.URL)
+		testkit.Must(t, err, "pool config")
+		cfg.MaxConns = int32(maxConns)
+		p, err := pgxpool.NewWithConfig(ctx, cfg)
+		testkit.Must(t, err, "pool")
+		t.Cleanup(p.Close)
+		return p
+	}
 	cluster := testkit.Kafka(t, 3)
 	registry := testkit.Registry(t)
 	msg := messaging.Config{Brokers: cluster.ListenAddrs(), RegistryURL: registry.URL()}
@@ -58,19 +79,19 @@ func startShop(t *testing.T, ctx context.Context) *shop {
 	}
 
 	ul, uurl := listen()
-	users, err := userservice.New(ctx, userservice.Config{Pool: testkit.DB(t), Messaging: msg,
+	users, err := userservice.New(ctx, userservice.Config{Pool: pool(), Messaging: msg,
 		PasswordParams: useradapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1}})
 	testkit.Must(t, err, "userservice")
 	t.Cleanup(users.Close)
 	jwks := uurl + "/.well-known/jwks.json"
 
 	cl, curl := listen()
-	catalog, err := catalogservice.New(ctx, catalogservice.Config{Pool: testkit.DB(t), JWKSURL: jwks, Messaging: msg})
+	catalog, err := catalogservice.New(ctx, catalogservice.Config{Pool: pool(), JWKSURL: jwks, Messaging: msg})
 	testkit.Must(t, err, "catalogservice")
 	t.Cleanup(catalog.Close)
 
 	ol, ourl := listen()
-	orders, err := orderservice.New(ctx, orderservice.Config{Pool: testkit.DB(t), JWKSURL: jwks, CatalogURL: curl, Messaging: msg,
+	orders, err := orderservice.New(ctx, orderservice.Config{Pool: pool(), JWKSURL: jwks, CatalogURL: curl, Messaging: msg,
 		Saga: saga.Config{PollInterval: 100 * time.Millisecond}})
 	testkit.Must(t, err, "orderservice")
 	t.Cleanup(orders.Close)
@@ -359,4 +380,33 @@ func readEvents(t *testing.T, brokers []string, n int) map[string]string {
 		out[r.Key] += name
 	}
 	return out
+}
+
+// PITFALLS 23: code that holds a transaction and then waits for a second
+// pool connection deadlocks once the pool is busy. With every service on a
+// pool of two connections and many sagas at once, all of them still finish.
+func TestTinyPoolsDoNotDeadlockUnderLoad(t *testing.T) {
+	t.Parallel()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	s := startShopWithPools(t, ctx, 2)
+	if st, body := call(t, "POST", s.catalog+"/products", s.admin, map[string]any{"sku": "POOL-1", "name": "Pool", "price": 10, "stock": 1000}); st != 201 {
+		t.Fatalf("add product: %d %v", st, body)
+	}
+	_, token := s.customer(t, "pool@example.com")
+	const n = 24
+	ids := make(chan string, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() { ids <- s.place(t, token, line("POOL-1", 1)) })
+	}
+	wg.Wait()
+	close(ids)
+	for id := range ids {
+		if o := s.decided(t, token, id); o["status"] != "APPROVED" {
+			t.Errorf("order %s: %v", id, o)
+		}
+	}
+	stop()
+	s.stopped(t)
 }
