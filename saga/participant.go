@@ -170,29 +170,38 @@ func (p *Participant) processBatch(ctx context.Context, cmds []*Command) []error
 	return errs
 }
 
-// processIn runs one command in a savepoint of tx and writes its reply.
+// processIn runs one command in tx and writes its reply. The statements
+// after the handler (the reply stored in the inbox, the reply in the
+// outbox) travel in one round trip.
 func (p *Participant) processIn(ctx context.Context, tx pgx.Tx, cmd *Command) error {
 	cmd.codec = p.cfg.Codec
-	sp, err := tx.Begin(ctx)
+	reply, fresh, err := p.process(ctx, tx, cmd)
 	if err != nil {
 		return err
 	}
-	reply, err := p.process(ctx, sp, cmd)
-	if err != nil {
-		_ = sp.Rollback(ctx)
-		return err
-	}
-	if reply == nil {
-		// A transient failure: keep nothing, not even the inbox entry, and
-		// say so, so the orchestrator backs off and retries.
-		if err := sp.Rollback(ctx); err != nil {
-			return err
-		}
+	key := barrierKey(cmd, cmd.Compensation)
+	b := &pgx.Batch{}
+	switch {
+	case reply == nil:
+		// A transient failure: the handler's changes were rolled back; drop
+		// the inbox entry too, and say so, so the orchestrator backs off and
+		// retries.
+		b.Queue(`DELETE FROM sagabox.saga_inbox WHERE consumer = $1 AND key = $2`, p.cfg.Name, key)
 		reply = &replyEnvelope{Outcome: string(Error), Reason: cmd.transientReason}
-	} else if err := sp.Commit(ctx); err != nil {
+	case fresh:
+		if reply.Payload == nil {
+			reply.Payload = []byte{}
+		}
+		b.Queue(`UPDATE sagabox.saga_inbox SET outcome = $3, reason = $4, payload_type = $5, payload = $6 WHERE consumer = $1 AND key = $2`,
+			p.cfg.Name, key, reply.Outcome, reply.Reason, reply.PayloadType, reply.Payload)
+	}
+	if err := p.reply(ctx, batchExecer{b}, cmd, reply); err != nil {
 		return err
 	}
-	return p.reply(ctx, tx, cmd, reply)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("saga: %s: reply: %w", cmd.Name, err)
+	}
+	return nil
 }
 
 func barrierKey(cmd *Command, compensation bool) string {
@@ -203,12 +212,13 @@ func barrierKey(cmd *Command, compensation bool) string {
 	return cmd.SagaID.String() + "/" + strconv.Itoa(cmd.Step) + "/" + phase
 }
 
-// process returns the reply to send, or nil after a transient failure.
-func (p *Participant) process(ctx context.Context, tx pgx.Tx, cmd *Command) (*replyEnvelope, error) {
+// process returns the reply to send (nil after a transient failure) and
+// whether it is new (to be stored) rather than the stored one.
+func (p *Participant) process(ctx context.Context, tx pgx.Tx, cmd *Command) (*replyEnvelope, bool, error) {
 	key := barrierKey(cmd, cmd.Compensation)
 	tag, err := tx.Exec(ctx, `INSERT INTO sagabox.saga_inbox (consumer, key) VALUES ($1, $2) ON CONFLICT DO NOTHING`, p.cfg.Name, key)
 	if err != nil {
-		return nil, fmt.Errorf("saga: inbox: %w (did you run saga.Migrate?)", err)
+		return nil, false, fmt.Errorf("saga: inbox: %w (did you run saga.Migrate?)", err)
 	}
 	if tag.RowsAffected() == 0 {
 		// Seen before: answer what we answered then.
@@ -216,10 +226,10 @@ func (p *Participant) process(ctx context.Context, tx pgx.Tx, cmd *Command) (*re
 		err := tx.QueryRow(ctx, `SELECT outcome, reason, payload_type, coalesce(payload, '') FROM sagabox.saga_inbox WHERE consumer = $1 AND key = $2`,
 			p.cfg.Name, key).Scan(&r.Outcome, &r.Reason, &r.PayloadType, &r.Payload)
 		if err != nil {
-			return nil, fmt.Errorf("saga: inbox: %w", err)
+			return nil, false, fmt.Errorf("saga: inbox: %w", err)
 		}
 		p.log.DebugContext(ctx, "saga: duplicate command, sending the stored reply", "saga_id", cmd.SagaID, "step", cmd.Step)
-		return r, nil
+		return r, false, nil
 	}
 	var reply *replyEnvelope
 	if cmd.Compensation {
@@ -229,12 +239,12 @@ func (p *Participant) process(ctx context.Context, tx pgx.Tx, cmd *Command) (*re
 		tag, err := tx.Exec(ctx, `INSERT INTO sagabox.saga_inbox (consumer, key, outcome, reason) VALUES ($1, $2, $3, 'cancelled: compensated before it ran') ON CONFLICT DO NOTHING`,
 			p.cfg.Name, action, string(Rejected))
 		if err != nil {
-			return nil, fmt.Errorf("saga: inbox: %w", err)
+			return nil, false, fmt.Errorf("saga: inbox: %w", err)
 		}
 		actionOutcome := string(Rejected)
 		if tag.RowsAffected() == 0 {
 			if err := tx.QueryRow(ctx, `SELECT outcome FROM sagabox.saga_inbox WHERE consumer = $1 AND key = $2`, p.cfg.Name, action).Scan(&actionOutcome); err != nil {
-				return nil, fmt.Errorf("saga: inbox: %w", err)
+				return nil, false, fmt.Errorf("saga: inbox: %w", err)
 			}
 		}
 		if actionOutcome != string(Success) {
@@ -245,17 +255,10 @@ func (p *Participant) process(ctx context.Context, tx pgx.Tx, cmd *Command) (*re
 	if reply == nil {
 		reply, err = p.run(ctx, tx, cmd)
 		if err != nil || reply == nil {
-			return nil, err
+			return nil, false, err
 		}
 	}
-	if reply.Payload == nil {
-		reply.Payload = []byte{}
-	}
-	if _, err := tx.Exec(ctx, `UPDATE sagabox.saga_inbox SET outcome = $3, reason = $4, payload_type = $5, payload = $6 WHERE consumer = $1 AND key = $2`,
-		p.cfg.Name, key, reply.Outcome, reply.Reason, reply.PayloadType, reply.Payload); err != nil {
-		return nil, fmt.Errorf("saga: inbox: %w", err)
-	}
-	return reply, nil
+	return reply, true, nil
 }
 
 // run calls the handler in a savepoint.
@@ -293,7 +296,7 @@ func (p *Participant) run(ctx context.Context, tx pgx.Tx, cmd *Command) (*replyE
 	return r, nil
 }
 
-func (p *Participant) reply(ctx context.Context, tx pgx.Tx, cmd *Command, r *replyEnvelope) error {
+func (p *Participant) reply(ctx context.Context, tx outbox.Execer, cmd *Command, r *replyEnvelope) error {
 	r.SagaID, r.Step, r.Attempt, r.Compensation = cmd.SagaID.String(), cmd.Step, cmd.Attempt, cmd.Compensation
 	if r.Payload == nil {
 		r.Payload = []byte{}

@@ -31,6 +31,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,12 +67,21 @@ func main() {
 	partitions := flag.Int("partitions", 8, "partitions per topic")
 	maxConns := flag.Int("max-conns", 48, "pool size")
 	verbose := flag.Bool("v", false, "log at debug level")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			_ = pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if err := run(ctx, *databaseURL, *sagas, *starters, *rate, *partitions, int32(*maxConns), *verbose); err != nil {
 		fmt.Fprintln(os.Stderr, "sagabench:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
