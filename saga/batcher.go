@@ -10,6 +10,10 @@ import (
 // a worker takes whatever is queued, up to max, and runs it in one
 // transaction. When the system is idle a batch is one item and adds no
 // delay; under load the commits, and their WAL flushes, are shared.
+// batchWorkers is how many batches of one consumer run at once: while one
+// commits, the next fills.
+const batchWorkers = 2
+
 type batcher[T any] struct {
 	reqs chan *batchReq[T]
 	max  int

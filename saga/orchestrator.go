@@ -403,8 +403,8 @@ func (o *Orchestrator[D]) Run(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 1)
-	o.batch = newBatcher(2, o.cfg.ReplyBatch, o.handleReplies)
-	stopBatch := o.batch.start(ctx, 2)
+	o.batch = newBatcher(batchWorkers, o.cfg.ReplyBatch, o.handleReplies)
+	stopBatch := o.batch.start(ctx, batchWorkers)
 	wg.Go(func() {
 		defer stopBatch() // after the router: its handlers wait on the batcher
 		err := runRouter(ctx, consumeConfig{Brokers: o.cfg.Brokers, ConsumerGroup: o.cfg.ConsumerGroup,

@@ -34,6 +34,7 @@ type Command struct {
 
 	codec           *outbox.Codec
 	transientReason string
+	rollback        bool
 }
 
 // Decode decodes the command's payload into v with the schema named
@@ -47,7 +48,8 @@ type Result struct {
 	Value any
 }
 
-// HandlerFunc runs a command's business change in tx. Return nil (or a
+// HandlerFunc runs a command's business change in tx (inside a savepoint:
+// do not commit or roll back tx). Return nil (or a
 // Result with a payload) for success, an error wrapping ErrRejected (Reject)
 // for a final "no", or any other error for a transient failure: then
 // nothing is kept and the orchestrator retries after a backoff.
@@ -175,12 +177,18 @@ func (p *Participant) processBatch(ctx context.Context, cmds []*Command) []error
 // outbox) travel in one round trip.
 func (p *Participant) processIn(ctx context.Context, tx pgx.Tx, cmd *Command) error {
 	cmd.codec = p.cfg.Codec
+	cmd.rollback, cmd.transientReason = false, "" // a retried batch runs it again
 	reply, fresh, err := p.process(ctx, tx, cmd)
 	if err != nil {
 		return err
 	}
 	key := barrierKey(cmd, cmd.Compensation)
 	b := &pgx.Batch{}
+	if cmd.rollback {
+		// The handler failed: undo its changes.
+		b.Queue(`ROLLBACK TO SAVEPOINT sagabox_handler`)
+	}
+	b.Queue(`RELEASE SAVEPOINT sagabox_handler`)
 	switch {
 	case reply == nil:
 		// A transient failure: the handler's changes were rolled back; drop
@@ -216,7 +224,19 @@ func barrierKey(cmd *Command, compensation bool) string {
 // whether it is new (to be stored) rather than the stored one.
 func (p *Participant) process(ctx context.Context, tx pgx.Tx, cmd *Command) (*replyEnvelope, bool, error) {
 	key := barrierKey(cmd, cmd.Compensation)
-	tag, err := tx.Exec(ctx, `INSERT INTO sagabox.saga_inbox (consumer, key) VALUES ($1, $2) ON CONFLICT DO NOTHING`, p.cfg.Name, key)
+	// The savepoint the handler runs in travels with the inbox insert;
+	// processIn releases it (or rolls back to it) with the reply.
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO sagabox.saga_inbox (consumer, key) VALUES ($1, $2) ON CONFLICT DO NOTHING`, p.cfg.Name, key)
+	b.Queue(`SAVEPOINT sagabox_handler`)
+	br := tx.SendBatch(ctx, b)
+	tag, err := br.Exec()
+	if err == nil {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return nil, false, fmt.Errorf("saga: inbox: %w (did you run saga.Migrate?)", err)
 	}
@@ -261,21 +281,15 @@ func (p *Participant) process(ctx context.Context, tx pgx.Tx, cmd *Command) (*re
 	return reply, true, nil
 }
 
-// run calls the handler in a savepoint.
+// run calls the handler (inside the savepoint process opened).
 func (p *Participant) run(ctx context.Context, tx pgx.Tx, cmd *Command) (*replyEnvelope, error) {
 	h, ok := p.handlers[cmd.Name]
 	if !ok {
 		return &replyEnvelope{Outcome: string(Rejected), Reason: fmt.Sprintf("participant %s has no handler for %q", p.cfg.Name, cmd.Name)}, nil
 	}
-	sp, err := tx.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	res, herr := h(ctx, sp, cmd)
+	res, herr := h(ctx, tx, cmd)
 	if herr != nil {
-		if err := sp.Rollback(ctx); err != nil {
-			return nil, err
-		}
+		cmd.rollback = true
 		if errors.Is(herr, ErrRejected) {
 			return &replyEnvelope{Outcome: string(Rejected), Reason: rejectionReason(herr)}, nil
 		}
@@ -283,11 +297,9 @@ func (p *Participant) run(ctx context.Context, tx pgx.Tx, cmd *Command) (*replyE
 		cmd.transientReason = herr.Error()
 		return nil, nil
 	}
-	if err := sp.Commit(ctx); err != nil {
-		return nil, err
-	}
 	r := &replyEnvelope{Outcome: string(Success)}
 	if res != nil && res.Type != "" {
+		var err error
 		r.PayloadType = res.Type
 		if r.Payload, err = encodePayload(p.cfg.Codec, res.Type, res.Value); err != nil {
 			return nil, fmt.Errorf("saga: %s reply payload: %w", cmd.Name, err)
@@ -352,8 +364,8 @@ func (p *Participant) Run(ctx context.Context) error {
 	if len(p.cfg.Brokers) == 0 || p.decoder == nil || p.cfg.CommandTopic == "" {
 		return fmt.Errorf("%w: Participant.Run needs Brokers, Registry and CommandTopic", ErrInvalidConfig)
 	}
-	p.batch = newBatcher(2, p.cfg.Batch, p.processBatch)
-	stop := p.batch.start(ctx, 2)
+	p.batch = newBatcher(batchWorkers, p.cfg.Batch, p.processBatch)
+	stop := p.batch.start(ctx, batchWorkers)
 	defer stop() // after the router: its handlers wait on the batcher
 	return runRouter(ctx, consumeConfig{Brokers: p.cfg.Brokers, ConsumerGroup: p.cfg.ConsumerGroup, Topic: p.cfg.CommandTopic,
 		Sarama: p.cfg.OverwriteSaramaConfig, NackResendSleep: DefaultNackResendSleep, Logger: p.cfg.Logger,
