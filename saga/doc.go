@@ -1,0 +1,90 @@
+// Package saga runs business processes that span services as sagas: a
+// sequence of local transactions, each in one service, with a compensating
+// action for each that can be undone. The saga's state lives in Postgres; its
+// commands and replies travel through the outbox (package outbox) and Kafka.
+//
+// # Orchestration, not choreography
+//
+// In a choreographed saga every service listens to the others' events and
+// decides what to do next: there is no single place that knows the process,
+// and "what happens to an order when the payment fails?" is answered by
+// reading every service. In an orchestrated saga one component, the
+// orchestrator, holds the process as an explicit definition and its state as
+// a row: it sends a command to a participant, awaits the reply, and decides
+// the next step. This package orchestrates: the definition is Go code you can
+// read top to bottom, render as a diagram (Definition.Mermaid) and unit-test
+// (package sagatest), and a saga's state can be queried (Get, List).
+//
+// # Compensation, and the pivot
+//
+// Services do not share a transaction, so a saga cannot roll back. Instead
+// each step that can be undone has a compensation: "release the reserved
+// stock" for "reserve stock", "refund" for "debit". When a step fails, the
+// orchestrator runs the compensations of the completed steps in reverse
+// order. Steps come in three kinds, in this order:
+//
+//   - Compensatable steps can be undone (or have nothing to undo).
+//   - The pivot is the point of no return: once it succeeds the saga only
+//     goes forward. It is the step whose effect cannot be undone (charging
+//     a card with no refunds), or simply the business decision to commit.
+//   - Retriable steps follow the pivot and must eventually succeed: they are
+//     retried, never compensated.
+//
+// A compensation can fail too. It is retried with backoff and, if it keeps
+// failing, the saga ends StatusFailed: half done, listed by List for an
+// operator, who can fix the cause and call Orchestrator.Retry. A failed saga
+// is never reported as compensated.
+//
+//	stateDiagram-v2
+//	    [*] --> running: Start (in the caller's transaction)
+//	    running --> running: step succeeded / retry after error or timeout
+//	    running --> succeeded: last step succeeded
+//	    running --> compensating: step rejected, or out of attempts
+//	    running --> failed: a step past the pivot out of attempts
+//	    compensating --> compensating: compensation succeeded / retried
+//	    compensating --> compensated: first step undone
+//	    compensating --> failed: a compensation out of attempts
+//	    failed --> running: Retry (past the pivot)
+//	    failed --> compensating: Retry (while compensating)
+//	    succeeded --> [*]
+//	    compensated --> [*]
+//
+// # Why participants must be idempotent
+//
+// Kafka delivers at least once: a command can arrive twice (a relay retried
+// it, a consumer crashed before committing its offset), and the orchestrator
+// itself sends a command again when a reply does not come before the step's
+// timeout. A command can also arrive late: after the orchestrator gave up
+// waiting and sent the compensation. So each participant must make its
+// effects idempotent, and that is what Participant does (the "barrier" of
+// dtm): the business change, the reply and an inbox row keyed on (saga,
+// step, action or compensation) commit in one transaction. A redelivered or
+// retried command finds the row and gets the stored reply again, without a
+// second effect; a compensation that finds no action records the action as
+// cancelled and succeeds doing nothing; the action arriving after it then
+// does nothing. Inbox gives any other event handler the same protection.
+//
+// # How it runs
+//
+//	sequenceDiagram
+//	    participant API as order service (caller)
+//	    participant DB as Postgres (sagas + outbox)
+//	    participant K as Kafka
+//	    participant C as catalog (Participant)
+//	    API->>DB: BEGIN; insert order; Start: saga row + command; COMMIT
+//	    DB-->>K: relay publishes reserve_stock
+//	    K->>C: reserve_stock (saga, step 0, attempt 1)
+//	    C->>C: BEGIN; inbox row; reserve; reply in outbox; COMMIT
+//	    C-->>K: relay publishes the reply
+//	    K->>DB: Orchestrator: BEGIN; lock saga row; next state + next command; COMMIT
+//
+// Every state change locks the saga's row and bumps its version in the same
+// transaction that writes the next command into the outbox, so two replies,
+// or a reply and a timeout, cannot both apply, and several orchestrators can
+// run at once. Replies carry the saga ID, the step and the attempt: a reply
+// for an attempt the saga has left (it timed out, or it is a duplicate) is
+// ignored. Deadlines and retry times are columns, fired by a poller with
+// FOR UPDATE SKIP LOCKED, so they survive restarts. Replies that cannot be
+// decoded go to a dead-letter topic (through the outbox) with the reason;
+// a registry outage is retried instead.
+package saga
