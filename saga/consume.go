@@ -61,7 +61,7 @@ func runRouter(ctx context.Context, c consumeConfig, h message.NoPublishHandlerF
 	if err != nil {
 		return fmt.Errorf("saga: %s: router: %w", c.Name, err)
 	}
-	router.AddNoPublisherHandler(c.Name, c.Topic, sub, h)
+	router.AddConsumerHandler(c.Name, c.Topic, sub, h)
 	done := make(chan error, 1)
 	go func() { done <- router.Run(context.WithoutCancel(ctx)) }()
 	select {
