@@ -55,9 +55,9 @@ func main() {
 	}
 	flag.StringVar(&cfg.databaseURL, "database-url", def, "Postgres server to run on (DATABASE_URL); fresh databases are created there and dropped at the end")
 	flag.IntVar(&cfg.users, "users", 40, "customers to create (logins beyond 50 wait for userservice's per-address rate limit)")
-	flag.IntVar(&cfg.concurrency, "concurrency", 16, "customers placing orders at the same time")
+	flag.IntVar(&cfg.concurrency, "concurrency", 8, "customers placing orders at the same time")
 	flag.DurationVar(&cfg.duration, "duration", 20*time.Second, "how long orders are placed")
-	flag.DurationVar(&cfg.poll, "poll", 20*time.Millisecond, "how often an order is polled for its final status")
+	flag.DurationVar(&cfg.poll, "poll", 50*time.Millisecond, "how often an order is polled for its final status (polling is load too: concurrency/poll GETs a second)")
 	flag.IntVar(&cfg.partitions, "partitions", shop.DefaultPartitions, "partitions per topic")
 	flag.BoolVar(&cfg.verbose, "v", false, "print the services' warnings and errors")
 	flag.Parse()
@@ -72,8 +72,19 @@ func main() {
 }
 
 // The products of the mix. Customers start with 10000 cents of credit.
+// The cheap orders are spread over several products: one product's stock
+// row is one lock, which every reservation of it waits for.
 var (
-	cheap  = shop.Product{SKU: "BENCH-CHEAP", Name: "Sticker", Price: 10, Stock: 1_000_000}
+	cheap = []shop.Product{
+		{SKU: "BENCH-CHEAP-1", Name: "Sticker 1", Price: 10, Stock: 1_000_000},
+		{SKU: "BENCH-CHEAP-2", Name: "Sticker 2", Price: 10, Stock: 1_000_000},
+		{SKU: "BENCH-CHEAP-3", Name: "Sticker 3", Price: 10, Stock: 1_000_000},
+		{SKU: "BENCH-CHEAP-4", Name: "Sticker 4", Price: 10, Stock: 1_000_000},
+		{SKU: "BENCH-CHEAP-5", Name: "Sticker 5", Price: 10, Stock: 1_000_000},
+		{SKU: "BENCH-CHEAP-6", Name: "Sticker 6", Price: 10, Stock: 1_000_000},
+		{SKU: "BENCH-CHEAP-7", Name: "Sticker 7", Price: 10, Stock: 1_000_000},
+		{SKU: "BENCH-CHEAP-8", Name: "Sticker 8", Price: 10, Stock: 1_000_000},
+	}
 	dear   = shop.Product{SKU: "BENCH-DEAR", Name: "Sofa", Price: 20_000, Stock: 1_000_000}
 	scarce = shop.Product{SKU: "BENCH-SCARCE", Name: "Signed print", Price: 50, Stock: 200}
 )
@@ -105,7 +116,7 @@ func run(cfg config) error {
 func bench(ctx context.Context, cfg config, s *shop.Shop) error {
 	c := s.Client()
 	c.HTTP = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 2 * cfg.concurrency}}
-	for _, p := range []shop.Product{cheap, dear, scarce} {
+	for _, p := range append([]shop.Product{dear, scarce}, cheap...) {
 		if err := c.AddProduct(ctx, s.Admin.Token, p); err != nil {
 			return err
 		}
@@ -118,7 +129,7 @@ func bench(ctx context.Context, cfg config, s *shop.Shop) error {
 		}
 	}
 	// One order first: consumer groups join, schemas are registered.
-	if _, err := order(ctx, c, users[0], cheap.SKU, cfg.poll); err != nil {
+	if _, err := order(ctx, c, users[0], cheap[0].SKU, cfg.poll); err != nil {
 		return fmt.Errorf("warm-up order: %w", err)
 	}
 
@@ -132,7 +143,7 @@ func bench(ctx context.Context, cfg config, s *shop.Shop) error {
 		wg.Go(func() {
 			rnd := rand.New(rand.NewPCG(uint64(w), 42))
 			for time.Now().Before(deadline) && ctx.Err() == nil {
-				sku := cheap.SKU
+				sku := cheap[rnd.IntN(len(cheap))].SKU
 				switch n := rnd.IntN(100); {
 				case n < 15:
 					sku = dear.SKU
