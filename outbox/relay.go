@@ -22,6 +22,7 @@ import (
 // Relay defaults.
 const (
 	DefaultBatchSize       = 1000
+	DefaultWorkers         = 2
 	DefaultPollInterval    = 250 * time.Millisecond
 	DefaultLeaseTTL        = 5 * time.Second
 	DefaultProduceTimeout  = 2 * time.Second
@@ -45,9 +46,14 @@ type RelayConfig struct {
 
 	// ID names this relay in the lease table. Defaults to hostname-pid-random.
 	ID string
-	// BatchSize is the most messages published per produce request.
-	// Defaults to DefaultBatchSize.
+	// BatchSize is the most messages one worker publishes per produce
+	// request. Defaults to DefaultBatchSize.
 	BatchSize int
+	// Workers is how many batches the relay has in flight at once, each for
+	// its own share of the shards it owns (so per-key order holds): while
+	// one waits for Kafka, another reads or marks in Postgres. Each worker
+	// uses up to two pool connections. Defaults to DefaultWorkers.
+	Workers int
 	// PollInterval is how often the relay looks for messages when nothing
 	// woke it. Defaults to DefaultPollInterval.
 	PollInterval time.Duration
@@ -112,6 +118,7 @@ func (c RelayConfig) WithDefaults() RelayConfig {
 		}
 	}
 	defInt(&c.BatchSize, DefaultBatchSize)
+	defInt(&c.Workers, DefaultWorkers)
 	def(&c.PollInterval, DefaultPollInterval)
 	def(&c.LeaseTTL, DefaultLeaseTTL)
 	def(&c.ProduceTimeout, DefaultProduceTimeout)
@@ -138,7 +145,7 @@ func (c RelayConfig) validate() error {
 		return errors.New("outbox: RelayConfig.Brokers is required")
 	case c.Registry == nil:
 		return errors.New("outbox: RelayConfig.Registry is required: srclient.NewSchemaRegistryClient(url)")
-	case c.BatchSize < 0 || c.MaxAttempts < 0 || c.MaxMessageBytes < 0 || c.CleanupBatch < 0 || c.Retention < 0:
+	case c.BatchSize < 0 || c.Workers < 0 || c.MaxAttempts < 0 || c.MaxMessageBytes < 0 || c.CleanupBatch < 0 || c.Retention < 0:
 		return errors.New("outbox: RelayConfig sizes and counts must not be negative")
 	case c.LeaseTTL < 2*c.ProduceTimeout+c.LeaseTTL/5:
 		return fmt.Errorf("outbox: RelayConfig.LeaseTTL (%s) must exceed 2*ProduceTimeout + LeaseTTL/5 (%s): a relay must not publish on a lease that may expire mid-request",
@@ -194,9 +201,15 @@ func (r *Relay) Notify() {
 	}
 }
 
+// After a Notify the relay polls again quickly, since the writer's
+// transaction usually commits within milliseconds: first after
+// fastPollInterval, then twice as long after each empty poll, until
+// fastPollWindow has passed since the last Notify. Empty polls are cheap
+// index lookups; under steady load every poll finds work.
 const (
-	fastPollWindow   = 50 * time.Millisecond
-	fastPollInterval = 2 * time.Millisecond
+	fastPollWindow      = 250 * time.Millisecond
+	fastPollInterval    = 2 * time.Millisecond
+	fastPollMaxInterval = 32 * time.Millisecond
 )
 
 // Run publishes until ctx is done. It then finishes the batch in flight
@@ -217,7 +230,12 @@ func (r *Relay) Run(ctx context.Context) error {
 		return err
 	}
 	defer client.Close()
-	producer := newBatchProducer(client, conf, r.cfg.MaxMessageBytes, 3, 50*time.Millisecond, r.log)
+	// One producer (one Kafka producer ID, its own sequence numbers) per
+	// worker, so that workers never interleave sequence numbers.
+	producers := make([]*batchProducer, r.cfg.Workers)
+	for i := range producers {
+		producers[i] = newBatchProducer(client, conf, r.cfg.MaxMessageBytes, 3, 50*time.Millisecond, r.log)
+	}
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -233,6 +251,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	r.log.Info("outbox relay: started", "brokers", r.cfg.Brokers)
 	renewEvery := r.cfg.LeaseTTL / 5
 	errBackoff := r.cfg.RetryBackoff
+	fastDelay, lastNotified := fastPollInterval, int64(0)
 	for {
 		if ctx.Err() != nil {
 			break
@@ -256,7 +275,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		// In-flight work runs on a context that shutdown does not cancel,
 		// so a batch that reached Kafka is also marked published.
 		work, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*r.cfg.ProduceTimeout)
-		n, err := r.cycle(work, producer)
+		n, err := r.round(work, producers)
 		cancel()
 		if err != nil {
 			r.log.Warn("outbox relay: batch failed", "err", err)
@@ -265,11 +284,16 @@ func (r *Relay) Run(ctx context.Context) error {
 			continue
 		}
 		errBackoff = r.cfg.RetryBackoff
+		notified := r.notified.Load()
+		if n > 0 || notified != lastNotified {
+			fastDelay, lastNotified = fastPollInterval, notified
+		}
 		switch {
 		case n >= r.cfg.BatchSize:
 			// More is waiting: go again at once.
-		case time.Since(time.Unix(0, r.notified.Load())) < fastPollWindow:
-			r.wait(ctx, fastPollInterval)
+		case time.Since(time.Unix(0, notified)) < fastPollWindow:
+			r.wait(ctx, fastDelay)
+			fastDelay = min(2*fastDelay, fastPollMaxInterval)
 		default:
 			r.wait(ctx, min(r.cfg.PollInterval, time.Until(r.leases.lastTick.Add(renewEvery))))
 		}
@@ -407,11 +431,51 @@ type outcome struct {
 	recorded bool
 }
 
-// cycle publishes one batch: fetch, frame, produce, mark. It returns how
-// many rows it fetched.
-func (r *Relay) cycle(ctx context.Context, producer *batchProducer) (int, error) {
+// round runs one cycle per worker at once, each on its own share of the
+// owned shards (shard i goes to worker i mod Workers). A key lives in one
+// shard, so its messages stay with one worker and in order, while the
+// workers overlap each other's database and Kafka round trips. It returns
+// the most rows any worker fetched, so the caller goes again at once while
+// any share has a full batch waiting.
+func (r *Relay) round(ctx context.Context, producers []*batchProducer) (int, error) {
+	if len(producers) == 1 {
+		return r.cycle(ctx, producers[0], r.leases.owned)
+	}
+	shares := make([][]int16, len(producers))
+	for i, s := range r.leases.owned {
+		shares[i%len(shares)] = append(shares[i%len(shares)], s)
+	}
+	var (
+		wg   sync.WaitGroup
+		most atomic.Int64
+		errs = make([]error, len(producers))
+	)
+	for i := range producers {
+		if len(shares[i]) == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n, err := r.cycle(ctx, producers[i], shares[i])
+			errs[i] = err
+			for {
+				m := most.Load()
+				if int64(n) <= m || most.CompareAndSwap(m, int64(n)) {
+					break
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return int(most.Load()), errors.Join(errs...)
+}
+
+// cycle publishes one batch of the given shards: fetch, frame, produce,
+// mark. It returns how many rows it fetched.
+func (r *Relay) cycle(ctx context.Context, producer *batchProducer, shards []int16) (int, error) {
 	start := time.Now()
-	rows, err := r.cfg.Pool.Query(ctx, fetchSQL, r.leases.owned, r.cfg.BatchSize)
+	rows, err := r.cfg.Pool.Query(ctx, fetchSQL, shards, r.cfg.BatchSize)
 	if err != nil {
 		return 0, fmt.Errorf("fetch: %w", err)
 	}
