@@ -251,3 +251,35 @@ func TestListStuck(t *testing.T) {
 }
 
 var _ = context.Background
+
+// Invariant: an operator abort of a running saga compensates the step in
+// flight (its command is out and may run) and refuses a saga past its pivot.
+func TestAbort(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, 0)
+	o := w.orchestrator(orderDefinition(tuning{}), nil)
+	id := uuid.MustParse(w.placeOrder(o, order{OrderID: "o1", Item: "book", Qty: 1}))
+	testkit.Must(t, o.Abort(w.ctx, id, "customer cancelled"), "abort")
+	info, err := saga.Get(w.ctx, w.pool, id)
+	testkit.Must(t, err, "get")
+	if info.Status != saga.StatusCompensating || info.Step != 0 || !info.Compensation || info.Deadline == nil {
+		t.Fatalf("after abort: %+v", info)
+	}
+	if got, want := fmt.Sprint(trace(info)), "[reserve_stock:aborted undo reserve_stock:]"; got != want {
+		t.Fatalf("history %s, want %s", got, want)
+	}
+	var cmds int
+	testkit.Must(t, w.pool.QueryRow(w.ctx, `SELECT count(*) FROM sagabox.outbox WHERE saga_id = $1 AND message_type = $2`, id.String(), saga.CommandType).Scan(&cmds), "count")
+	if cmds != 2 {
+		t.Fatalf("%d commands, want 2 (reserve, release)", cmds)
+	}
+	if err := o.Abort(w.ctx, id, "again"); !errors.Is(err, saga.ErrWrongState) {
+		t.Fatalf("second abort: %v, want ErrWrongState", err)
+	}
+	if err := o.Retry(w.ctx, id); !errors.Is(err, saga.ErrWrongState) {
+		t.Fatalf("retry of a compensating saga: %v, want ErrWrongState", err)
+	}
+	if err := o.Abort(w.ctx, uuid.New(), "nobody"); !errors.Is(err, saga.ErrNotFound) {
+		t.Fatalf("abort of an unknown saga: %v, want ErrNotFound", err)
+	}
+}
