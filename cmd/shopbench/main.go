@@ -86,7 +86,7 @@ var (
 		{SKU: "BENCH-CHEAP-8", Name: "Sticker 8", Price: 10, Stock: 1_000_000},
 	}
 	dear   = shop.Product{SKU: "BENCH-DEAR", Name: "Sofa", Price: 20_000, Stock: 1_000_000}
-	scarce = shop.Product{SKU: "BENCH-SCARCE", Name: "Signed print", Price: 50, Stock: 200}
+	scarce = shop.Product{SKU: "BENCH-SCARCE", Name: "Signed print", Price: 50, Stock: 20}
 )
 
 // outcome of one order.
