@@ -18,7 +18,7 @@
 //
 // It creates a fresh database on -database-url and drops it at the end.
 //
-//	go run ./cmd/sagabench -sagas 20000 -starters 8 -partitions 8
+//	go run ./cmd/sagabench -sagas 10000 -starters 8 -partitions 32
 package main
 
 import (
@@ -62,10 +62,10 @@ type orderData struct {
 
 func main() {
 	databaseURL := flag.String("database-url", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "Postgres server; a fresh database is created there and dropped at the end")
-	sagas := flag.Int("sagas", 20000, "sagas to run in the measured phase")
+	sagas := flag.Int("sagas", 10000, "sagas to run in the measured phase")
 	starters := flag.Int("starters", 8, "goroutines starting sagas")
 	rate := flag.Int("rate", 0, "sagas started per second (0: as fast as possible)")
-	partitions := flag.Int("partitions", 8, "partitions per topic")
+	partitions := flag.Int("partitions", 32, "partitions per topic (each consumer handles one message per partition at a time, so more partitions means bigger shared transactions)")
 	maxConns := flag.Int("max-conns", 48, "pool size")
 	verbose := flag.Bool("v", false, "log at debug level")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
