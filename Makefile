@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: help test lint vet fmt-check generate-check bench demo migrate
+.PHONY: help test lint vet fmt-check generate-check bench bench-saga bench-shop demo migrate
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -24,6 +24,15 @@ generate-check: ## fail when go generate changes a committed generated file
 
 bench: ## outbox relay benchmark: sagabox vs watermill forwarder vs ceiling (see BENCHMARKS.md)
 	$(GO) run ./cmd/outboxbench
+
+bench-saga: ## three-step saga end to end (see BENCHMARKS.md)
+	$(GO) run ./cmd/sagabench
+
+bench-shop: ## the shop over HTTP with concurrent customers (see BENCHMARKS.md)
+	$(GO) run ./cmd/shopbench
+
+demo: ## the embedded shop: three services, in-process Kafka and Schema Registry, a scripted scenario
+	$(GO) run ./examples/shop -scenario
 
 migrate: ## apply the outbox and saga migrations to DATABASE_URL
 	$(GO) run ./cmd/sagabox migrate
