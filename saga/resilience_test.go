@@ -445,3 +445,57 @@ func TestUndecodableRepliesAreDeadLetteredRegistryOutageIsRetried(t *testing.T) 
 		}
 	}
 }
+
+// Invariant: with step timeouts as short as the participants' reply time,
+// replies and timeouts for the same saga race all the time (late replies,
+// retried commands, compensations of steps whose outcome is unknown), and
+// still every saga ends succeeded or compensated with its effects netting
+// out: stock and credit match the succeeded sagas exactly.
+func TestRepliesRacingTimeouts(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, 4)
+	w.seed("book", 10000, "ann", 10000)
+	w.runParticipants("g")
+	reg := prometheus.NewRegistry()
+	def := orderDefinition(tuning{Timeout: 40 * time.Millisecond, Attempts: 4, CompTimeout: 10 * time.Second})
+	o := w.orchestrator(def, func(c *saga.Config) { c.Registerer = reg; c.PollInterval = 5 * time.Millisecond })
+	w.startOrchestrator(o)
+	const n = 30
+	var ids []string
+	for i := range n {
+		ids = append(ids, w.placeOrder(o, order{OrderID: fmt.Sprintf("o%d", i), Item: "book", Qty: 1, User: "ann", Amount: 1}))
+	}
+	statuses := w.waitFinished(ids, 90*time.Second)
+	eff := w.effects()
+	succeeded, compensated := 0, 0
+	for _, id := range ids {
+		count := map[string]int{}
+		for _, e := range eff[id] {
+			count[e]++
+		}
+		switch statuses[id] {
+		case saga.StatusSucceeded:
+			succeeded++
+			if count["reserve"] != 1 || count["debit"] != 1 || count["release"]+count["refund"] != 0 {
+				t.Errorf("succeeded saga %s: effects %v", id, eff[id])
+			}
+		case saga.StatusCompensated:
+			compensated++
+			if count["reserve"] > 1 || count["debit"] > 1 || count["reserve"] != count["release"] || count["debit"] != count["refund"] {
+				t.Errorf("compensated saga %s: effects %v do not net out", id, eff[id])
+			}
+		default:
+			t.Errorf("saga %s: %s", id, statuses[id])
+		}
+	}
+	var stock, balance int
+	testkit.Must(t, w.pool.QueryRow(w.ctx, `SELECT (SELECT qty FROM stock), (SELECT balance FROM credit)`).Scan(&stock, &balance), "totals")
+	if stock != 10000-succeeded || balance != 10000-succeeded {
+		t.Fatalf("stock %d, balance %d; want %d each for %d succeeded sagas", stock, balance, 10000-succeeded, succeeded)
+	}
+	ignored := counter(t, reg, "sagabox_saga_replies_ignored_total", nil)
+	t.Logf("%d succeeded, %d compensated, %v late replies ignored", succeeded, compensated, ignored)
+	if ignored == 0 {
+		t.Fatal("no reply arrived late: the test did not make replies race timeouts")
+	}
+}

@@ -70,6 +70,8 @@ type tuning struct {
 	Timeout     time.Duration
 	Attempts    int
 	CompAttempt int
+	// CompTimeout defaults to Timeout.
+	CompTimeout time.Duration
 	// UsersTopic replaces the users participant's topic (a topic nobody
 	// consumes makes a participant that never answers).
 	UsersTopic string
@@ -99,7 +101,7 @@ func orderDefinition(tn tuning) *saga.Definition[order] {
 				}},
 			Compensate: &saga.Invocation[order]{Topic: catalogTopic, Command: "release_stock", Type: "test.catalog.ReserveStock",
 				Payload: func(o *order) (any, error) { return reserveStock{Item: o.Item, Qty: o.Qty}, nil }},
-			Timeout: tn.Timeout, Retry: retry, CompensationRetry: compRetry,
+			Timeout: tn.Timeout, Retry: retry, CompensationRetry: compRetry, CompensationTimeout: tn.CompTimeout,
 		},
 		saga.Step[order]{
 			Name: "debit_credit",
@@ -107,7 +109,7 @@ func orderDefinition(tn tuning) *saga.Definition[order] {
 				Payload: func(o *order) (any, error) { return debitCredit{User: o.User, Amount: o.Amount}, nil }},
 			Compensate: &saga.Invocation[order]{Topic: tn.UsersTopic, Command: "refund_credit", Type: "test.users.DebitCredit",
 				Payload: func(o *order) (any, error) { return debitCredit{User: o.User, Amount: o.Amount}, nil }},
-			Timeout: tn.Timeout, Retry: retry, CompensationRetry: compRetry,
+			Timeout: tn.Timeout, Retry: retry, CompensationRetry: compRetry, CompensationTimeout: tn.CompTimeout,
 		},
 		saga.Step[order]{
 			Name: "approve_order", Kind: saga.Pivot,
