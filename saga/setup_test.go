@@ -248,9 +248,11 @@ func (w *world) startOrchestrator(o *saga.Orchestrator[order]) (stop func()) {
 	return func() { cancel(); <-done }
 }
 
-func (w *world) fault(name string) bool {
+// fault reads a switch inside the handler's transaction (never through a
+// second pool connection while holding one: PITFALLS 23).
+func fault(ctx context.Context, tx pgx.Tx, name string) bool {
 	var on bool
-	_ = w.pool.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM faults WHERE name = $1)`, name).Scan(&on)
+	_ = tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM faults WHERE name = $1)`, name).Scan(&on)
 	return on
 }
 
@@ -298,7 +300,7 @@ func (w *world) participants(group string) (catalog, users *saga.Participant) {
 		return &saga.Result{Type: "test.catalog.StockReserved", Value: stockReserved{ReservationID: "res-" + cmd.SagaID.String()[:8]}}, nil
 	})
 	catalog.Handle("release_stock", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (*saga.Result, error) {
-		if w.fault("release_fails") {
+		if fault(ctx, tx, "release_fails") {
 			return nil, fmt.Errorf("release: warehouse system down")
 		}
 		var r reserveStock
