@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 )
 
 // Status of a saga.
@@ -343,10 +342,6 @@ func (m *machine[D]) abort(ctx context.Context, e env[D], s *state, data *D, rea
 		e.attemptEnded(s.Step, false, s.Attempt, outcomeAborted, reason, now, now.Sub(s.StepStartedAt))
 		clean = false
 	}
-	if s.Step >= len(m.def.steps) {
-		s.Step = len(m.def.steps)
-		clean = true
-	}
 	s.LastError = "aborted: " + reason
 	m.compensateFrom(s, clean)
 	return m.advance(ctx, e, s, data)
@@ -365,5 +360,3 @@ func clone[D any](data *D) (*D, error) {
 	}
 	return out, nil
 }
-
-var _ = pgx.ErrNoRows

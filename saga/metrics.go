@@ -2,7 +2,6 @@ package saga
 
 import (
 	"errors"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -80,5 +79,3 @@ func (m *metrics) record(finishes []Status, hist []*histOp) {
 		}
 	}
 }
-
-var _ = time.Second

@@ -1,7 +1,6 @@
 package saga_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -249,8 +248,6 @@ func TestListStuck(t *testing.T) {
 		t.Fatalf("stuck: %+v", list)
 	}
 }
-
-var _ = context.Background
 
 // Invariant: an operator abort of a running saga compensates the step in
 // flight (its command is out and may run) and refuses a saga past its pivot.

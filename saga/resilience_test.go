@@ -118,12 +118,7 @@ func TestDuplicateCommandsAndRepliesHaveOneEffect(t *testing.T) {
 
 // silentDefinition has a fraud check whose participant never answers.
 func silentDefinition(timeout time.Duration) *saga.Definition[order] {
-	base := orderDefinition(tuning{})
-	_ = base
 	retry := saga.RetryPolicy{MaxAttempts: 2, InitialBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}
-	def := orderDefinition(tuning{Timeout: timeout, Attempts: 2})
-	steps := def.Steps()
-	_ = steps
 	return saga.MustDefinition("create_order", 4,
 		saga.Step[order]{
 			Name: "reserve_stock",

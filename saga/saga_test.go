@@ -1,7 +1,6 @@
 package saga_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -178,5 +177,3 @@ func trace(info *saga.Info) []string {
 	}
 	return out
 }
-
-var _ = context.Background
