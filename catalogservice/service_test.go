@@ -84,7 +84,8 @@ func TestProductsAPI(t *testing.T) {
 	if res.Status != 201 || res.Body["sku"] != "TEA-1" || res.Body["price"] != float64(450) || res.Body["stock"] != float64(12) {
 		t.Fatalf("add: %d %s", res.Status, res.Raw)
 	}
-	if res := testkit.Call(t, b.h, "GET", "/products/tea-1", nil); res.Status != 200 || res.Body["name"] != "Green tea" {
+	testkit.CheckCamelCase(t, res.Raw)
+	if res := testkit.Call(t, b.h, "GET", "/products/tea-1", nil); res.Status != 200 || res.Body["name"] != "Green tea" || res.Body["createdAt"] == nil {
 		t.Fatalf("get: %d %s", res.Status, res.Raw)
 	}
 	if res := testkit.Call(t, b.h, "GET", "/products/NOPE", nil); res.Status != 404 || res.Code() != "product_not_found" {
@@ -93,9 +94,10 @@ func TestProductsAPI(t *testing.T) {
 	b.addProduct(t, "COFFEE-1", "Coffee", 300, 1)
 	b.addProduct(t, "MUG-1", "Mug", 900, 3)
 	page1 := testkit.Call(t, b.h, "GET", "/products?limit=2", nil)
-	if page1.Status != 200 || len(page1.Body["products"].([]any)) != 2 || page1.Body["next_after"] != "MUG-1" {
+	if page1.Status != 200 || len(page1.Body["products"].([]any)) != 2 || page1.Body["nextAfter"] != "MUG-1" {
 		t.Fatalf("page 1: %s", page1.Raw)
 	}
+	testkit.CheckCamelCase(t, page1.Raw)
 	page2 := testkit.Call(t, b.h, "GET", "/products?limit=2&after=MUG-1", nil)
 	if ps := page2.Body["products"].([]any); len(ps) != 1 || ps[0].(map[string]any)["sku"] != "TEA-1" {
 		t.Fatalf("page 2: %s", page2.Raw)
@@ -174,6 +176,7 @@ func TestServesHealthMetricsAndOpenAPI(t *testing.T) {
 	}
 	testkit.CheckOpenAPI(t, b.h, ports.OpenAPI, "POST /products", "GET /products", "GET /products/{sku}",
 		"GET /catalog/orders/{orderId}", "GET /healthz", "GET /readyz", "GET /metrics", "GET /openapi.json")
+	testkit.CheckOpenAPICamelCase(t, ports.OpenAPI)
 }
 
 // reserve runs ReserveStock in its own committed transaction.
@@ -349,12 +352,14 @@ func TestOrderReadModel(t *testing.T) {
 	b.apply(t, approved)
 
 	res := testkit.Call(t, b.h, "GET", "/catalog/orders/"+order, nil, testkit.Bearer(b.user)...)
-	if res.Status != 200 || res.Body["status"] != "APPROVED" || res.Body["total_cents"] != float64(100) {
+	if res.Status != 200 || res.Body["status"] != "APPROVED" || res.Body["totalCents"] != float64(100) ||
+		res.Body["orderId"] != order || res.Body["userId"] != b.userID || res.Body["updatedAt"] == nil {
 		t.Fatalf("view: %d %s", res.Status, res.Raw)
 	}
+	testkit.CheckCamelCase(t, res.Raw)
 	items := res.Body["items"].([]any)
 	first := items[0].(map[string]any)
-	if len(items) != 2 || first["name"] != "Apple" || first["quantity"] != float64(2) {
+	if len(items) != 2 || first["name"] != "Apple" || first["quantity"] != float64(2) || first["unitPriceCents"] != float64(50) {
 		t.Fatalf("items: %s", res.Raw)
 	}
 	if n := b.count(t, "order_views"); n != 1 {

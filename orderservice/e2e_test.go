@@ -137,7 +137,7 @@ func (s *shop) customer(t *testing.T, email string) (id, token string) {
 	if st != 200 {
 		t.Fatalf("login: %d %v", st, body)
 	}
-	return body["user_id"].(string), body["token"].(string)
+	return body["userId"].(string), body["token"].(string)
 }
 
 func (s *shop) credit(t *testing.T, id, token string) float64 {
@@ -146,7 +146,7 @@ func (s *shop) credit(t *testing.T, id, token string) float64 {
 	if st != 200 {
 		t.Fatalf("user: %d %v", st, body)
 	}
-	return body["credit_cents"].(float64)
+	return body["creditCents"].(float64)
 }
 
 func (s *shop) stock(t *testing.T, sku string) float64 {

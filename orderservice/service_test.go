@@ -354,6 +354,7 @@ func TestServesHealthMetricsAndOpenAPI(t *testing.T) {
 	}
 	testkit.CheckOpenAPI(t, b.h, ports.OpenAPI, "POST /orders", "GET /orders", "GET /orders/{id}",
 		"GET /healthz", "GET /readyz", "GET /metrics", "GET /openapi.json")
+	testkit.CheckOpenAPICamelCase(t, ports.OpenAPI)
 }
 
 func TestConfigFromEnvironment(t *testing.T) {

@@ -3,6 +3,7 @@ package userservice_test
 import (
 	"context"
 	"crypto/ed25519"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -76,19 +77,29 @@ func TestSignUpLoginAndReadOwnUser(t *testing.T) {
 	b := setup(t)
 	res := testkit.Call(t, b.h, "POST", "/signup", map[string]string{"email": "Ann@Example.com", "password": "password-123", "name": "Ann"})
 	if res.Status != 201 || res.Body["id"] == "" || res.Body["email"] != "ann@example.com" ||
-		res.Body["credit_cents"] != float64(10000) || res.Body["role"] != "user" || res.Header.Get("Location") == "" {
+		res.Body["creditCents"] != float64(10000) || res.Body["role"] != "user" || res.Header.Get("Location") == "" {
 		t.Fatalf("signup: %d %s", res.Status, res.Raw)
 	}
 	if strings.Contains(string(res.Raw), "password") {
 		t.Fatalf("the response shows the password hash: %s", res.Raw)
 	}
+	testkit.CheckCamelCase(t, res.Raw)
+	if _, err := time.Parse(time.RFC3339, fmt.Sprint(res.Body["createdAt"])); err != nil {
+		t.Fatalf("signup createdAt: %s", res.Raw)
+	}
 	id := res.Body["id"].(string)
-	tok := b.login(t, "ann@EXAMPLE.com", "password-123")
+	login := testkit.Call(t, b.h, "POST", "/login", map[string]string{"email": "ann@EXAMPLE.com", "password": "password-123"})
+	testkit.CheckCamelCase(t, login.Raw)
+	if login.Status != 200 || login.Body["userId"] != id || login.Body["tokenType"] != "Bearer" || login.Body["expiresAt"] == nil {
+		t.Fatalf("login: %d %s", login.Status, login.Raw)
+	}
+	tok := login.Body["token"].(string)
 
 	got := testkit.Call(t, b.h, "GET", "/users/"+id, nil, testkit.Bearer(tok)...)
-	if got.Status != 200 || got.Body["id"] != id || got.Body["credit_cents"] != float64(10000) {
+	if got.Status != 200 || got.Body["id"] != id || got.Body["creditCents"] != float64(10000) {
 		t.Fatalf("get own user: %d %s", got.Status, got.Raw)
 	}
+	testkit.CheckCamelCase(t, got.Raw)
 
 	// The token carries what the other services need, and verifies through
 	// the published JWKS over HTTP, as they will.
@@ -138,7 +149,7 @@ func TestBadSignUpsWriteNothing(t *testing.T) {
 		{"malformed JSON", `{"email": "a@b.co",`, "", 400, "malformed_json"},
 		{"not an object", `"a@b.co"`, "", 400, "malformed_json"},
 		{"unknown field", `{"email":"a@b.co","password":"password-1","name":"A","role":"admin"}`, "", 400, "unknown_field"},
-		{"credit smuggled in", `{"email":"a@b.co","password":"password-1","name":"A","credit_cents":999999}`, "", 400, "unknown_field"},
+		{"credit smuggled in", `{"email":"a@b.co","password":"password-1","name":"A","creditCents":999999}`, "", 400, "unknown_field"},
 		{"oversized", `{"email":"a@b.co","password":"password-1","name":"` + strings.Repeat("A", httpx.MaxBodyBytes) + `"}`, "", 413, "body_too_large"},
 		{"trailing data", `{"email":"a@b.co","password":"password-1","name":"A"} {}`, "", 400, "malformed_json"},
 		{"empty body", ``, "", 400, "empty_body"},
@@ -194,9 +205,11 @@ func TestLoginFailuresAndRateLimit(t *testing.T) {
 		testkit.Call(t, b.h, "POST", "/login", `{"email":"carol@example.com","password":"guess"}`)
 	}
 	res := testkit.Call(t, b.h, "POST", "/login", `{"email":"carol@example.com","password":"password-123"}`)
-	if res.Status != 429 || res.Code() != "too_many_attempts" || res.Header.Get("Retry-After") == "" {
+	if res.Status != 429 || res.Code() != "too_many_attempts" || res.Header.Get("Retry-After") == "" ||
+		fmt.Sprint(res.Body["retryAfterSeconds"]) != res.Header.Get("Retry-After") {
 		t.Fatalf("4th attempt: %d %s", res.Status, res.Raw)
 	}
+	testkit.CheckCamelCase(t, res.Raw)
 	// Another account from the same address is not locked out by carol's.
 	b.signUp(t, "dave@example.com")
 	b.login(t, "dave@example.com", "password-123")
@@ -213,7 +226,7 @@ func TestUserIsVisibleToThemselfAndAdminsOnly(t *testing.T) {
 	if res := testkit.Call(t, b.h, "GET", "/users/"+bob, nil, testkit.Bearer(annTok)...); res.Status != 404 {
 		t.Errorf("ann reads bob: %d %s", res.Status, res.Raw)
 	}
-	if res := testkit.Call(t, b.h, "GET", "/users/"+ann, nil, testkit.Bearer(adminTok)...); res.Status != 200 || res.Body["credit_cents"] != float64(10000) {
+	if res := testkit.Call(t, b.h, "GET", "/users/"+ann, nil, testkit.Bearer(adminTok)...); res.Status != 200 || res.Body["creditCents"] != float64(10000) {
 		t.Errorf("admin reads ann: %d %s", res.Status, res.Raw)
 	}
 	if res := testkit.Call(t, b.h, "GET", "/users/not-a-uuid", nil, testkit.Bearer(adminTok)...); res.Status != 404 {
@@ -284,6 +297,7 @@ func TestServesHealthMetricsJWKSAndOpenAPI(t *testing.T) {
 	}
 	testkit.CheckOpenAPI(t, b.h, ports.OpenAPI, "POST /signup", "POST /login", "GET /users/{id}",
 		"GET /.well-known/jwks.json", "GET /healthz", "GET /readyz", "GET /metrics", "GET /openapi.json")
+	testkit.CheckOpenAPICamelCase(t, ports.OpenAPI)
 	if res := testkit.Call(t, b.h, "GET", "/nope", nil); res.Status != 404 || res.Code() != "not_found" {
 		t.Errorf("unknown route: %d %s", res.Status, res.Raw)
 	}

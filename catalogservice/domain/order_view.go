@@ -25,7 +25,8 @@ func (s OrderStatus) rank() int {
 }
 
 // ViewItem is one line of an order in the catalog's view: with the product's
-// name, which the order events do not carry.
+// name, which the order events do not carry. Its JSON is how order_views.items
+// stores it, not the API's (ports copies it into camelCase).
 type ViewItem struct {
 	SKU            string `json:"sku"`
 	Name           string `json:"name"`

@@ -61,7 +61,27 @@ type productJSON struct {
 	Name      string    `json:"name"`
 	Price     int64     `json:"price"`
 	Stock     int       `json:"stock"`
-	CreatedAt time.Time `json:"created_at"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// orderViewJSON is the catalog's view of an order as the API shows it. Its
+// items are copied from domain.ViewItem rather than encoded as they are:
+// that type's JSON is the storage format of order_views.items.
+type orderViewJSON struct {
+	OrderID    string         `json:"orderId"`
+	UserID     string         `json:"userId"`
+	Status     string         `json:"status"`
+	Reason     string         `json:"reason,omitempty"`
+	Items      []viewItemJSON `json:"items"`
+	TotalCents int64          `json:"totalCents"`
+	UpdatedAt  time.Time      `json:"updatedAt"`
+}
+
+type viewItemJSON struct {
+	SKU            string `json:"sku"`
+	Name           string `json:"name"`
+	Quantity       int    `json:"quantity"`
+	UnitPriceCents int64  `json:"unitPriceCents"`
 }
 
 func toJSON(p *domain.Product) productJSON {
@@ -112,7 +132,7 @@ func (h *handlers) listProducts(w http.ResponseWriter, r *http.Request) error {
 	}
 	body := map[string]any{"products": out}
 	if len(ps) == limit {
-		body["next_after"] = ps[len(ps)-1].SKU
+		body["nextAfter"] = ps[len(ps)-1].SKU
 	}
 	httpx.WriteJSON(w, http.StatusOK, body)
 	return nil
@@ -133,18 +153,12 @@ func (h *handlers) getOrderView(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return mapError(err)
 	}
-	items := v.Items
-	if items == nil {
-		items = []domain.ViewItem{}
+	out := orderViewJSON{OrderID: v.OrderID, UserID: v.UserID, Status: string(v.Status), Reason: v.Reason,
+		Items: make([]viewItemJSON, len(v.Items)), TotalCents: v.TotalCents, UpdatedAt: v.UpdatedAt.UTC()}
+	for i, it := range v.Items {
+		out.Items[i] = viewItemJSON{SKU: it.SKU, Name: it.Name, Quantity: it.Quantity, UnitPriceCents: it.UnitPriceCents}
 	}
-	body := map[string]any{
-		"order_id": v.OrderID, "user_id": v.UserID, "status": v.Status, "items": items,
-		"total_cents": v.TotalCents, "updated_at": v.UpdatedAt.UTC(),
-	}
-	if v.Reason != "" {
-		body["reason"] = v.Reason
-	}
-	httpx.WriteJSON(w, http.StatusOK, body)
+	httpx.WriteJSON(w, http.StatusOK, out)
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -100,4 +101,73 @@ func CheckOpenAPI(t testing.TB, h http.Handler, doc []byte, routes ...string) {
 			t.Errorf("route %s is not in the OpenAPI document", r)
 		}
 	}
+}
+
+// CheckCamelCase fails t when the JSON in raw has an object key, at any
+// depth, that is not camelCase (a key with "_" or "-" or starting upper
+// case): the services' HTTP JSON is camelCase throughout.
+func CheckCamelCase(t testing.TB, raw []byte) {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		t.Fatalf("not JSON: %v: %s", err, raw)
+	}
+	for _, k := range badKeys(v, "", false) {
+		t.Errorf("JSON key %s is not camelCase in %s", k, raw)
+	}
+}
+
+// CheckOpenAPICamelCase fails t when a schema of the OpenAPI document doc
+// has a property, or a required entry, that is not camelCase.
+func CheckOpenAPICamelCase(t testing.TB, doc []byte) {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal(doc, &v); err != nil {
+		t.Fatalf("OpenAPI document is not JSON: %v", err)
+	}
+	for _, k := range badKeys(v, "", true) {
+		t.Errorf("OpenAPI property %s is not camelCase", k)
+	}
+}
+
+// badKeys returns the paths of the keys under v that are not camelCase:
+// every object key, or with schemas only the keys of "properties" objects
+// and the entries of "required" lists.
+func badKeys(v any, path string, schemas bool) []string {
+	var bad []string
+	camel := func(k string) bool {
+		return k != "" && !strings.ContainsAny(k, "_-") && strings.ToLower(k[:1]) == k[:1]
+	}
+	switch v := v.(type) {
+	case map[string]any:
+		for k, e := range v {
+			switch {
+			case schemas && k == "properties":
+				if props, ok := e.(map[string]any); ok {
+					for name := range props {
+						if !camel(name) {
+							bad = append(bad, path+".properties."+name)
+						}
+					}
+				}
+			case schemas && k == "required":
+				if names, ok := e.([]any); ok {
+					for _, n := range names {
+						if s, ok := n.(string); ok && !camel(s) {
+							bad = append(bad, path+".required."+s)
+						}
+					}
+				}
+			case !schemas && !camel(k):
+				bad = append(bad, path+"."+k)
+			}
+			bad = append(bad, badKeys(e, path+"."+k, schemas)...)
+		}
+	case []any:
+		for i, e := range v {
+			bad = append(bad, badKeys(e, path+"["+strconv.Itoa(i)+"]", schemas)...)
+		}
+	}
+	sort.Strings(bad)
+	return bad
 }

@@ -71,8 +71,8 @@ type userJSON struct {
 	Email       string    `json:"email"`
 	Name        string    `json:"name"`
 	Role        string    `json:"role"`
-	CreditCents int64     `json:"credit_cents"`
-	CreatedAt   time.Time `json:"created_at"`
+	CreditCents int64     `json:"creditCents"`
+	CreatedAt   time.Time `json:"createdAt"`
 }
 
 func toJSON(u *domain.User) userJSON {
@@ -122,7 +122,7 @@ func (h *handlers) login(w http.ResponseWriter, r *http.Request) error {
 			secs := int(math.Ceil(wait.Seconds()))
 			w.Header().Set("Retry-After", strconv.Itoa(secs))
 			return httpx.NewError(http.StatusTooManyRequests, "too_many_attempts",
-				"too many login attempts: try again in %d seconds", secs).With("retry_after_seconds", secs)
+				"too many login attempts: try again in %d seconds", secs).With("retryAfterSeconds", secs)
 		}
 	}
 	tok, err := h.cfg.App.Login(r.Context(), req.Email, req.Password)
@@ -131,7 +131,7 @@ func (h *handlers) login(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	httpx.WriteJSON(w, http.StatusOK, map[string]any{
-		"token": tok.Token, "token_type": "Bearer", "expires_at": tok.ExpiresAt.UTC(), "user_id": tok.UserID,
+		"token": tok.Token, "tokenType": "Bearer", "expiresAt": tok.ExpiresAt.UTC(), "userId": tok.UserID,
 	})
 	return nil
 }

@@ -113,11 +113,11 @@ type Attempt struct {
 // CatalogOrder is the catalog's read model of an order, fed by
 // order.events (GET /catalog/orders/{orderId}).
 type CatalogOrder struct {
-	OrderID    string `json:"order_id"`
-	UserID     string `json:"user_id"`
+	OrderID    string `json:"orderId"`
+	UserID     string `json:"userId"`
 	Status     string `json:"status"`
 	Reason     string `json:"reason"`
-	TotalCents int64  `json:"total_cents"`
+	TotalCents int64  `json:"totalCents"`
 }
 
 // DefaultPassword is the password Customer signs users up with.
@@ -138,7 +138,7 @@ func (c *Client) Login(ctx context.Context, email, password string) (Session, er
 	for {
 		var out struct {
 			Token  string `json:"token"`
-			UserID string `json:"user_id"`
+			UserID string `json:"userId"`
 		}
 		err := c.do(ctx, http.MethodPost, c.UsersURL+"/login", "", map[string]string{"email": email, "password": password}, &out)
 		var ae *APIError
@@ -165,7 +165,7 @@ func (c *Client) Customer(ctx context.Context, email, name string) (Session, err
 // Credit is the user's credit in cents.
 func (c *Client) Credit(ctx context.Context, s Session) (int64, error) {
 	var out struct {
-		CreditCents int64 `json:"credit_cents"`
+		CreditCents int64 `json:"creditCents"`
 	}
 	err := c.do(ctx, http.MethodGet, c.UsersURL+"/users/"+s.UserID, s.Token, nil, &out)
 	return out.CreditCents, err
