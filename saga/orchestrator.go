@@ -416,7 +416,7 @@ func (o *Orchestrator[D]) Run(ctx context.Context) error {
 	})
 	wg.Go(func() { o.RunTimers(ctx) })
 	if o.cfg.Retention > 0 {
-		wg.Go(func() { o.runCleaner(ctx) })
+		wg.Go(func() { runCleaner(ctx, o.cfg.Pool, o.cfg.Retention, o.cfg.CleanupInterval, o.log) })
 	}
 	wg.Wait()
 	select {
@@ -492,8 +492,9 @@ func (o *Orchestrator[D]) fireOne(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-func (o *Orchestrator[D]) runCleaner(ctx context.Context) {
-	t := time.NewTicker(o.cfg.CleanupInterval)
+// runCleaner calls Cleanup every interval until ctx is done.
+func runCleaner(ctx context.Context, db Querier, retention, interval time.Duration, log *slog.Logger) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -501,8 +502,8 @@ func (o *Orchestrator[D]) runCleaner(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if _, err := Cleanup(ctx, o.cfg.Pool, o.cfg.Retention); err != nil && ctx.Err() == nil {
-			o.log.ErrorContext(ctx, "saga: cleanup", "error", err)
+		if _, err := Cleanup(ctx, db, retention); err != nil && ctx.Err() == nil {
+			log.ErrorContext(ctx, "saga: cleanup", "error", err)
 		}
 	}
 }

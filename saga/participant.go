@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
+	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -82,6 +84,13 @@ type ParticipantConfig struct {
 	// savepoint) by Run: commands arriving on different partitions at the
 	// same moment share a commit. Defaults to DefaultReplyBatch.
 	Batch int
+	// Retention is how long Run keeps inbox entries (and finished sagas,
+	// when the participant shares its database with an orchestrator) before
+	// deleting them every CleanupInterval. An entry must outlive any
+	// redelivery of its command. Negative disables the cleanup. Defaults to
+	// DefaultRetention and DefaultCleanupInterval.
+	Retention       time.Duration
+	CleanupInterval time.Duration
 	// Logger defaults to a logger that discards everything.
 	Logger *slog.Logger
 }
@@ -127,6 +136,12 @@ func NewParticipant(cfg ParticipantConfig) (*Participant, error) {
 	}
 	if cfg.Batch <= 0 {
 		cfg.Batch = DefaultReplyBatch
+	}
+	if cfg.Retention == 0 {
+		cfg.Retention = DefaultRetention
+	}
+	if cfg.CleanupInterval <= 0 {
+		cfg.CleanupInterval = DefaultCleanupInterval
 	}
 	p := &Participant{cfg: cfg, handlers: map[string]HandlerFunc{},
 		log: cfg.Logger.With("component", "saga.participant", "participant", cfg.Name)}
@@ -367,6 +382,11 @@ func (p *Participant) Run(ctx context.Context) error {
 	p.batch = newBatcher(batchWorkers, p.cfg.Batch, p.processBatch)
 	stop := p.batch.start(ctx, batchWorkers)
 	defer stop() // after the router: its handlers wait on the batcher
+	if p.cfg.Retention > 0 {
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		wg.Go(func() { runCleaner(ctx, p.cfg.Pool, p.cfg.Retention, p.cfg.CleanupInterval, p.log) })
+	}
 	return runRouter(ctx, consumeConfig{Brokers: p.cfg.Brokers, ConsumerGroup: p.cfg.ConsumerGroup, Topic: p.cfg.CommandTopic,
 		Sarama: p.cfg.OverwriteSaramaConfig, NackResendSleep: DefaultNackResendSleep, Logger: p.cfg.Logger,
 		Name: "saga_commands_" + p.cfg.Name}, p.HandleMessage)
