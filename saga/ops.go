@@ -129,7 +129,7 @@ ORDER BY updated_at LIMIT $4`, opt.Failed, stuck, opt.Type, opt.Limit)
 // succeeded or were compensated more than retention ago (with their
 // history) and the inbox entries older than retention. Failed sagas stay
 // until an operator retries them. Orchestrator.Run calls it every
-// Config.CleanupInterval and Participant.Run every its CleanupInterval. It
+// Config.CleanupInterval, Participant.Run every ParticipantConfig.CleanupInterval. It
 // returns how many rows it deleted.
 func Cleanup(ctx context.Context, db Querier, retention time.Duration) (int64, error) {
 	before := time.Now().Add(-retention)
