@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -313,6 +312,3 @@ func lockKeyOf(topic, key string) int32 {
 	_, _ = h.Write([]byte(key))
 	return int32(h.Sum32())
 }
-
-// now is replaced in tests that need a fixed clock.
-var now = time.Now
