@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: help test lint vet fmt-check generate-check bench bench-saga bench-shop demo migrate
+.PHONY: help test lint vet tidy-check fmt-check generate-check bench bench-saga bench-shop demo migrate
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -10,8 +10,11 @@ help: ## list targets
 test: ## run every test with the race detector against the local Postgres
 	$(GO) test -race -count=1 -timeout 30m $(PKGS)
 
-lint: fmt-check vet generate-check ## gofmt, go vet, staticcheck, generated code up to date
+lint: fmt-check vet generate-check tidy-check ## gofmt, go vet, staticcheck, generated code and go.mod up to date
 	$(GO) tool staticcheck $(PKGS)
+
+tidy-check: ## fail when go.mod or go.sum is not tidy
+	$(GO) mod tidy -diff
 
 vet: ## go vet
 	$(GO) vet $(PKGS)
