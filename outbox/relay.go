@@ -252,6 +252,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	renewEvery := r.cfg.LeaseTTL / 5
 	errBackoff := r.cfg.RetryBackoff
 	fastDelay, lastNotified := fastPollInterval, int64(0)
+	ownedBefore := -1.0
 	for {
 		if ctx.Err() != nil {
 			break
@@ -266,6 +267,10 @@ func (r *Relay) Run(ctx context.Context) error {
 				continue
 			}
 			r.ownsZero.Store(len(r.leases.owned) > 0 && r.leases.owned[0] == 0)
+			if n := len(r.leases.owned); float64(n) != ownedBefore {
+				r.log.Info("outbox relay: shards owned", "count", n, "shards", r.leases.owned)
+				ownedBefore = float64(n)
+			}
 			r.m.ownedShards.Set(float64(len(r.leases.owned)))
 		}
 		if len(r.leases.owned) == 0 || time.Until(r.leases.deadline) < 2*r.cfg.ProduceTimeout {

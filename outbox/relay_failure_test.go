@@ -347,3 +347,47 @@ func TestRelayRetryDoesNotLetLaterMessagesOfAKeyOvertake(t *testing.T) {
 		t.Fatalf("fault hit %d times, want 4", fault.Hits())
 	}
 }
+
+// A relay that dies without a word (no lease release) is replaced within
+// a few seconds: its leases expire after LeaseTTL and a survivor takes its
+// shards; before they expire nobody else publishes them.
+func TestRelayThatDiesIsReplacedAfterItsLeasesExpire(t *testing.T) {
+	t.Parallel()
+	rb := setupRelay(t, 2)
+	ctx := testkit.Ctx(t)
+	const ttl = 2 * time.Second
+
+	cfg, err := pgxpool.ParseConfig(rb.db.URL)
+	testkit.Must(t, err, "parse")
+	deadPool, err := pgxpool.NewWithConfig(ctx, cfg)
+	testkit.Must(t, err, "pool")
+	_, stop := rb.startRelay(t, func(c *outbox.RelayConfig) { c.ID = "a-dies"; c.Pool = deadPool; c.LeaseTTL = ttl })
+	testkit.Eventually(t, 10*time.Second, "the first relay owns every shard", func() bool {
+		var n int
+		_ = rb.pool.QueryRow(ctx, `SELECT count(*) FROM sagabox.outbox_leases WHERE owner = 'a-dies'`).Scan(&n)
+		return n == outbox.NumShards
+	})
+	// The process vanishes: its database connections go first, so it
+	// cannot hand its leases back.
+	deadPool.Close()
+	stop()
+	died := time.Now()
+
+	rb.startRelay(t, func(c *outbox.RelayConfig) { c.ID = "b-survives"; c.LeaseTTL = ttl })
+	want := rb.writeSeq(t, "orders", 4, 40)
+	// Measured on the relay's side: a consumer that subscribed before the
+	// topic existed takes seconds of its own to notice it.
+	testkit.Eventually(t, 20*time.Second, "the survivor published everything", func() bool { return pendingCount(t, rb) == 0 })
+	took := time.Since(died)
+	recs := testkit.ReadAll(t, rb.brokers, "orders", 40, 20*time.Second)
+	if res := count(t, rb.codec, recs, want); res != (tally{}) || len(recs) != 40 {
+		t.Fatalf("read %d: %+v", len(recs), res)
+	}
+	t.Logf("the survivor published %s after the first relay died (lease TTL %s)", took.Round(10*time.Millisecond), ttl)
+	if took > 3*ttl {
+		t.Fatalf("takeover took %s, more than 3 lease TTLs", took)
+	}
+	if took < ttl/2 { // the dead relay renewed at most TTL/5 before it died
+		t.Fatalf("the survivor published after %s: it took shards whose leases had not expired", took)
+	}
+}
