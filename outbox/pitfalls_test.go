@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/sr"
@@ -203,5 +204,27 @@ func TestRelayRefusesASchemaThatBreaksBackwardCompatibility(t *testing.T) {
 	testkit.Must(t, rb.writer.Write(ctx, rb.pool, outbox.Message{Topic: "orders", Key: "c", Type: orderPlacedType, Value: orderPlaced{OrderID: "c"}}), "write")
 	if recs := testkit.ReadAll(t, rb.brokers, "orders", 1, 10*time.Second); len(recs) != 1 || recs[0].Key != "c" {
 		t.Fatalf("compatible schema not published: %d records", len(recs))
+	}
+}
+
+// PITFALLS 3, the part Kafka can prevent: a produce request the broker
+// appended but answered with a timeout is retried with the same producer ID
+// and sequence numbers, and the broker drops the copy. No duplicate.
+func TestIdempotentProducerDropsRetriedDuplicates(t *testing.T) {
+	t.Parallel()
+	rb := setupRelay(t, 2)
+	want := rb.writeSeq(t, "orders", 4, 80)
+	// REQUEST_TIMED_OUT on produce: kfake appends the records, then
+	// answers with the error, as a broker whose replication timed out.
+	timedOut := rb.kafka.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Err: kerr.RequestTimedOut, Count: 3})
+	rb.startRelay(t, func(c *outbox.RelayConfig) { c.Workers = 1; c.BatchSize = 20 })
+	testkit.Eventually(t, 20*time.Second, "drained", func() bool { return pendingCount(t, rb) == 0 })
+	recs := testkit.ReadAll(t, rb.brokers, "orders", 81, 2*time.Second)
+	res := count(t, rb.codec, recs, want)
+	if timedOut.Hits() != 3 {
+		t.Fatalf("fault hit %d times, want 3", timedOut.Hits())
+	}
+	if res != (tally{}) || len(recs) != 80 {
+		t.Fatalf("%d records after 3 appended-but-timed-out requests: %+v", len(recs), res)
 	}
 }
