@@ -65,6 +65,10 @@ type Invocation[D any] struct {
 	Type string
 	// Payload builds the command's payload from the saga's data.
 	Payload func(data *D) (any, error)
+	// PayloadContext is Payload with a context: set one or the other. In a
+	// Compensate invocation, FailureFrom(ctx) tells which step failed and
+	// why.
+	PayloadContext func(ctx context.Context, data *D) (any, error)
 	// OnReply, when set, is called with a successful reply so that the
 	// saga's data can keep what the participant returned (decode it with
 	// Reply.Decode). An error counts as a failure of the step.
@@ -139,6 +143,7 @@ type Step[D any] struct {
 	Invoke *Invocation[D]
 
 	// CompensateLocal undoes the step in the orchestrator's transaction.
+	// FailureFrom(ctx) tells which step failed and why.
 	CompensateLocal LocalFunc[D]
 	// Compensate sends a compensating command to a participant. It is sent
 	// also when the step's outcome is unknown (it timed out): the
@@ -218,8 +223,11 @@ func NewDefinition[D any](name string, version int, steps ...Step[D]) (*Definiti
 			if inv.Topic == "" || inv.Command == "" {
 				return bad("step %q: an Invocation needs a Topic and a Command", st.Name)
 			}
-			if (inv.Type == "") != (inv.Payload == nil) {
-				return bad("step %q: command %q: set both Type and Payload, or neither", st.Name, inv.Command)
+			if inv.Payload != nil && inv.PayloadContext != nil {
+				return bad("step %q: command %q: set at most one of Payload and PayloadContext", st.Name, inv.Command)
+			}
+			if (inv.Type == "") != (inv.Payload == nil && inv.PayloadContext == nil) {
+				return bad("step %q: command %q: set both Type and Payload (or PayloadContext), or neither", st.Name, inv.Command)
 			}
 		}
 		seen[st.Name] = true
@@ -261,11 +269,29 @@ func (d *Definition[D]) Steps() []string {
 }
 
 // Mermaid renders the definition as a Mermaid flowchart: the steps forward,
-// and from each failure point the compensations in reverse order.
+// and from each failure the path the state machine takes, edge for edge:
+//
+//   - A step that fails without effect (a rejected command, or a local step
+//     that failed and was rolled back) compensates the steps before it.
+//   - An invoked compensatable step whose outcome is unknown (it timed out,
+//     or errored, on every attempt, or OnReply refused the reply) is
+//     compensated too, then the steps before it.
+//   - A pivot whose outcome is unknown ends the saga failed: undoing the
+//     steps before it could contradict a debit that did happen.
+//   - A retriable step that is rejected or out of attempts ends it failed.
+//   - A compensation out of attempts ends it failed.
 func (d *Definition[D]) Mermaid() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "flowchart TD\n")
 	fmt.Fprintf(&b, "    start([%s v%d]) --> s0\n", d.name, d.version)
+	// compensate names the node where compensating from step i (included)
+	// starts.
+	compensate := func(i int) string {
+		if j := d.firstCompensation(i); j >= 0 {
+			return fmt.Sprintf("c%d", j)
+		}
+		return "compensated([compensated])"
+	}
 	for i, st := range d.steps {
 		what := "local"
 		if st.Invoke != nil {
@@ -280,18 +306,21 @@ func (d *Definition[D]) Mermaid() string {
 			next = "succeeded([succeeded])"
 		}
 		fmt.Fprintf(&b, "    %s -->|ok| %s\n", shape, next)
-		switch st.Kind {
-		case Retriable:
-			fmt.Fprintf(&b, "    s%d -.->|attempts exhausted| failed([failed])\n", i)
+		switch {
+		case st.Kind == Retriable:
+			fmt.Fprintf(&b, "    s%d -.->|rejected or out of attempts| failed([failed])\n", i)
+		case st.Local != nil:
+			// Rolled back: nothing of it to undo.
+			fmt.Fprintf(&b, "    s%d -.->|fails| %s\n", i, compensate(i-1))
+		case st.Kind == Pivot:
+			fmt.Fprintf(&b, "    s%d -.->|rejected| %s\n", i, compensate(i-1))
+			fmt.Fprintf(&b, "    s%d -.->|times out or errors| failed([failed])\n", i)
+		case st.hasCompensation():
+			fmt.Fprintf(&b, "    s%d -.->|rejected| %s\n", i, compensate(i-1))
+			fmt.Fprintf(&b, "    s%d -.->|times out or errors| %s\n", i, compensate(i))
 		default:
-			// A failure here compensates this step (when its outcome may be
-			// unknown) and every compensatable step before it.
-			target := d.firstCompensation(i)
-			if target < 0 {
-				fmt.Fprintf(&b, "    s%d -.->|fails| compensated([compensated])\n", i)
-			} else {
-				fmt.Fprintf(&b, "    s%d -.->|fails| c%d\n", i, target)
-			}
+			// Nothing of its own to undo: every failure goes the same way.
+			fmt.Fprintf(&b, "    s%d -.->|fails| %s\n", i, compensate(i-1))
 		}
 	}
 	for i := len(d.steps) - 1; i >= 0; i-- {
@@ -303,11 +332,7 @@ func (d *Definition[D]) Mermaid() string {
 		if st.Compensate != nil {
 			what = st.Compensate.Command + " → " + st.Compensate.Topic
 		}
-		next := "compensated([compensated])"
-		if j := d.firstCompensation(i - 1); j >= 0 {
-			next = fmt.Sprintf("c%d", j)
-		}
-		fmt.Fprintf(&b, "    c%d[/\"undo %s<br/>%s\"/] -->|ok| %s\n", i, st.Name, what, next)
+		fmt.Fprintf(&b, "    c%d[/\"undo %s<br/>%s\"/] -->|ok| %s\n", i, st.Name, what, compensate(i-1))
 		fmt.Fprintf(&b, "    c%d -.->|attempts exhausted| failed([failed])\n", i)
 	}
 	return b.String()

@@ -30,6 +30,15 @@
 //   - Retriable steps follow the pivot and must eventually succeed: they are
 //     retried, never compensated.
 //
+// A compensation learns why the saga compensates with FailureFrom(ctx): the
+// step that failed, how (rejected, timed out, error, aborted) and the reason
+// (the participant's words, "timed out after 3 attempts", the local step's
+// error). CompensateLocal gets it in its context, and so does the
+// PayloadContext builder of a Compensate invocation. The failure is stored
+// in the saga's row, so every attempt of every compensation, on any
+// orchestrator and after restarts, sees the same one; Info.Failure shows
+// it to operators.
+//
 // A compensation can fail too. It is retried with backoff and, if it keeps
 // failing, the saga ends StatusFailed: half done, listed by List for an
 // operator, who can fix the cause and call Orchestrator.Retry. A failed saga
@@ -40,7 +49,7 @@
 //	    running --> running: step succeeded / retry after error or timeout
 //	    running --> succeeded: last step succeeded
 //	    running --> compensating: step rejected, or out of attempts
-//	    running --> failed: a step past the pivot out of attempts
+//	    running --> failed: pivot outcome unknown, or a step past it fails
 //	    compensating --> compensating: compensation succeeded / retried
 //	    compensating --> compensated: first step undone
 //	    compensating --> failed: a compensation out of attempts

@@ -60,9 +60,11 @@ func ExampleDefinition_Mermaid() {
 	// flowchart TD
 	//     start([book_trip v1]) --> s0
 	//     s0["flight<br/>book_flight → travel<br/><i>compensatable</i>"] -->|ok| s1
-	//     s0 -.->|fails| c0
+	//     s0 -.->|rejected| compensated([compensated])
+	//     s0 -.->|times out or errors| c0
 	//     s1{{"charge<br/>charge_card → travel<br/><i>pivot</i>"}} -->|ok| succeeded([succeeded])
-	//     s1 -.->|fails| c0
+	//     s1 -.->|rejected| c0
+	//     s1 -.->|times out or errors| failed([failed])
 	//     c0[/"undo flight<br/>cancel_flight → travel"/] -->|ok| compensated([compensated])
 	//     c0 -.->|attempts exhausted| failed([failed])
 }

@@ -49,6 +49,8 @@ type state struct {
 	LastError     string
 	Version       int64
 	CorrelationID string
+	// Failure made the saga compensate; nil before that.
+	Failure *Failure
 }
 
 func (s *state) awaiting() bool { return !s.Deadline.IsZero() }
@@ -106,7 +108,7 @@ func (m *machine[D]) advance(ctx context.Context, e env[D], s *state, data *D) e
 				}
 				continue
 			}
-			return m.invoke(e, s, st.Invoke, st.Name, st.Timeout, data)
+			return m.invoke(ctx, e, s, st.Invoke, st.Name, st.Timeout, data)
 		case StatusCompensating:
 			for s.Step >= 0 && !m.def.steps[s.Step].hasCompensation() {
 				s.Step--
@@ -117,13 +119,14 @@ func (m *machine[D]) advance(ctx context.Context, e env[D], s *state, data *D) e
 				return nil
 			}
 			st := &m.def.steps[s.Step]
+			cctx := withFailure(ctx, s.Failure)
 			if st.CompensateLocal != nil {
-				if err := m.runLocal(ctx, e, s, st.CompensateLocal, st.Name, data); err != nil {
+				if err := m.runLocal(cctx, e, s, st.CompensateLocal, st.Name, data); err != nil {
 					return err
 				}
 				continue
 			}
-			return m.invoke(e, s, st.Compensate, st.Name, st.CompensationTimeout, data)
+			return m.invoke(cctx, e, s, st.Compensate, st.Name, st.CompensationTimeout, data)
 		default:
 			return nil
 		}
@@ -162,18 +165,25 @@ func (m *machine[D]) runLocal(ctx context.Context, e env[D], s *state, fn LocalF
 	}
 	e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcome, runErr.Error(), end, end.Sub(now))
 	// A failed local step was rolled back: it needs no compensation.
-	m.failed(e, s, outcome == outcomeRejected, true, rejectionReason(runErr))
+	reason := rejectionReason(runErr)
+	m.failed(e, s, outcome == outcomeRejected, true, reason, Failure{Outcome: outcome, Reason: reason})
 	return nil
 }
 
-func (m *machine[D]) invoke(e env[D], s *state, inv *Invocation[D], name string, timeout time.Duration, data *D) error {
+func (m *machine[D]) invoke(ctx context.Context, e env[D], s *state, inv *Invocation[D], name string, timeout time.Duration, data *D) error {
 	env := commandEnvelope{
 		SagaID: s.ID.String(), SagaType: m.def.name, Step: s.Step, StepName: name,
 		Attempt: s.Attempt, Compensation: s.Compensation, Command: inv.Command,
 		ReplyTopic: m.replyTopic, PayloadType: inv.Type,
 	}
-	if inv.Payload != nil {
-		v, err := inv.Payload(data)
+	if inv.Payload != nil || inv.PayloadContext != nil {
+		var v any
+		var err error
+		if inv.PayloadContext != nil {
+			v, err = inv.PayloadContext(ctx, data)
+		} else {
+			v, err = inv.Payload(data)
+		}
 		if err != nil {
 			return fmt.Errorf("saga %s: step %q: build %s payload: %w", m.def.name, name, inv.Command, err)
 		}
@@ -207,7 +217,9 @@ func (m *machine[D]) stepDone(s *state) {
 // failed handles a failed attempt. final: the participant (or local step)
 // said no and retrying cannot help. clean: the step certainly had no effect
 // (rejected, or a rolled back local step), so it needs no compensation.
-func (m *machine[D]) failed(e env[D], s *state, final, clean bool, reason string) {
+// reason goes to LastError; f (its Outcome and Reason) is recorded as the
+// saga's Failure if the saga starts compensating.
+func (m *machine[D]) failed(e env[D], s *state, final, clean bool, reason string, f Failure) {
 	st := &m.def.steps[s.Step]
 	s.Deadline = time.Time{}
 	s.LastError = fmt.Sprintf("step %s attempt %d: %s", st.Name, s.Attempt, reason)
@@ -231,11 +243,24 @@ func (m *machine[D]) failed(e env[D], s *state, final, clean bool, reason string
 		s.LastError += " (the pivot's outcome is unknown: not compensating)"
 		m.finish(e, s, StatusFailed)
 	default:
-		m.compensateFrom(s, clean)
+		f.Step, f.StepName, f.Attempts = s.Step, st.Name, s.Attempt
+		if f.Outcome == outcomeTimedOut {
+			f.Reason = timedOutReason(s.Attempt)
+		}
+		m.compensateFrom(s, clean, f)
 	}
 }
 
-func (m *machine[D]) compensateFrom(s *state, clean bool) {
+func timedOutReason(attempts int) string {
+	if attempts == 1 {
+		return "timed out after 1 attempt"
+	}
+	return fmt.Sprintf("timed out after %d attempts", attempts)
+}
+
+// compensateFrom starts compensating because of f.
+func (m *machine[D]) compensateFrom(s *state, clean bool, f Failure) {
+	s.Failure = &f
 	s.Status = StatusCompensating
 	s.Compensation = true
 	s.Attempt = 1
@@ -276,7 +301,7 @@ func (m *machine[D]) onReply(ctx context.Context, e env[D], s *state, data *D, r
 				// The participant did it, but the saga cannot use the
 				// answer: fail the step, compensating it too.
 				e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcomeError, "OnReply: "+err.Error(), now, latency)
-				m.failed(e, s, true, false, "OnReply: "+err.Error())
+				m.failed(e, s, true, false, "OnReply: "+err.Error(), Failure{Outcome: outcomeError, Reason: err.Error()})
 				return true, m.advance(ctx, e, s, data)
 			}
 			*data = *work
@@ -285,10 +310,10 @@ func (m *machine[D]) onReply(ctx context.Context, e env[D], s *state, data *D, r
 		m.stepDone(s)
 	case Rejected:
 		e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcomeRejected, r.Reason, now, latency)
-		m.failed(e, s, true, true, "rejected: "+r.Reason)
+		m.failed(e, s, true, true, "rejected: "+r.Reason, Failure{Outcome: outcomeRejected, Reason: r.Reason})
 	default:
 		e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcomeError, r.Reason, now, latency)
-		m.failed(e, s, false, false, "error: "+r.Reason)
+		m.failed(e, s, false, false, "error: "+r.Reason, Failure{Outcome: outcomeError, Reason: r.Reason})
 	}
 	return true, m.advance(ctx, e, s, data)
 }
@@ -302,7 +327,7 @@ func (m *machine[D]) onDue(ctx context.Context, e env[D], s *state, data *D) (bo
 		return false, nil
 	case s.awaiting() && !now.Before(s.Deadline):
 		e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcomeTimedOut, "no reply before the deadline", now, now.Sub(s.StepStartedAt))
-		m.failed(e, s, false, false, "timed out")
+		m.failed(e, s, false, false, "timed out", Failure{Outcome: outcomeTimedOut})
 		return true, m.advance(ctx, e, s, data)
 	case !s.NextRetryAt.IsZero() && !now.Before(s.NextRetryAt):
 		s.NextRetryAt = time.Time{}
@@ -343,7 +368,11 @@ func (m *machine[D]) abort(ctx context.Context, e env[D], s *state, data *D, rea
 		clean = false
 	}
 	s.LastError = "aborted: " + reason
-	m.compensateFrom(s, clean)
+	name := ""
+	if s.Step < len(m.def.steps) {
+		name = m.def.steps[s.Step].Name
+	}
+	m.compensateFrom(s, clean, Failure{Step: s.Step, StepName: name, Outcome: outcomeAborted, Reason: reason, Attempts: s.Attempt})
 	return m.advance(ctx, e, s, data)
 }
 

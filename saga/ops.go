@@ -24,10 +24,13 @@ type Info struct {
 	// Compensation is true once the saga started compensating.
 	Compensation bool
 	// Version grows with every state change.
-	Version       int64
-	Deadline      *time.Time // awaiting a reply until then
-	NextRetryAt   *time.Time // backing off until then
-	LastError     string
+	Version     int64
+	Deadline    *time.Time // awaiting a reply until then
+	NextRetryAt *time.Time // backing off until then
+	LastError   string
+	// Failure is what made the saga compensate (see FailureFrom); nil if
+	// it has not compensated.
+	Failure       *Failure
 	CorrelationID string
 	CreatedAt     time.Time
 	UpdatedAt     time.Time
@@ -54,14 +57,18 @@ type Attempt struct {
 }
 
 const infoColumns = `id, saga_type, definition_version, status, step, attempt, compensation, version,
-	deadline, next_retry_at, last_error, correlation_id, created_at, updated_at, finished_at, data`
+	deadline, next_retry_at, last_error, failure, correlation_id, created_at, updated_at, finished_at, data`
 
 func scanInfo(row pgx.Row) (Info, error) {
 	var i Info
 	var status string
+	var failure []byte
 	err := row.Scan(&i.ID, &i.Type, &i.DefinitionVersion, &status, &i.Step, &i.Attempt, &i.Compensation, &i.Version,
-		&i.Deadline, &i.NextRetryAt, &i.LastError, &i.CorrelationID, &i.CreatedAt, &i.UpdatedAt, &i.FinishedAt, &i.Data)
+		&i.Deadline, &i.NextRetryAt, &i.LastError, &failure, &i.CorrelationID, &i.CreatedAt, &i.UpdatedAt, &i.FinishedAt, &i.Data)
 	i.Status = Status(status)
+	if err == nil {
+		i.Failure, err = decodeFailure(failure)
+	}
 	return i, err
 }
 

@@ -95,6 +95,15 @@ func (sim *Simulation[D]) Attempt() int      { return sim.s.Attempt }
 func (sim *Simulation[D]) Data() D           { return sim.data }
 func (sim *Simulation[D]) LastError() string { return sim.s.LastError }
 
+// Failure is what made the saga compensate, as its compensations see it
+// through FailureFrom; false if it has not compensated.
+func (sim *Simulation[D]) Failure() (Failure, bool) {
+	if sim.s.Failure == nil {
+		return Failure{}, false
+	}
+	return *sim.s.Failure, true
+}
+
 // Deadline is when the awaited reply times out (zero when not waiting).
 func (sim *Simulation[D]) Deadline() time.Time { return sim.s.Deadline }
 

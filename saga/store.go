@@ -22,16 +22,44 @@ type Querier interface {
 }
 
 const stateColumns = `id, saga_type, definition_version, status, step, attempt, compensation,
-	deadline, next_retry_at, step_started_at, last_error, version, correlation_id, data`
+	deadline, next_retry_at, step_started_at, last_error, version, correlation_id, failure, data`
 
 func scanState(row pgx.Row, s *state, data *[]byte) error {
 	var status string
 	var deadline, retry, started *time.Time
+	var failure []byte
 	err := row.Scan(&s.ID, &s.Type, &s.DefVersion, &status, &s.Step, &s.Attempt, &s.Compensation,
-		&deadline, &retry, &started, &s.LastError, &s.Version, &s.CorrelationID, data)
+		&deadline, &retry, &started, &s.LastError, &s.Version, &s.CorrelationID, &failure, data)
 	s.Status = Status(status)
 	s.Deadline, s.NextRetryAt, s.StepStartedAt = derefTime(deadline), derefTime(retry), derefTime(started)
+	if err == nil {
+		s.Failure, err = decodeFailure(failure)
+	}
 	return err
+}
+
+// decodeFailure decodes the failure column; NULL is nil.
+func decodeFailure(b []byte) (*Failure, error) {
+	if b == nil {
+		return nil, nil
+	}
+	f := &Failure{}
+	if err := json.Unmarshal(b, f); err != nil {
+		return nil, fmt.Errorf("saga: failure: %w", err)
+	}
+	return f, nil
+}
+
+// encodeFailure is the failure column's value: NULL for nil.
+func encodeFailure(f *Failure) (any, error) {
+	if f == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(f)
+	if err != nil {
+		return nil, fmt.Errorf("saga: marshal failure: %w", err)
+	}
+	return string(b), nil
 }
 
 func derefTime(t *time.Time) time.Time {
@@ -118,15 +146,16 @@ func (e *txEnv[D]) finished(s *state) { e.finishes = append(e.finishes, s.Status
 
 const insertSagaSQL = `
 INSERT INTO sagabox.sagas (id, saga_type, definition_version, status, step, attempt, compensation,
-	data, deadline, next_retry_at, step_started_at, last_error, correlation_id, finished_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CASE WHEN $14 THEN now() END)`
+	data, deadline, next_retry_at, step_started_at, last_error, correlation_id, finished_at, failure)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CASE WHEN $14 THEN now() END, $15::jsonb)`
 
 // The row lock taken at load makes the version check redundant, but it
 // costs nothing and turns any mistake into an error instead of a lost update.
 const updateSagaSQL = `
 UPDATE sagabox.sagas SET status = $3, step = $4, attempt = $5, compensation = $6, data = $7,
 	deadline = $8, next_retry_at = $9, step_started_at = $10, last_error = $11,
-	version = version + 1, updated_at = now(), finished_at = CASE WHEN $12 THEN now() END
+	version = version + 1, updated_at = now(), finished_at = CASE WHEN $12 THEN now() END,
+	failure = $13::jsonb
 WHERE id = $1 AND version = $2`
 
 // flush writes the saga's row (insert for a new saga), its history and its
@@ -146,13 +175,17 @@ func (e *txEnv[D]) queue(ctx context.Context, b *pgx.Batch, w *outbox.Writer, s 
 	if err != nil {
 		return fmt.Errorf("saga: marshal data: %w", err)
 	}
+	failure, err := encodeFailure(s.Failure)
+	if err != nil {
+		return err
+	}
 	finished := s.Status.Finished()
 	if insert {
 		b.Queue(insertSagaSQL, s.ID, s.Type, s.DefVersion, string(s.Status), s.Step, s.Attempt, s.Compensation,
-			js, nullTime(s.Deadline), nullTime(s.NextRetryAt), nullTime(s.StepStartedAt), s.LastError, s.CorrelationID, finished)
+			js, nullTime(s.Deadline), nullTime(s.NextRetryAt), nullTime(s.StepStartedAt), s.LastError, s.CorrelationID, finished, failure)
 	} else {
 		b.Queue(updateSagaSQL, s.ID, s.Version, string(s.Status), s.Step, s.Attempt, s.Compensation,
-			js, nullTime(s.Deadline), nullTime(s.NextRetryAt), nullTime(s.StepStartedAt), s.LastError, finished)
+			js, nullTime(s.Deadline), nullTime(s.NextRetryAt), nullTime(s.StepStartedAt), s.LastError, finished, failure)
 	}
 	for _, h := range e.hist {
 		var endedAt, outcome any

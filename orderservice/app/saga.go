@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"slices"
+	"strings"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -35,25 +36,50 @@ type SagaData struct {
 	// prices the catalog reserved it at.
 	Items      []domain.Item `json:"items"`
 	TotalCents int64         `json:"total_cents"`
-	// StockReserved is set by reserve_stock's reply. When the saga
-	// compensates, it tells which step said no.
+	// StockReserved is set by reserve_stock's reply. Only sagas that
+	// started compensating before saga.FailureFrom existed use it, to guess
+	// which step said no.
 	StockReserved bool `json:"stock_reserved"`
 }
 
-// cancelReason says why the saga cancels the order: the step that failed is
-// the first one whose effect the data does not show.
-//
-// The saga package does not hand a compensation the failure that caused it,
-// so the reason is derived from the data, and it cannot tell a business "no"
-// from a step that ran out of attempts: a reservation that timed out three
-// times is reported as insufficient stock too. The participant's exact words
-// ("insufficient stock for TEA-1", or "timed out") are in the saga's step
-// history, which GET /orders/{id} shows next to the reason.
-func (d *SagaData) cancelReason() string {
-	if !d.StockReserved {
-		return domain.ReasonInsufficientStock
+// cancelReason says why the saga cancels the order, from the failure that
+// made it compensate (saga.FailureFrom): "insufficient stock" or
+// "insufficient credit" when the participant said no for that reason, and
+// otherwise what did happen: the participant's own words for another "no"
+// ("unknown SKU X"), "stock reservation timed out", "stock reservation
+// failed: ..." for errors or a reservation that does not match the order.
+// The participant's exact words are also in the saga's step history, which
+// GET /orders/{id} shows next to the reason.
+func cancelReason(ctx context.Context, d *SagaData) string {
+	f, ok := saga.FailureFrom(ctx)
+	if !ok {
+		// A saga that started compensating before the failure was
+		// recorded with it (saga migration 002): fall back to the data.
+		if !d.StockReserved {
+			return domain.ReasonInsufficientStock
+		}
+		return domain.ReasonInsufficientCredit
 	}
-	return domain.ReasonInsufficientCredit
+	what := f.StepName
+	switch f.StepName {
+	case StepReserveStock:
+		what = "stock reservation"
+	case StepDebitCredit:
+		what = "credit debit"
+	}
+	switch {
+	case f.Rejected() && f.StepName == StepReserveStock && strings.HasPrefix(f.Reason, domain.ReasonInsufficientStock):
+		return domain.ReasonInsufficientStock
+	case f.Rejected() && f.StepName == StepDebitCredit && strings.HasPrefix(f.Reason, domain.ReasonInsufficientCredit):
+		return domain.ReasonInsufficientCredit
+	case f.Rejected():
+		return f.Reason
+	case f.TimedOut():
+		return what + " timed out"
+	case f.Outcome == "aborted":
+		return "aborted: " + f.Reason
+	}
+	return what + " failed: " + f.Reason
 }
 
 // OrderSaga is the order saga on repo:
@@ -78,7 +104,7 @@ func OrderSaga(repo Repository) *saga.Definition[SagaData] {
 			Name:  StepCreateOrder,
 			Local: func(context.Context, pgx.Tx, *SagaData) error { return nil },
 			CompensateLocal: func(ctx context.Context, tx pgx.Tx, d *SagaData) error {
-				reason := d.cancelReason()
+				reason := cancelReason(ctx, d)
 				return repo.Update(ctx, tx, d.OrderID, func(o *domain.Order) error {
 					return o.Cancel(reason, now())
 				})

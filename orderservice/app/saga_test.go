@@ -27,7 +27,7 @@ func TestReadmeShowsTheCurrentSaga(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "```mermaid\n" + app.OrderSaga(nil).Mermaid() + "```"
+	want := "\n```mermaid\n" + app.OrderSaga(nil).Mermaid() + "```\n"
 	if !strings.Contains(string(readme), want) {
 		t.Fatalf("orderservice/README.md does not show the current saga; paste:\n%s", want)
 	}
@@ -146,7 +146,46 @@ func TestOrderSagaRefusesAReservationThatDoesNotMatchTheOrder(t *testing.T) {
 	h.ExpectCommands(schemas.CommandReleaseStock)
 	h.Succeed()
 	h.ExpectStatus(saga.StatusCompensated)
-	if o := repo.orders[id]; o.Status != domain.StatusCancelled {
+	if o := repo.orders[id]; o.Status != domain.StatusCancelled || !strings.HasPrefix(o.Reason, "stock reservation failed: ") {
+		t.Fatalf("order %+v", o)
+	}
+	if f := h.Failure(); f.StepName != app.StepReserveStock || f.Rejected() {
+		t.Fatalf("failure %+v", f)
+	}
+}
+
+// A reservation that timed out on every attempt is not a lack of stock: the
+// order is cancelled for what happened, after releasing whatever a late
+// reservation may hold.
+func TestOrderSagaTimedOutReservationIsNotInsufficientStock(t *testing.T) {
+	t.Parallel()
+	h, repo, id := newSaga(t)
+	h.Timeout()
+	for attempt := 2; attempt <= saga.DefaultMaxAttempts; attempt++ {
+		h.Wait(time.Minute) // the backoff
+		h.ExpectCommands(schemas.CommandReserveStock)
+		h.Timeout()
+	}
+	h.ExpectCommands(schemas.CommandReleaseStock)
+	h.Succeed()
+	h.ExpectStatus(saga.StatusCompensated)
+	o := repo.orders[id]
+	if o.Status != domain.StatusCancelled || o.Reason != "stock reservation timed out" {
+		t.Fatalf("order %+v", o)
+	}
+	if f := h.Failure(); !f.TimedOut() || f.StepName != app.StepReserveStock || f.Attempts != saga.DefaultMaxAttempts {
+		t.Fatalf("failure %+v", f)
+	}
+}
+
+// Another "no" of the catalog is reported in its own words, not as a lack
+// of stock.
+func TestOrderSagaCancelsWithTheParticipantsOwnWords(t *testing.T) {
+	t.Parallel()
+	h, repo, id := newSaga(t)
+	h.Reject("unknown SKU MUG-1")
+	h.ExpectStatus(saga.StatusCompensated)
+	if o := repo.orders[id]; o.Status != domain.StatusCancelled || o.Reason != "unknown SKU MUG-1" {
 		t.Fatalf("order %+v", o)
 	}
 }

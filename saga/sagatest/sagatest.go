@@ -168,6 +168,18 @@ func (h *Harness[D]) ExpectStatus(want saga.Status) *Harness[D] {
 	return h
 }
 
+// Failure returns what made the saga compensate, as its compensations see it
+// through saga.FailureFrom; it fails the test if the saga has not
+// compensated.
+func (h *Harness[D]) Failure() saga.Failure {
+	h.t.Helper()
+	f, ok := h.Sim.Failure()
+	if !ok {
+		h.t.Fatalf("sagatest: the saga has not compensated (status %s)", h.Sim.Status())
+	}
+	return f
+}
+
 // Data returns the saga's data now.
 func (h *Harness[D]) Data() D { return h.Sim.Data() }
 

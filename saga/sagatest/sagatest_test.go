@@ -3,6 +3,7 @@ package sagatest_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -16,6 +17,8 @@ import (
 type trip struct {
 	Flight, Hotel string
 	Local         []string
+	// Failure is what the compensation of note learned from FailureFrom.
+	Failure string
 }
 
 var retry = saga.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Second, MaxBackoff: 3 * time.Second}
@@ -28,8 +31,11 @@ func tripDefinition(t testing.TB) *saga.Definition[trip] {
 		saga.Step[trip]{Name: "note", Local: func(_ context.Context, _ pgx.Tx, d *trip) error {
 			d.Local = append(d.Local, "noted")
 			return nil
-		}, CompensateLocal: func(_ context.Context, _ pgx.Tx, d *trip) error {
+		}, CompensateLocal: func(ctx context.Context, _ pgx.Tx, d *trip) error {
 			d.Local = append(d.Local, "unnoted")
+			if f, ok := saga.FailureFrom(ctx); ok {
+				d.Failure = fmt.Sprintf("%s/%s/%s", f.StepName, f.Outcome, f.Reason)
+			}
 			return nil
 		}},
 		saga.Step[trip]{Name: "flight", Invoke: inv("book_flight"), Compensate: inv("cancel_flight"), Timeout: 10 * time.Second, Retry: retry,
@@ -211,6 +217,79 @@ func TestPivotTimeoutEndsFailed(t *testing.T) {
 	h.ExpectStatus(saga.StatusFailed)
 }
 
+// Invariant: the compensations learn which step failed and how: a
+// rejection, a timeout or an error after every attempt, an abort. The
+// Simulation (and Harness.Failure) shows the same failure.
+func TestCompensationsSeeTheFailure(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fail func(h *sagatest.Harness[trip])
+		want string
+	}{
+		{"rejected", func(h *sagatest.Harness[trip]) { h.Reject("no rooms") }, "hotel/rejected/no rooms"},
+		{"timed out", func(h *sagatest.Harness[trip]) {
+			h.Timeout().Wait(time.Second).Timeout().Wait(2 * time.Second).Timeout()
+		}, "hotel/timed_out/timed out after 3 attempts"},
+		{"errors", func(h *sagatest.Harness[trip]) {
+			h.Fail("db down").Wait(time.Second).Fail("db down").Wait(2 * time.Second).Fail("still down")
+		}, "hotel/error/still down"},
+		{"aborted", func(h *sagatest.Harness[trip]) {
+			if err := h.Sim.Abort(context.Background(), "customer cancelled"); err != nil {
+				t.Fatal(err)
+			}
+		}, "hotel/aborted/customer cancelled"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := sagatest.New(t, tripDefinition(t), nil, trip{}).Start()
+			h.ExpectCommands("book_flight")
+			h.Succeed()
+			if _, ok := h.Sim.Failure(); ok {
+				t.Fatal("a failure before anything failed")
+			}
+			tc.fail(h)
+			for h.Sim.Status() == saga.StatusCompensating {
+				h.Succeed()
+			}
+			h.ExpectStatus(saga.StatusCompensated)
+			if got := h.Data().Failure; got != tc.want {
+				t.Errorf("the compensation saw %q, want %q", got, tc.want)
+			}
+			if f := h.Failure(); f.Step != 2 || f.StepName+"/"+f.Outcome+"/"+f.Reason != tc.want || f.Rejected() != (tc.name == "rejected") ||
+				f.TimedOut() != (tc.name == "timed out") {
+				t.Errorf("Failure() = %+v", f)
+			}
+		})
+	}
+}
+
+// Invariant: a local step that fails was rolled back: only the steps before
+// it are compensated, with the step's error as the failure's reason.
+func TestFailedLocalStepIsNotCompensated(t *testing.T) {
+	def := saga.MustDefinition("local", 1,
+		saga.Step[trip]{Name: "flight", Invoke: &saga.Invocation[trip]{Topic: "travel", Command: "book_flight"},
+			Compensate: &saga.Invocation[trip]{Topic: "travel", Command: "cancel_flight"}},
+		saga.Step[trip]{Name: "check", Local: func(context.Context, pgx.Tx, *trip) error { return saga.Reject("too far") },
+			CompensateLocal: func(_ context.Context, _ pgx.Tx, d *trip) error {
+				d.Local = append(d.Local, "undo check")
+				return nil
+			}},
+	)
+	h := sagatest.New(t, def, nil, trip{}).Start()
+	h.ExpectCommands("book_flight")
+	h.Succeed()
+	h.ExpectCommands("cancel_flight")
+	h.Succeed().ExpectStatus(saga.StatusCompensated)
+	if len(h.Data().Local) != 0 {
+		t.Fatalf("the failed step was compensated: %v", h.Data().Local)
+	}
+	if f := h.Failure(); f.StepName != "check" || !f.Rejected() || f.Reason != "too far" || f.Attempts != 1 {
+		t.Fatalf("failure %+v", f)
+	}
+	if m := def.Mermaid(); !strings.Contains(m, "s1 -.->|fails| c0") || strings.Contains(m, "-.->|fails| c1") {
+		t.Fatalf("diagram:\n%s", m)
+	}
+}
+
 func TestAbortCompensatesTheStepInFlight(t *testing.T) {
 	h := sagatest.New(t, tripDefinition(t), nil, trip{}).Start()
 	h.ExpectCommands("book_flight")
@@ -247,11 +326,38 @@ func TestDefinitionRules(t *testing.T) {
 	}
 }
 
+// The diagram draws the transitions the machine takes, and no other: a
+// rejected or rolled back step compensates only the steps before it, an
+// invoked step whose outcome is unknown is compensated too, and a pivot
+// whose outcome is unknown ends failed (TestRejectionAtEachStep,
+// TestTimeoutRetriesWithBackoffThenCompensates, TestPivotTimeoutEndsFailed
+// and TestFailedLocalStepIsNotCompensated drive these paths).
 func TestMermaid(t *testing.T) {
 	m := tripDefinition(t).Mermaid()
-	for _, want := range []string{"flowchart TD", "book_trip v1", "s3{{", "c2[/\"undo hotel", "c2[/\"undo hotel<br/>cancel_hotel → travel\"/] -->|ok| c1", "c0[/\"undo note<br/>local\"/] -->|ok| compensated"} {
-		if !strings.Contains(m, want) {
-			t.Errorf("diagram lacks %q:\n%s", want, m)
-		}
+	want := []string{
+		"flowchart TD",
+		"    start([book_trip v1]) --> s0",
+		"    s0[\"note<br/>local<br/><i>compensatable</i>\"] -->|ok| s1",
+		"    s0 -.->|fails| compensated([compensated])",
+		"    s1[\"flight<br/>book_flight → travel<br/><i>compensatable</i>\"] -->|ok| s2",
+		"    s1 -.->|rejected| c0",
+		"    s1 -.->|times out or errors| c1",
+		"    s2[\"hotel<br/>book_hotel → travel<br/><i>compensatable</i>\"] -->|ok| s3",
+		"    s2 -.->|rejected| c1",
+		"    s2 -.->|times out or errors| c2",
+		"    s3{{\"charge<br/>charge_card → travel<br/><i>pivot</i>\"}} -->|ok| s4",
+		"    s3 -.->|rejected| c2",
+		"    s3 -.->|times out or errors| failed([failed])",
+		"    s4[\"email<br/>send_email → travel<br/><i>retriable</i>\"] -->|ok| succeeded([succeeded])",
+		"    s4 -.->|rejected or out of attempts| failed([failed])",
+		"    c2[/\"undo hotel<br/>cancel_hotel → travel\"/] -->|ok| c1",
+		"    c2 -.->|attempts exhausted| failed([failed])",
+		"    c1[/\"undo flight<br/>cancel_flight → travel\"/] -->|ok| c0",
+		"    c1 -.->|attempts exhausted| failed([failed])",
+		"    c0[/\"undo note<br/>local\"/] -->|ok| compensated([compensated])",
+		"    c0 -.->|attempts exhausted| failed([failed])",
+	}
+	if got := strings.Split(strings.TrimSuffix(m, "\n"), "\n"); !slices.Equal(got, want) {
+		t.Errorf("diagram:\n%s\nwant:\n%s", m, strings.Join(want, "\n"))
 	}
 }
