@@ -5,6 +5,7 @@ import (
 	"embed"
 
 	"github.com/sagabox/sagabox/internal/migrate"
+	"github.com/sagabox/sagabox/outbox"
 )
 
 //go:embed migrations/*.sql
@@ -13,7 +14,7 @@ var migrations embed.FS
 // Migrate creates or upgrades the saga tables (sagas, saga_steps and
 // saga_inbox in the Postgres schema "sagabox"). Several instances may run it
 // at once. Orchestrators also need the outbox tables (outbox.Migrate).
-func Migrate(ctx context.Context, db migrate.Beginner) error {
+func Migrate(ctx context.Context, db outbox.Beginner) error {
 	_, err := migrate.Apply(ctx, db, "saga", migrations, "migrations")
 	return err
 }
