@@ -15,6 +15,7 @@ import (
 
 	"github.com/sagabox/sagabox/internal/platform/auth"
 	"github.com/sagabox/sagabox/internal/platform/config"
+	"github.com/sagabox/sagabox/internal/platform/dbpool"
 	"github.com/sagabox/sagabox/internal/platform/httpx"
 	"github.com/sagabox/sagabox/internal/platform/lifecycle"
 	"github.com/sagabox/sagabox/internal/platform/messaging"
@@ -184,15 +185,11 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	log := cfg.Logger.With("service", Name)
 	s := &Service{cfg: cfg, log: log, pool: cfg.Pool}
 	if s.pool == nil {
-		pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+		pool, err := dbpool.Open(ctx, cfg.DatabaseURL, cfg.MaxConns)
 		if err != nil {
-			return nil, fmt.Errorf("userservice: DATABASE_URL: %w", err)
+			return nil, fmt.Errorf("userservice: %w", err)
 		}
-		pc.MaxConns = int32(cfg.MaxConns)
-		if s.pool, err = pgxpool.NewWithConfig(ctx, pc); err != nil {
-			return nil, fmt.Errorf("userservice: connect: %w", err)
-		}
-		s.ownPool = true
+		s.pool, s.ownPool = pool, true
 	}
 	if err := s.init(ctx); err != nil {
 		s.Close()
