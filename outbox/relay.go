@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -452,28 +453,17 @@ func (r *Relay) round(ctx context.Context, producers []*batchProducer) (int, err
 	}
 	var (
 		wg   sync.WaitGroup
-		most atomic.Int64
+		ns   = make([]int, len(producers))
 		errs = make([]error, len(producers))
 	)
 	for i := range producers {
 		if len(shares[i]) == 0 {
 			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			n, err := r.cycle(ctx, producers[i], shares[i])
-			errs[i] = err
-			for {
-				m := most.Load()
-				if int64(n) <= m || most.CompareAndSwap(m, int64(n)) {
-					break
-				}
-			}
-		}()
+		wg.Go(func() { ns[i], errs[i] = r.cycle(ctx, producers[i], shares[i]) })
 	}
 	wg.Wait()
-	return int(most.Load()), errors.Join(errs...)
+	return slices.Max(ns), errors.Join(errs...)
 }
 
 // cycle publishes one batch of the given shards: fetch, frame, produce,
