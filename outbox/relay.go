@@ -253,7 +253,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	renewEvery := r.cfg.LeaseTTL / 5
 	errBackoff := r.cfg.RetryBackoff
 	fastDelay, lastNotified := fastPollInterval, int64(0)
-	ownedBefore := -1.0
+	ownedBefore := -1
 	for {
 		if ctx.Err() != nil {
 			break
@@ -268,9 +268,9 @@ func (r *Relay) Run(ctx context.Context) error {
 				continue
 			}
 			r.ownsZero.Store(len(r.leases.owned) > 0 && r.leases.owned[0] == 0)
-			if n := len(r.leases.owned); float64(n) != ownedBefore {
+			if n := len(r.leases.owned); n != ownedBefore {
 				r.log.Info("outbox relay: shards owned", "count", n, "shards", r.leases.owned)
-				ownedBefore = float64(n)
+				ownedBefore = n
 			}
 			r.m.ownedShards.Set(float64(len(r.leases.owned)))
 		}
