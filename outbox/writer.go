@@ -216,7 +216,7 @@ func (w *Writer) buildStatement(msgs []Message, tp, ts string) (statement, error
 	}
 	n := len(msgs)
 	var (
-		ids      = make([]uuid.UUID, n)
+		ids      = make([][16]byte, n) // not uuid.UUID: pgx would format and parse each through driver.Valuer
 		shards   = make([]int16, n)
 		topics   = make([]string, n)
 		keys     = make([]string, n)
