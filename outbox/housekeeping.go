@@ -24,9 +24,46 @@ SELECT
 	COALESCE((SELECT EXTRACT(EPOCH FROM now() - created_at) FROM sagabox.outbox
 	          WHERE parked_at IS NULL ORDER BY id LIMIT 1), 0)`
 
-// housekeeping runs on the relay that holds shard 0, so exactly one instance
-// does it: it deletes published rows past the retention and refreshes the
-// pending gauges.
+// vacuumOutbox runs VACUUM on the outbox table (see
+// RelayConfig.VacuumAfter). SKIP_LOCKED: if another relay is vacuuming it,
+// this one does not queue up behind it. Postgres answers a VACUUM by a user
+// that may not vacuum the table with a warning, not an error, so the relay
+// checks first, once, and gives up for good if it may not.
+func (r *Relay) vacuumOutbox(ctx context.Context) {
+	n := r.removed.Swap(0)
+	if !r.vacuumChecked {
+		r.vacuumChecked = true
+		var may bool
+		err := r.cfg.Pool.QueryRow(ctx, `SELECT pg_has_role(current_user, relowner, 'USAGE') FROM pg_class WHERE oid = 'sagabox.outbox'::regclass`).Scan(&may)
+		if err != nil {
+			r.vacuumChecked = false
+			if ctx.Err() == nil {
+				r.log.Warn("outbox relay: vacuum check failed", "err", err)
+			}
+			return
+		}
+		if !may {
+			r.vacuumOff.Store(true)
+			r.log.Warn("outbox relay: the relay's database user does not own sagabox.outbox and cannot VACUUM it; " +
+				"tune autovacuum for the table instead (see RelayConfig.VacuumAfter)")
+			return
+		}
+	}
+	start := time.Now()
+	if _, err := r.cfg.Pool.Exec(ctx, `VACUUM (SKIP_LOCKED) sagabox.outbox`); err != nil {
+		if ctx.Err() == nil {
+			r.log.Warn("outbox relay: vacuum failed", "err", err)
+		}
+		return
+	}
+	r.m.vacuums.Inc()
+	r.log.Debug("outbox relay: vacuumed the outbox", "removed_rows", n, "took", time.Since(start))
+}
+
+// housekeeping runs on every relay: it vacuums the outbox when this relay
+// has removed VacuumAfter rows. On the relay that holds shard 0 (so exactly
+// one instance does it) it also deletes published rows past the retention
+// and refreshes the pending gauges.
 func (r *Relay) housekeeping(ctx context.Context) {
 	statsEvery := 5 * time.Second
 	nextClean := time.Now().Add(r.cfg.CleanupInterval)
@@ -36,6 +73,9 @@ func (r *Relay) housekeeping(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-r.vacuum:
+			r.vacuumOutbox(ctx)
+			continue
 		case <-tick.C:
 		}
 		if !r.ownsZero.Load() {

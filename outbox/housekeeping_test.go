@@ -1,11 +1,19 @@
 package outbox_test
 
 import (
+	"bytes"
+	"context"
+	"crypto/rand"
 	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagabox/sagabox/internal/testkit"
 	"github.com/sagabox/sagabox/outbox"
@@ -111,4 +119,108 @@ func TestAdminStatsCountsPendingAndParked(t *testing.T) {
 		// the oldest pending is the second row (id order), written just now
 		t.Fatalf("stats: %+v", s)
 	}
+}
+
+// vacuumCount is how many times VACUUM (not autovacuum) ran on the outbox.
+func vacuumCount(t *testing.T, rb *relayBundle) int64 {
+	t.Helper()
+	var n int64
+	testkit.Must(t, rb.pool.QueryRow(context.Background(),
+		`SELECT vacuum_count FROM pg_stat_user_tables WHERE schemaname = 'sagabox' AND relname = 'outbox'`).Scan(&n), "vacuum count")
+	return n
+}
+
+// PITFALLS 7, the other half: a queue table's dead rows. Every published
+// message leaves one behind, and the relay's fetch reads through them until
+// a vacuum clears them; autovacuum gets to a table at most once a minute. The
+// relay vacuums the outbox itself after VacuumAfter removed rows, and not at
+// all when told not to.
+func TestRelayVacuumsTheOutboxAfterVacuumAfterRows(t *testing.T) {
+	t.Parallel()
+	for _, after := range []int{40, -1} {
+		t.Run(fmt.Sprint("VacuumAfter=", after), func(t *testing.T) {
+			t.Parallel()
+			rb := setupRelay(t, 1)
+			rb.startRelay(t, func(c *outbox.RelayConfig) { c.VacuumAfter = after })
+			rb.writeSeq(t, "orders", 4, 120)
+			testkit.Eventually(t, 10*time.Second, "published", func() bool { return pendingCount(t, rb) == 0 })
+			if after < 0 {
+				time.Sleep(300 * time.Millisecond) // a vacuum would have started by now
+				if n := vacuumCount(t, rb); n != 0 {
+					t.Fatalf("vacuumed %d times with VacuumAfter < 0", n)
+				}
+				return
+			}
+			testkit.Eventually(t, 5*time.Second, "vacuumed", func() bool { return vacuumCount(t, rb) >= 1 })
+		})
+	}
+}
+
+// A relay whose database user does not own the outbox cannot vacuum it
+// (Postgres only warns, it does not fail): the relay says so once, in its
+// log, and goes on publishing.
+func TestRelayThatMayNotVacuumSaysSoOnceAndGoesOn(t *testing.T) {
+	t.Parallel()
+	rb := setupRelay(t, 1)
+	ctx := testkit.Ctx(t)
+	role := "sagabox_relay_" + strings.ToLower(rand.Text()[:8])
+	for _, q := range []string{
+		`CREATE ROLE ` + role + ` LOGIN`,
+		`GRANT USAGE ON SCHEMA sagabox TO ` + role,
+		`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA sagabox TO ` + role,
+		`GRANT USAGE ON ALL SEQUENCES IN SCHEMA sagabox TO ` + role,
+	} {
+		_, err := rb.pool.Exec(ctx, q)
+		testkit.Must(t, err, "%s", q)
+	}
+	t.Cleanup(func() {
+		rb.pool.Close() // the database goes first (testkit), then the role
+		admin, err := pgx.Connect(context.Background(), testkit.AdminURL())
+		if err != nil {
+			return
+		}
+		defer admin.Close(context.Background())
+		_, _ = admin.Exec(context.Background(), `DROP DATABASE IF EXISTS `+pgx.Identifier{rb.db.Name}.Sanitize()+` WITH (FORCE)`)
+		_, _ = admin.Exec(context.Background(), `DROP ROLE IF EXISTS `+role)
+	})
+	u, err := url.Parse(rb.db.URL)
+	testkit.Must(t, err, "url")
+	u.User = url.User(role)
+	pool, err := pgxpool.New(ctx, u.String())
+	testkit.Must(t, err, "pool as %s", role)
+	t.Cleanup(pool.Close)
+
+	var logs syncBuffer
+	rb.startRelay(t, func(c *outbox.RelayConfig) {
+		c.Pool = pool
+		c.VacuumAfter = 10
+		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	})
+	rb.writeSeq(t, "orders", 4, 100)
+	testkit.Eventually(t, 10*time.Second, "published", func() bool { return pendingCount(t, rb) == 0 })
+	time.Sleep(300 * time.Millisecond)
+	if n := strings.Count(logs.String(), "cannot VACUUM"); n != 1 {
+		t.Fatalf("the relay said %d times that it cannot vacuum, want once; log:\n%s", n, logs.String())
+	}
+	if n := vacuumCount(t, rb); n != 0 {
+		t.Fatalf("vacuum_count %d", n)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the relay's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -13,6 +13,7 @@ type Metrics struct {
 	batchSize     prometheus.Histogram
 	batchDuration prometheus.Histogram
 	ownedShards   prometheus.Gauge
+	vacuums       prometheus.Counter
 }
 
 // NewMetrics creates the relay metrics and registers them with reg. With a
@@ -53,9 +54,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "sagabox", Subsystem: "outbox", Name: "owned_shards",
 			Help: "Shards this process's relay holds leases on.",
 		}),
+		vacuums: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "sagabox", Subsystem: "outbox", Name: "vacuums_total",
+			Help: "VACUUMs of the outbox table run by the relay (RelayConfig.VacuumAfter).",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.pending, m.oldestAge, m.parkedTotal, m.published, m.failed, m.batchSize, m.batchDuration, m.ownedShards)
+		reg.MustRegister(m.pending, m.oldestAge, m.parkedTotal, m.published, m.failed, m.batchSize, m.batchDuration, m.ownedShards, m.vacuums)
 	}
 	return m
 }

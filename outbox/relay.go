@@ -33,6 +33,7 @@ const (
 	DefaultCleanupInterval = time.Minute
 	DefaultCleanupBatch    = 1000
 	DefaultMaxMessageBytes = 1000000
+	DefaultVacuumAfter     = 10000
 )
 
 // RelayConfig configures a Relay.
@@ -87,6 +88,17 @@ type RelayConfig struct {
 	Retention       time.Duration
 	CleanupInterval time.Duration
 	CleanupBatch    int
+	// VacuumAfter is how many rows the relay removes from sagabox.outbox
+	// before it runs VACUUM on it. The outbox is a queue table: every
+	// published message leaves a dead row behind, and between two
+	// autovacuum runs (at most one a minute per database by default) the
+	// relay's fetch would read through all of them, slower with every
+	// message. Vacuuming a table that holds only the pending rows takes a
+	// few milliseconds. It needs the relay's database user to own the table
+	// (as when it ran Migrate); if it does not, the relay says so once and
+	// stops trying, and autovacuum has to be tuned for the table instead.
+	// Defaults to DefaultVacuumAfter; negative disables it.
+	VacuumAfter int
 	// ListenChannel, when set, makes the relay LISTEN on that channel and
 	// poll when a writer with the same WriterConfig.NotifyChannel commits.
 	ListenChannel string
@@ -129,6 +141,7 @@ func (c RelayConfig) WithDefaults() RelayConfig {
 	defInt(&c.MaxMessageBytes, DefaultMaxMessageBytes)
 	def(&c.CleanupInterval, DefaultCleanupInterval)
 	defInt(&c.CleanupBatch, DefaultCleanupBatch)
+	defInt(&c.VacuumAfter, DefaultVacuumAfter)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -169,6 +182,12 @@ type Relay struct {
 	notified atomic.Int64 // unix nanos of the last Notify
 	ownsZero atomic.Bool
 	running  atomic.Bool
+	removed  atomic.Int64 // rows removed from the outbox since the last VACUUM
+	vacuum   chan struct{}
+	// vacuumChecked: whether the relay may vacuum has been checked (only
+	// the housekeeping goroutine touches it); vacuumOff: it may not.
+	vacuumChecked bool
+	vacuumOff     atomic.Bool
 }
 
 // NewRelay checks cfg and returns a relay ready to Run.
@@ -188,6 +207,7 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 		leases:  &leases{pool: cfg.Pool, id: cfg.ID, ttl: cfg.LeaseTTL},
 		schemas: newSchemaResolver(cfg.Pool, cfg.Registry),
 		wake:    make(chan struct{}, 1),
+		vacuum:  make(chan struct{}, 1),
 	}, nil
 }
 
@@ -610,6 +630,12 @@ func (r *Relay) mark(ctx context.Context, batch []row, outcomes []outcome) error
 	}
 	for topic, n := range published {
 		r.m.published.WithLabelValues(topic).Add(float64(n))
+	}
+	if r.cfg.VacuumAfter > 0 && !r.vacuumOff.Load() && r.removed.Add(int64(len(done))) >= int64(r.cfg.VacuumAfter) {
+		select {
+		case r.vacuum <- struct{}{}:
+		default:
+		}
 	}
 	return nil
 }
