@@ -46,6 +46,9 @@ type state struct {
 	Deadline      time.Time
 	NextRetryAt   time.Time
 	StepStartedAt time.Time
+	// StepName names the attempt in flight (the history gets its row when
+	// it ends).
+	StepName      string
 	LastError     string
 	Version       int64
 	CorrelationID string
@@ -78,7 +81,7 @@ type env[D any] interface {
 	runLocal(ctx context.Context, fn LocalFunc[D], data *D) error
 	send(cmd outCommand)
 	attemptStarted(step int, compensation bool, attempt int, name string, at time.Time)
-	attemptEnded(step int, compensation bool, attempt int, outcome, errText string, at time.Time, latency time.Duration)
+	attemptEnded(step int, compensation bool, attempt int, name, outcome, errText string, at time.Time, latency time.Duration)
 	finished(s *state)
 }
 
@@ -154,7 +157,7 @@ func (m *machine[D]) runLocal(ctx context.Context, e env[D], s *state, fn LocalF
 	}
 	end := e.now()
 	if runErr == nil {
-		e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcomeSucceeded, "", end, end.Sub(now))
+		e.attemptEnded(s.Step, s.Compensation, s.Attempt, name, outcomeSucceeded, "", end, end.Sub(now))
 		*data = *work
 		m.stepDone(s)
 		return nil
@@ -163,7 +166,7 @@ func (m *machine[D]) runLocal(ctx context.Context, e env[D], s *state, fn LocalF
 	if errors.Is(runErr, ErrRejected) {
 		outcome = outcomeRejected
 	}
-	e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcome, runErr.Error(), end, end.Sub(now))
+	e.attemptEnded(s.Step, s.Compensation, s.Attempt, name, outcome, runErr.Error(), end, end.Sub(now))
 	// A failed local step was rolled back: it needs no compensation.
 	reason := rejectionReason(runErr)
 	m.failed(e, s, outcome == outcomeRejected, true, reason, Failure{Outcome: outcome, Reason: reason})
@@ -199,7 +202,7 @@ func (m *machine[D]) invoke(ctx context.Context, e env[D], s *state, inv *Invoca
 	e.attemptStarted(s.Step, s.Compensation, s.Attempt, name, now)
 	s.Deadline = now.Add(timeout)
 	s.NextRetryAt = time.Time{}
-	s.StepStartedAt = now
+	s.StepStartedAt, s.StepName = now, name
 	return nil
 }
 
@@ -300,19 +303,19 @@ func (m *machine[D]) onReply(ctx context.Context, e env[D], s *state, data *D, r
 			if err := inv.OnReply(work, r); err != nil {
 				// The participant did it, but the saga cannot use the
 				// answer: fail the step, compensating it too.
-				e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcomeError, "OnReply: "+err.Error(), now, latency)
+				e.attemptEnded(s.Step, s.Compensation, s.Attempt, st.Name, outcomeError, "OnReply: "+err.Error(), now, latency)
 				m.failed(e, s, true, false, "OnReply: "+err.Error(), Failure{Outcome: outcomeError, Reason: err.Error()})
 				return true, m.advance(ctx, e, s, data)
 			}
 			*data = *work
 		}
-		e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcomeSucceeded, "", now, latency)
+		e.attemptEnded(s.Step, s.Compensation, s.Attempt, st.Name, outcomeSucceeded, "", now, latency)
 		m.stepDone(s)
 	case Rejected:
-		e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcomeRejected, r.Reason, now, latency)
+		e.attemptEnded(s.Step, s.Compensation, s.Attempt, st.Name, outcomeRejected, r.Reason, now, latency)
 		m.failed(e, s, true, true, "rejected: "+r.Reason, Failure{Outcome: outcomeRejected, Reason: r.Reason})
 	default:
-		e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcomeError, r.Reason, now, latency)
+		e.attemptEnded(s.Step, s.Compensation, s.Attempt, st.Name, outcomeError, r.Reason, now, latency)
 		m.failed(e, s, false, false, "error: "+r.Reason, Failure{Outcome: outcomeError, Reason: r.Reason})
 	}
 	return true, m.advance(ctx, e, s, data)
@@ -326,7 +329,7 @@ func (m *machine[D]) onDue(ctx context.Context, e env[D], s *state, data *D) (bo
 	case s.Status.Finished():
 		return false, nil
 	case s.awaiting() && !now.Before(s.Deadline):
-		e.attemptEnded(s.Step, s.Compensation, s.Attempt, outcomeTimedOut, "no reply before the deadline", now, now.Sub(s.StepStartedAt))
+		e.attemptEnded(s.Step, s.Compensation, s.Attempt, m.def.steps[s.Step].Name, outcomeTimedOut, "no reply before the deadline", now, now.Sub(s.StepStartedAt))
 		m.failed(e, s, false, false, "timed out", Failure{Outcome: outcomeTimedOut})
 		return true, m.advance(ctx, e, s, data)
 	case !s.NextRetryAt.IsZero() && !now.Before(s.NextRetryAt):
@@ -364,7 +367,7 @@ func (m *machine[D]) abort(ctx context.Context, e env[D], s *state, data *D, rea
 	if s.awaiting() {
 		// The step's command is out: it may run, so compensate it too.
 		now := e.now()
-		e.attemptEnded(s.Step, false, s.Attempt, outcomeAborted, reason, now, now.Sub(s.StepStartedAt))
+		e.attemptEnded(s.Step, false, s.Attempt, m.def.steps[s.Step].Name, outcomeAborted, reason, now, now.Sub(s.StepStartedAt))
 		clean = false
 	}
 	s.LastError = "aborted: " + reason

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -59,12 +60,13 @@ type Attempt struct {
 const infoColumns = `id, saga_type, definition_version, status, step, attempt, compensation, version,
 	deadline, next_retry_at, last_error, failure, correlation_id, created_at, updated_at, finished_at, data`
 
-func scanInfo(row pgx.Row) (Info, error) {
+// scanInfo scans infoColumns, then extra.
+func scanInfo(row pgx.Row, extra ...any) (Info, error) {
 	var i Info
 	var status string
 	var failure []byte
-	err := row.Scan(&i.ID, &i.Type, &i.DefinitionVersion, &status, &i.Step, &i.Attempt, &i.Compensation, &i.Version,
-		&i.Deadline, &i.NextRetryAt, &i.LastError, &failure, &i.CorrelationID, &i.CreatedAt, &i.UpdatedAt, &i.FinishedAt, &i.Data)
+	err := row.Scan(append([]any{&i.ID, &i.Type, &i.DefinitionVersion, &status, &i.Step, &i.Attempt, &i.Compensation, &i.Version,
+		&i.Deadline, &i.NextRetryAt, &i.LastError, &failure, &i.CorrelationID, &i.CreatedAt, &i.UpdatedAt, &i.FinishedAt, &i.Data}, extra...)...)
 	i.Status = Status(status)
 	if err == nil {
 		i.Failure, err = decodeFailure(failure)
@@ -74,7 +76,10 @@ func scanInfo(row pgx.Row) (Info, error) {
 
 // Get returns a saga with its step history.
 func Get(ctx context.Context, db Querier, id uuid.UUID) (*Info, error) {
-	i, err := scanInfo(db.QueryRow(ctx, `SELECT `+infoColumns+` FROM sagabox.sagas WHERE id = $1`, id))
+	var inFlight Attempt
+	var stepStarted *time.Time
+	i, err := scanInfo(db.QueryRow(ctx, `SELECT `+infoColumns+`, step_started_at, step_name FROM sagabox.sagas WHERE id = $1`, [16]byte(id)),
+		&stepStarted, &inFlight.Name)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
@@ -93,6 +98,16 @@ FROM sagabox.saga_steps WHERE saga_id = $1 ORDER BY started_at, compensation, st
 	})
 	if err != nil {
 		return nil, fmt.Errorf("saga: history of %s: %w", id, err)
+	}
+	// The attempt awaiting its reply has no history row yet (it gets one
+	// when it ends): it is described by the saga's row.
+	if i.Deadline != nil && stepStarted != nil {
+		inFlight.Step, inFlight.Compensation, inFlight.Attempt, inFlight.StartedAt = i.Step, i.Compensation, i.Attempt, *stepStarted
+		if !slices.ContainsFunc(i.History, func(a Attempt) bool {
+			return a.Step == inFlight.Step && a.Compensation == inFlight.Compensation && a.Attempt == inFlight.Attempt
+		}) {
+			i.History = append(i.History, inFlight)
+		}
 	}
 	return &i, nil
 }

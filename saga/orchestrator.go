@@ -324,17 +324,11 @@ func (o *Orchestrator[D]) handleReplies(ctx context.Context, items []replyItem) 
 			return nil
 		}
 		slices.SortFunc(touched, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
-		b := &pgx.Batch{}
-		sts := make([]*state, 0, len(touched))
-		rowStmts := make([]int, 0, len(touched))
-		for _, id := range touched {
-			rowStmts = append(rowStmts, b.Len())
-			sts = append(sts, states[id])
-			if err := envs[id].queue(ctx, b, o.cfg.Writer, states[id], datas[id], false, causes[id]); err != nil {
-				return err
-			}
+		saved := make([]savedSaga[D], len(touched))
+		for i, id := range touched {
+			saved[i] = savedSaga[D]{env: envs[id], state: states[id], data: datas[id], causation: causes[id]}
 		}
-		return sendBatch(ctx, tx, b, sts, rowStmts)
+		return saveMany(ctx, tx, o.cfg.Writer, saved)
 	})
 	if err != nil {
 		if ctx.Err() == nil {

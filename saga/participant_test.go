@@ -280,3 +280,37 @@ func TestAbort(t *testing.T) {
 		t.Fatalf("abort of an unknown saga: %v, want ErrNotFound", err)
 	}
 }
+
+// Migration 003: an attempt's history row is written when it ends, and the
+// attempt in flight is read from the saga's row. An attempt that started
+// before the upgrade already has its row (written when it started): ending
+// it completes that row instead of failing on the primary key.
+func TestAttemptStartedBeforeMigration003EndsInItsOwnRow(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, 0)
+	o := w.orchestrator(orderDefinition(tuning{}), nil)
+	id := uuid.MustParse(w.placeOrder(o, order{OrderID: "o1", Item: "book", Qty: 1}))
+	info, err := saga.Get(w.ctx, w.pool, id)
+	testkit.Must(t, err, "get")
+	if got, want := fmt.Sprint(trace(info)), "[reserve_stock:]"; got != want {
+		t.Fatalf("history of the running saga %s, want %s (the attempt in flight)", got, want)
+	}
+	var rows int
+	testkit.Must(t, w.pool.QueryRow(w.ctx, `SELECT count(*) FROM sagabox.saga_steps WHERE saga_id = $1`, id).Scan(&rows), "count")
+	if rows != 0 {
+		t.Fatalf("%d history rows for an attempt in flight, want 0", rows)
+	}
+	// What the code before migration 003 wrote when the command went out.
+	_, err = w.pool.Exec(w.ctx, `INSERT INTO sagabox.saga_steps (saga_id, step, compensation, attempt, name, started_at)
+		SELECT id, 0, false, 1, 'reserve_stock', step_started_at FROM sagabox.sagas WHERE id = $1`, id)
+	testkit.Must(t, err, "old-style row")
+	testkit.Must(t, o.Abort(w.ctx, id, "customer cancelled"), "abort")
+	info, err = saga.Get(w.ctx, w.pool, id)
+	testkit.Must(t, err, "get")
+	if got, want := fmt.Sprint(trace(info)), "[reserve_stock:aborted undo reserve_stock:]"; got != want {
+		t.Fatalf("history %s, want %s", got, want)
+	}
+	if a := info.History[0]; a.FinishedAt == nil || !a.StartedAt.Before(*a.FinishedAt) {
+		t.Fatalf("ended attempt: %+v", a)
+	}
+}

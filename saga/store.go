@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -22,14 +23,14 @@ type Querier interface {
 }
 
 const stateColumns = `id, saga_type, definition_version, status, step, attempt, compensation,
-	deadline, next_retry_at, step_started_at, last_error, version, correlation_id, failure, data`
+	deadline, next_retry_at, step_started_at, step_name, last_error, version, correlation_id, failure, data`
 
 func scanState(row pgx.Row, s *state, data *[]byte) error {
 	var status string
 	var deadline, retry, started *time.Time
 	var failure []byte
 	err := row.Scan(&s.ID, &s.Type, &s.DefVersion, &status, &s.Step, &s.Attempt, &s.Compensation,
-		&deadline, &retry, &started, &s.LastError, &s.Version, &s.CorrelationID, &failure, data)
+		&deadline, &retry, &started, &s.StepName, &s.LastError, &s.Version, &s.CorrelationID, &failure, data)
 	s.Status = Status(status)
 	s.Deadline, s.NextRetryAt, s.StepStartedAt = derefTime(deadline), derefTime(retry), derefTime(started)
 	if err == nil {
@@ -85,12 +86,15 @@ func (x batchExecer) Exec(_ context.Context, sql string, args ...any) (pgconn.Co
 	return pgconn.CommandTag{}, nil
 }
 
+// histOp is one attempt of a step or compensation that this transaction
+// started or ended. Only ended attempts are written to saga_steps: the
+// attempt in flight lives in the saga's row (step, attempt, step_started_at,
+// step_name), so an attempt costs one insert, not an insert and an update.
 type histOp struct {
 	step         int
 	compensation bool
 	attempt      int
 	name         string
-	started      bool // started in this transaction: insert it
 	startedAt    time.Time
 	ended        bool
 	endedAt      time.Time
@@ -128,35 +132,67 @@ func (e *txEnv[D]) runLocal(ctx context.Context, fn LocalFunc[D], data *D) error
 func (e *txEnv[D]) send(cmd outCommand) { e.cmds = append(e.cmds, cmd) }
 
 func (e *txEnv[D]) attemptStarted(step int, comp bool, attempt int, name string, at time.Time) {
-	e.hist = append(e.hist, &histOp{step: step, compensation: comp, attempt: attempt, name: name, started: true, startedAt: at})
+	e.hist = append(e.hist, &histOp{step: step, compensation: comp, attempt: attempt, name: name, startedAt: at})
 }
 
-func (e *txEnv[D]) attemptEnded(step int, comp bool, attempt int, outcome, errText string, at time.Time, latency time.Duration) {
+func (e *txEnv[D]) attemptEnded(step int, comp bool, attempt int, name, outcome, errText string, at time.Time, latency time.Duration) {
 	for _, h := range e.hist {
 		if h.step == step && h.compensation == comp && h.attempt == attempt {
 			h.ended, h.endedAt, h.outcome, h.errText, h.latency = true, at, outcome, errText, latency
 			return
 		}
 	}
-	e.hist = append(e.hist, &histOp{step: step, compensation: comp, attempt: attempt, ended: true,
-		endedAt: at, outcome: outcome, errText: errText, latency: latency})
+	// Started in an earlier transaction: the machine measures latency from
+	// the row's step_started_at, so this is when it started.
+	e.hist = append(e.hist, &histOp{step: step, compensation: comp, attempt: attempt, name: name,
+		startedAt: at.Add(-latency), ended: true, endedAt: at, outcome: outcome, errText: errText, latency: latency})
 }
 
 func (e *txEnv[D]) finished(s *state) { e.finishes = append(e.finishes, s.Status) }
 
 const insertSagaSQL = `
 INSERT INTO sagabox.sagas (id, saga_type, definition_version, status, step, attempt, compensation,
-	data, deadline, next_retry_at, step_started_at, last_error, correlation_id, finished_at, failure)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CASE WHEN $14 THEN now() END, $15::jsonb)`
+	data, deadline, next_retry_at, step_started_at, step_name, last_error, correlation_id, finished_at, failure)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, CASE WHEN $15 THEN now() END, $16::jsonb)`
 
 // The row lock taken at load makes the version check redundant, but it
 // costs nothing and turns any mistake into an error instead of a lost update.
 const updateSagaSQL = `
 UPDATE sagabox.sagas SET status = $3, step = $4, attempt = $5, compensation = $6, data = $7,
-	deadline = $8, next_retry_at = $9, step_started_at = $10, last_error = $11,
-	version = version + 1, updated_at = now(), finished_at = CASE WHEN $12 THEN now() END,
-	failure = $13::jsonb
+	deadline = $8, next_retry_at = $9, step_started_at = $10, step_name = $11, last_error = $12,
+	version = version + 1, updated_at = now(), finished_at = CASE WHEN $13 THEN now() END,
+	failure = $14::jsonb
 WHERE id = $1 AND version = $2`
+
+// updateSagasSQL is updateSagaSQL for a batch of sagas: one statement, one
+// row of arrays per saga. The caller checks that every row was updated.
+const updateSagasSQL = `
+UPDATE sagabox.sagas AS s SET status = u.status, step = u.step, attempt = u.attempt,
+	compensation = u.compensation, data = u.data, deadline = u.deadline, next_retry_at = u.next_retry_at,
+	step_started_at = u.step_started_at, step_name = u.step_name, last_error = u.last_error,
+	version = s.version + 1, updated_at = now(), finished_at = CASE WHEN u.finished THEN now() END,
+	failure = u.failure
+FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::int4[], $6::bool[], $7::jsonb[],
+	$8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text[], $13::bool[], $14::jsonb[])
+	AS u(id, version, status, step, attempt, compensation, data, deadline, next_retry_at,
+		step_started_at, step_name, last_error, finished, failure)
+WHERE s.id = u.id AND s.version = u.version`
+
+// insertStepsSQL writes ended attempts. The conflict clause only matters
+// for attempts started before migration 003, whose row was inserted when
+// they started.
+const insertStepsSQL = `
+INSERT INTO sagabox.saga_steps (saga_id, step, compensation, attempt, name, started_at, finished_at, outcome, error)
+SELECT * FROM unnest($1::uuid[], $2::int4[], $3::bool[], $4::int4[], $5::text[], $6::timestamptz[],
+	$7::timestamptz[], $8::text[], $9::text[])
+ON CONFLICT (saga_id, step, compensation, attempt) DO UPDATE SET finished_at = excluded.finished_at,
+	outcome = excluded.outcome, error = excluded.error`
+
+const insertStepSQL = `
+INSERT INTO sagabox.saga_steps (saga_id, step, compensation, attempt, name, started_at, finished_at, outcome, error)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (saga_id, step, compensation, attempt) DO UPDATE SET finished_at = excluded.finished_at,
+	outcome = excluded.outcome, error = excluded.error`
 
 // flush writes the saga's row (insert for a new saga), its history and its
 // commands in one round trip.
@@ -180,41 +216,144 @@ func (e *txEnv[D]) queue(ctx context.Context, b *pgx.Batch, w *outbox.Writer, s 
 		return err
 	}
 	finished := s.Status.Finished()
+	id := [16]byte(s.ID)
 	if insert {
-		b.Queue(insertSagaSQL, s.ID, s.Type, s.DefVersion, string(s.Status), s.Step, s.Attempt, s.Compensation,
-			js, nullTime(s.Deadline), nullTime(s.NextRetryAt), nullTime(s.StepStartedAt), s.LastError, s.CorrelationID, finished, failure)
+		b.Queue(insertSagaSQL, id, s.Type, s.DefVersion, string(s.Status), s.Step, s.Attempt, s.Compensation,
+			js, nullTime(s.Deadline), nullTime(s.NextRetryAt), nullTime(s.StepStartedAt), s.StepName, s.LastError,
+			s.CorrelationID, finished, failure)
 	} else {
-		b.Queue(updateSagaSQL, s.ID, s.Version, string(s.Status), s.Step, s.Attempt, s.Compensation,
-			js, nullTime(s.Deadline), nullTime(s.NextRetryAt), nullTime(s.StepStartedAt), s.LastError, finished, failure)
+		b.Queue(updateSagaSQL, id, s.Version, string(s.Status), s.Step, s.Attempt, s.Compensation,
+			js, nullTime(s.Deadline), nullTime(s.NextRetryAt), nullTime(s.StepStartedAt), s.StepName, s.LastError,
+			finished, failure)
 	}
 	for _, h := range e.hist {
-		var endedAt, outcome any
 		if h.ended {
-			endedAt, outcome = h.endedAt, h.outcome
-		}
-		if h.started {
-			b.Queue(`INSERT INTO sagabox.saga_steps (saga_id, step, compensation, attempt, name, started_at, finished_at, outcome, error)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-ON CONFLICT (saga_id, step, compensation, attempt) DO UPDATE SET started_at = excluded.started_at,
-	finished_at = excluded.finished_at, outcome = excluded.outcome, error = excluded.error`,
-				s.ID, h.step, h.compensation, h.attempt, h.name, h.startedAt, endedAt, outcome, h.errText)
-		} else {
-			b.Queue(`UPDATE sagabox.saga_steps SET finished_at = $5, outcome = $6, error = $7
-WHERE saga_id = $1 AND step = $2 AND compensation = $3 AND attempt = $4`,
-				s.ID, h.step, h.compensation, h.attempt, endedAt, outcome, h.errText)
+			b.Queue(insertStepSQL, id, h.step, h.compensation, h.attempt, h.name, h.startedAt, h.endedAt, h.outcome, h.errText)
 		}
 	}
-	if len(e.cmds) > 0 {
-		msgs := make([]outbox.Message, len(e.cmds))
-		for i, c := range e.cmds {
-			msgs[i] = outbox.Message{Topic: c.Topic, Key: s.ID.String(), Type: CommandType, Value: c.Envelope,
-				CorrelationID: s.CorrelationID, CausationID: causation, SagaID: s.ID.String()}
+	return w.Write(ctx, batchExecer{b}, e.messages(s, causation)...)
+}
+
+// messages are the outbox messages of the commands e sent for s.
+func (e *txEnv[D]) messages(s *state, causation string) []outbox.Message {
+	msgs := make([]outbox.Message, len(e.cmds))
+	for i, c := range e.cmds {
+		msgs[i] = outbox.Message{Topic: c.Topic, Key: s.ID.String(), Type: CommandType, Value: c.Envelope,
+			CorrelationID: s.CorrelationID, CausationID: causation, SagaID: s.ID.String()}
+	}
+	return msgs
+}
+
+// savedSaga is one saga of a batch for saveMany.
+type savedSaga[D any] struct {
+	env       *txEnv[D]
+	state     *state
+	data      *D
+	causation string
+}
+
+// saveMany writes the new state of several sagas loaded (and locked) in tx,
+// with their history and commands, in three statements and one round trip
+// however many sagas there are: a multi-row update, a multi-row history
+// insert, one outbox write. It fails with ErrConcurrentUpdate if any row's
+// version moved.
+func saveMany[D any](ctx context.Context, tx pgx.Tx, w *outbox.Writer, sagas []savedSaga[D]) error {
+	n := len(sagas)
+	var (
+		ids      = make([][16]byte, n)
+		versions = make([]int64, n)
+		statuses = make([]string, n)
+		steps    = make([]int32, n)
+		attempts = make([]int32, n)
+		comps    = make([]bool, n)
+		datas    = make([]string, n)
+		deadl    = make([]pgtype.Timestamptz, n)
+		retries  = make([]pgtype.Timestamptz, n)
+		started  = make([]pgtype.Timestamptz, n)
+		names    = make([]string, n)
+		lastErrs = make([]string, n)
+		finished = make([]bool, n)
+		failures = make([]*string, n)
+		msgs     []outbox.Message
+		hist     stepRows
+	)
+	for i, sv := range sagas {
+		s := sv.state
+		js, err := json.Marshal(sv.data)
+		if err != nil {
+			return fmt.Errorf("saga: marshal data: %w", err)
 		}
-		if err := w.Write(ctx, batchExecer{b}, msgs...); err != nil {
-			return err
+		if s.Failure != nil {
+			f, err := json.Marshal(s.Failure)
+			if err != nil {
+				return fmt.Errorf("saga: marshal failure: %w", err)
+			}
+			failures[i] = new(string(f))
 		}
+		ids[i], versions[i], statuses[i] = [16]byte(s.ID), s.Version, string(s.Status)
+		steps[i], attempts[i], comps[i], datas[i] = int32(s.Step), int32(s.Attempt), s.Compensation, string(js)
+		deadl[i], retries[i], started[i] = timestamptz(s.Deadline), timestamptz(s.NextRetryAt), timestamptz(s.StepStartedAt)
+		names[i], lastErrs[i], finished[i] = s.StepName, s.LastError, s.Status.Finished()
+		for _, h := range sv.env.hist {
+			if h.ended {
+				hist.add(s.ID, h)
+			}
+		}
+		msgs = append(msgs, sv.env.messages(s, sv.causation)...)
+	}
+	b := &pgx.Batch{}
+	b.Queue(updateSagasSQL, ids, versions, statuses, steps, attempts, comps, datas, deadl, retries, started,
+		names, lastErrs, finished, failures)
+	if len(hist.ids) > 0 {
+		b.Queue(insertStepsSQL, hist.ids, hist.steps, hist.comps, hist.attempts, hist.names, hist.started,
+			hist.ended, hist.outcomes, hist.errs)
+	}
+	if err := w.Write(ctx, batchExecer{b}, msgs...); err != nil {
+		return err
+	}
+	br := tx.SendBatch(ctx, b)
+	tag, err := br.Exec()
+	if err == nil && tag.RowsAffected() != int64(n) {
+		err = fmt.Errorf("%w: %d of %d sagas changed since they were loaded", ErrConcurrentUpdate, int64(n)-tag.RowsAffected(), n)
+	}
+	for i := 1; err == nil && i < b.Len(); i++ {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		if !errors.Is(err, ErrConcurrentUpdate) {
+			err = fmt.Errorf("saga: save: %w", err)
+		}
+		return err
+	}
+	for _, sv := range sagas {
+		sv.state.Version++
 	}
 	return nil
+}
+
+// stepRows are saga_steps rows as the arrays of insertStepsSQL.
+type stepRows struct {
+	ids             []([16]byte)
+	steps, attempts []int32
+	comps           []bool
+	names           []string
+	started, ended  []time.Time
+	outcomes, errs  []string
+}
+
+func (r *stepRows) add(id uuid.UUID, h *histOp) {
+	r.ids = append(r.ids, [16]byte(id))
+	r.steps, r.attempts = append(r.steps, int32(h.step)), append(r.attempts, int32(h.attempt))
+	r.comps, r.names = append(r.comps, h.compensation), append(r.names, h.name)
+	r.started, r.ended = append(r.started, h.startedAt), append(r.ended, h.endedAt)
+	r.outcomes, r.errs = append(r.outcomes, h.outcome), append(r.errs, h.errText)
+}
+
+func timestamptz(t time.Time) pgtype.Timestamptz {
+	return pgtype.Timestamptz{Time: t, Valid: !t.IsZero()}
 }
 
 // sendBatch sends b and checks that the statement at rowStmts[i] (a saga's
@@ -248,7 +387,11 @@ func sendBatch(ctx context.Context, tx pgx.Tx, b *pgx.Batch, states []*state, ro
 // loadManyForUpdate locks the rows of several sagas, in id order so that
 // two batches cannot deadlock.
 func loadManyForUpdate(ctx context.Context, tx pgx.Tx, typ string, ids []uuid.UUID) (map[uuid.UUID]*state, map[uuid.UUID][]byte, error) {
-	rows, err := tx.Query(ctx, `SELECT `+stateColumns+` FROM sagabox.sagas WHERE id = ANY($1) AND saga_type = $2 ORDER BY id FOR UPDATE`, ids, typ)
+	keys := make([][16]byte, len(ids))
+	for i, id := range ids {
+		keys[i] = id
+	}
+	rows, err := tx.Query(ctx, `SELECT `+stateColumns+` FROM sagabox.sagas WHERE id = ANY($1) AND saga_type = $2 ORDER BY id FOR UPDATE`, keys, typ)
 	if err != nil {
 		return nil, nil, fmt.Errorf("saga: load: %w", err)
 	}
@@ -272,7 +415,7 @@ func loadManyForUpdate(ctx context.Context, tx pgx.Tx, typ string, ids []uuid.UU
 func loadForUpdate(ctx context.Context, tx pgx.Tx, typ string, id uuid.UUID) (*state, []byte, error) {
 	s := &state{}
 	var data []byte
-	err := scanState(tx.QueryRow(ctx, `SELECT `+stateColumns+` FROM sagabox.sagas WHERE id = $1 AND saga_type = $2 FOR UPDATE`, id, typ), s, &data)
+	err := scanState(tx.QueryRow(ctx, `SELECT `+stateColumns+` FROM sagabox.sagas WHERE id = $1 AND saga_type = $2 FOR UPDATE`, [16]byte(id), typ), s, &data)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil, fmt.Errorf("%w: %s saga %s", ErrNotFound, typ, id)
 	}
