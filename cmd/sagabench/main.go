@@ -22,16 +22,21 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -66,7 +71,7 @@ func main() {
 	starters := flag.Int("starters", 8, "goroutines starting sagas")
 	rate := flag.Int("rate", 0, "sagas started per second (0: as fast as possible)")
 	partitions := flag.Int("partitions", 32, "partitions per topic (each consumer handles one message per partition at a time, so more partitions means bigger shared transactions)")
-	maxConns := flag.Int("max-conns", 48, "pool size")
+	maxConns := flag.Int("max-conns", 12, "connections per pool (the starters, the orchestrator, each participant and the relay have their own pool, as separate services would)")
 	verbose := flag.Bool("v", false, "log at debug level")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	flag.Parse()
@@ -92,12 +97,38 @@ func run(ctx context.Context, adminURL string, n, starters, rate, partitions int
 	if verbose {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	pool, drop, err := freshDatabase(ctx, adminURL, maxConns)
+	newPool, drop, err := freshDatabase(ctx, adminURL)
 	if err != nil {
 		return err
 	}
 	defer drop()
-	defer pool.Close()
+	// One pool per component, each with its own application_name, so that
+	// the CPU its Postgres backends use can be told apart.
+	var pools []*pgxpool.Pool
+	defer func() {
+		for _, p := range pools {
+			p.Close()
+		}
+	}()
+	open := func(name string, conns int32) (*pgxpool.Pool, error) {
+		p, err := newPool(name, conns)
+		if err == nil {
+			pools = append(pools, p)
+		}
+		return p, err
+	}
+	pool, err := open("starters", int32(starters)+2)
+	if err != nil {
+		return err
+	}
+	orchPool, err := open("orchestrator", maxConns)
+	if err != nil {
+		return err
+	}
+	relayPool, err := open("relay", maxConns)
+	if err != nil {
+		return err
+	}
 	if err := outbox.Migrate(ctx, pool); err != nil {
 		return err
 	}
@@ -116,7 +147,7 @@ func run(ctx context.Context, adminURL string, n, starters, rate, partitions int
 
 	codec := outbox.MustCodec(append(saga.Schemas(), payloadSchema)...)
 	var relayPtr atomic.Pointer[outbox.Relay]
-	writer, err := outbox.NewWriter(ctx, pool, outbox.WriterConfig{Codec: codec, Notify: func() {
+	writer, err := outbox.NewWriter(ctx, orchPool, outbox.WriterConfig{Codec: codec, Notify: func() {
 		if r := relayPtr.Load(); r != nil {
 			r.Notify()
 		}
@@ -124,7 +155,7 @@ func run(ctx context.Context, adminURL string, n, starters, rate, partitions int
 	if err != nil {
 		return err
 	}
-	relay, err := outbox.NewRelay(outbox.RelayConfig{Pool: pool, Brokers: brokers,
+	relay, err := outbox.NewRelay(outbox.RelayConfig{Pool: relayPool, Brokers: brokers,
 		Registry: srclient.NewSchemaRegistryClient(reg.URL()), Logger: log})
 	if err != nil {
 		return err
@@ -140,7 +171,7 @@ func run(ctx context.Context, adminURL string, n, starters, rate, partitions int
 		}
 	}
 	def := saga.MustDefinition("bench_order", 1, step("reserve_stock"), step("debit_credit"), step("ship"))
-	orch, err := saga.NewOrchestrator(def, saga.Config{Pool: pool, Writer: writer, Codec: codec,
+	orch, err := saga.NewOrchestrator(def, saga.Config{Pool: orchPool, Writer: writer, Codec: codec,
 		ReplyTopic: "orders.replies", Brokers: brokers, Registry: srclient.NewSchemaRegistryClient(reg.URL()), Logger: log})
 	if err != nil {
 		return err
@@ -159,7 +190,12 @@ func run(ctx context.Context, adminURL string, n, starters, rate, partitions int
 	goRun(relay.Run)
 	goRun(orch.Run)
 	for _, name := range []string{"reserve_stock", "debit_credit", "ship"} {
-		p, err := saga.NewParticipant(saga.ParticipantConfig{Name: name, Pool: pool, Writer: writer, Codec: codec,
+		ppool, err := open(name, maxConns)
+		if err != nil {
+			cancel()
+			return err
+		}
+		p, err := saga.NewParticipant(saga.ParticipantConfig{Name: name, Pool: ppool, Writer: writer, Codec: codec,
 			Brokers: brokers, Registry: srclient.NewSchemaRegistryClient(reg.URL()), CommandTopic: name + ".commands", Logger: log})
 		if err != nil {
 			cancel()
@@ -182,9 +218,32 @@ func run(ctx context.Context, adminURL string, n, starters, rate, partitions int
 	if _, err := phase(ctx, pool, orch, 200, starters, 0, "warmup"); err != nil {
 		return err
 	}
+	cpuBefore, err := cpuTimes(ctx, pool)
+	if err != nil {
+		return err
+	}
 	res, err := phase(ctx, pool, orch, n, starters, rate, "run")
 	if err != nil {
 		return err
+	}
+	cpuAfter, err := cpuTimes(ctx, pool)
+	if err != nil {
+		return err
+	}
+	self, server, byApp := cpuAfter.sub(cpuBefore)
+	perSaga := func(d time.Duration) float64 { return d.Seconds() * 1000 / float64(n) }
+	if server > 0 {
+		fmt.Fprintf(os.Stderr, "sagabench: CPU per saga: %.2f ms in this process, %.2f ms in its Postgres backends (", perSaga(self), perSaga(server))
+		for i, app := range slices.Sorted(maps.Keys(byApp)) {
+			if i > 0 {
+				fmt.Fprint(os.Stderr, ", ")
+			}
+			fmt.Fprintf(os.Stderr, "%s %.2f", app, perSaga(byApp[app]))
+		}
+		fmt.Fprintln(os.Stderr, ")")
+	} else {
+		fmt.Fprintf(os.Stderr, "sagabench: CPU per saga: %.2f ms in this process (Postgres backends not readable here)\n",
+			self.Seconds()*1000/float64(n))
 	}
 	select {
 	case err := <-errs:
@@ -241,12 +300,18 @@ func phase(ctx context.Context, pool *pgxpool.Pool, orch *saga.Orchestrator[orde
 	if label != "warmup" {
 		fmt.Fprintf(os.Stderr, "sagabench: started %d sagas in %s\n", n, time.Since(begin).Round(time.Millisecond))
 	}
+	// Wait for the last saga. Only the unfinished ones are counted, through
+	// the partial index that holds them (sagas_unfinished), so that the
+	// polling itself does not scan every saga of the run 50 times a second
+	// while it is being measured. Completion times come from the rows, not
+	// from this loop.
 	for {
-		var done int
-		if err := pool.QueryRow(ctx, `SELECT count(*) FROM sagabox.sagas WHERE correlation_id = $1 AND finished_at IS NOT NULL`, label).Scan(&done); err != nil {
+		var pending int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM sagabox.sagas
+			WHERE (finished_at IS NULL OR status = 'failed') AND finished_at IS NULL AND correlation_id = $1`, label).Scan(&pending); err != nil {
 			return result{}, err
 		}
-		if done == n {
+		if pending == 0 {
 			break
 		}
 		select {
@@ -269,7 +334,9 @@ func phase(ctx context.Context, pool *pgxpool.Pool, orch *saga.Orchestrator[orde
 	return r, nil
 }
 
-func freshDatabase(ctx context.Context, adminURL string, maxConns int32) (*pgxpool.Pool, func(), error) {
+// freshDatabase creates a database on adminURL's server and returns a
+// function that opens pools on it, and one that drops it.
+func freshDatabase(ctx context.Context, adminURL string) (func(app string, maxConns int32) (*pgxpool.Pool, error), func(), error) {
 	var rnd [4]byte
 	_, _ = rand.Read(rnd[:])
 	name := "sagabench_" + hex.EncodeToString(rnd[:])
@@ -295,16 +362,84 @@ func freshDatabase(ctx context.Context, adminURL string, maxConns int32) (*pgxpo
 		return nil, nil, err
 	}
 	u.Path = "/" + name
-	cfg, err := pgxpool.ParseConfig(u.String())
-	if err != nil {
-		drop()
-		return nil, nil, err
+	open := func(app string, maxConns int32) (*pgxpool.Pool, error) {
+		cfg, err := pgxpool.ParseConfig(u.String())
+		if err != nil {
+			return nil, err
+		}
+		cfg.MaxConns = maxConns
+		cfg.ConnConfig.RuntimeParams["application_name"] = "sagabench-" + app
+		return pgxpool.NewWithConfig(ctx, cfg)
 	}
-	cfg.MaxConns = maxConns
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		drop()
-		return nil, nil, err
-	}
-	return pool, drop, nil
+	return open, drop, nil
 }
+
+// cpuSnapshot is the CPU time used so far by this process and by the
+// Postgres backends serving this benchmark's database.
+type cpuSnapshot struct {
+	self     time.Duration
+	backends map[int]backendCPU
+}
+
+type backendCPU struct {
+	app string
+	cpu time.Duration
+}
+
+// sub returns the CPU time used between s0 and s: this process's, the
+// backends', and the backends' by application name without its
+// "sagabench-" prefix (a backend that connected in between counts from
+// zero).
+func (s cpuSnapshot) sub(s0 cpuSnapshot) (self, server time.Duration, byApp map[string]time.Duration) {
+	byApp = map[string]time.Duration{}
+	for pid, b := range s.backends {
+		d := b.cpu - s0.backends[pid].cpu
+		server += d
+		byApp[strings.TrimPrefix(b.app, "sagabench-")] += d
+	}
+	return s.self - s0.self, server, byApp
+}
+
+// cpuTimes reads the CPU times. CPU time per saga is a steadier figure than
+// throughput on a shared machine: other load slows the run down but costs
+// this run's processes little extra CPU. The backends are read from
+// /proc/<pid>/stat, which works only when Postgres runs on this machine;
+// otherwise the map is empty.
+func cpuTimes(ctx context.Context, pool *pgxpool.Pool) (cpuSnapshot, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return cpuSnapshot{}, err
+	}
+	snap := cpuSnapshot{self: time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), backends: map[int]backendCPU{}}
+	rows, err := pool.Query(ctx, `SELECT pid, application_name FROM pg_stat_activity WHERE datname = current_database()`)
+	if err != nil {
+		return cpuSnapshot{}, err
+	}
+	type backend struct {
+		PID int32
+		App string
+	}
+	backends, err := pgx.CollectRows(rows, pgx.RowToStructByPos[backend])
+	if err != nil {
+		return cpuSnapshot{}, err
+	}
+	for _, b := range backends {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", b.PID))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name (which is in parentheses): utime
+		// and stime are the 14th and 15th fields of the line, in clock ticks.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		snap.backends[int(b.PID)] = backendCPU{app: b.App, cpu: time.Duration(ut+st) * time.Second / clockTicks}
+	}
+	return snap, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat times: 100 on Linux.
+const clockTicks = 100
