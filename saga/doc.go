@@ -71,7 +71,10 @@
 // retried command finds the row and gets the stored reply again, without a
 // second effect; a compensation that finds no action records the action as
 // cancelled and succeeds doing nothing; the action arriving after it then
-// does nothing. Inbox gives any other event handler the same protection.
+// does nothing. Two deliveries racing each other both read no row, but the
+// row's primary key lets only one commit: the other rolls back, effect
+// included, and is retried, finding the row. Inbox gives any other event
+// handler the same protection.
 //
 // # How it runs
 //
@@ -83,7 +86,7 @@
 //	    API->>DB: BEGIN; insert order; Start: saga row + command; COMMIT
 //	    DB-->>K: relay publishes reserve_stock
 //	    K->>C: reserve_stock (saga, step 0, attempt 1)
-//	    C->>C: BEGIN; inbox row; reserve; reply in outbox; COMMIT
+//	    C->>C: BEGIN; read inbox; reserve; inbox row + reply in outbox; COMMIT
 //	    C-->>K: relay publishes the reply
 //	    K->>DB: Orchestrator: BEGIN; lock saga row; next state + next command; COMMIT
 //

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -34,9 +35,7 @@ type Command struct {
 	MessageID     string
 	CorrelationID string
 
-	codec           *outbox.Codec
-	transientReason string
-	rollback        bool
+	codec *outbox.Codec
 }
 
 // Decode decodes the command's payload into v with the schema named
@@ -50,11 +49,13 @@ type Result struct {
 	Value any
 }
 
-// HandlerFunc runs a command's business change in tx (inside a savepoint:
-// do not commit or roll back tx). Return nil (or a
-// Result with a payload) for success, an error wrapping ErrRejected (Reject)
-// for a final "no", or any other error for a transient failure: then
-// nothing is kept and the orchestrator retries after a backoff.
+// HandlerFunc runs a command's business change in tx, inside a savepoint
+// (tx's Commit and Rollback return an error: do not end it yourself). The
+// savepoint travels with the handler's first statement, so a handler that
+// never touches the database pays nothing for it. Return nil (or a Result
+// with a payload) for success, an error wrapping ErrRejected (Reject) for a
+// final "no", or any other error for a transient failure: then nothing is
+// kept and the orchestrator retries after a backoff.
 type HandlerFunc func(ctx context.Context, tx pgx.Tx, cmd *Command) (*Result, error)
 
 // ParticipantConfig configures a Participant.
@@ -80,9 +81,12 @@ type ParticipantConfig struct {
 	DeadLetterTopic string
 	// OverwriteSaramaConfig replaces SaramaConfig().
 	OverwriteSaramaConfig *sarama.Config
-	// Batch is the most commands run in one transaction (each in its own
-	// savepoint) by Run: commands arriving on different partitions at the
-	// same moment share a commit. Defaults to DefaultReplyBatch.
+	// Batch is the most commands run in one transaction (each handler in
+	// its own savepoint) by Run: commands arriving on different partitions
+	// at the same moment share a commit and its round trips. Keep it at most
+	// 64: each handler that writes is a subtransaction, and while a
+	// transaction has more than 64 Postgres slows every session's
+	// snapshots down. Defaults to DefaultReplyBatch.
 	Batch int
 	// Retention is how long Run keeps inbox entries (and finished sagas,
 	// when the participant shares its database with an orchestrator) before
@@ -104,6 +108,17 @@ type ParticipantConfig struct {
 //     and records the action as cancelled;
 //   - an action arriving after its compensation does nothing (it is
 //     answered "rejected").
+//
+// A batch of commands costs four round trips plus the handlers'
+// statements: begin; one query reading the inbox entries of every command
+// (and of the actions of its compensations); the handlers, each in a
+// savepoint that travels with its first statement (its release, or rollback
+// after a failure, with the next statement); one round trip inserting the
+// new inbox entries and every reply into the outbox; commit. Two deliveries
+// of one command at the same moment may both run the handler, but only one
+// commits: the other's inbox insert fails on the first's entry, its
+// transaction rolls back, and it is run again alone, finding the stored
+// reply.
 type Participant struct {
 	cfg      ParticipantConfig
 	log      *slog.Logger
@@ -162,69 +177,49 @@ func (p *Participant) Process(ctx context.Context, cmd *Command) error {
 	return p.processBatch(ctx, []*Command{cmd})[0]
 }
 
-// processBatch runs commands in one transaction, each in a savepoint. If the
-// transaction fails (a deadlock with another batch, say), each command is
-// run again in its own.
+// processBatch runs commands in one transaction, each handler in a
+// savepoint. If the transaction fails (a deadlock with another batch, a
+// concurrent delivery of one of the commands, a handler that broke the
+// transaction), or if two commands need the same inbox entry, each command
+// is run again in a transaction of its own.
 func (p *Participant) processBatch(ctx context.Context, cmds []*Command) []error {
 	errs := make([]error, len(cmds))
-	err := pgx.BeginFunc(ctx, p.cfg.Pool, func(tx pgx.Tx) error {
-		for _, cmd := range cmds {
-			if err := p.processIn(ctx, tx, cmd); err != nil {
-				return err
+	if distinctKeys(cmds) {
+		err := p.runBatch(ctx, cmds, false)
+		if err == nil || ctx.Err() != nil {
+			for i := range errs {
+				errs[i] = err
 			}
+			return errs
 		}
-		return nil
-	})
-	if err == nil || len(cmds) == 1 {
-		for i := range errs {
-			errs[i] = err
-		}
-		return errs
+		p.log.DebugContext(ctx, "saga: batch failed, running its commands one by one", "commands", len(cmds), "error", err)
 	}
 	for i, cmd := range cmds {
-		errs[i] = p.processBatch(ctx, []*Command{cmd})[0]
+		errs[i] = p.runBatch(ctx, []*Command{cmd}, true)
 	}
 	return errs
 }
 
-// processIn runs one command in tx and writes its reply. The statements
-// after the handler (the reply stored in the inbox, the reply in the
-// outbox) travel in one round trip.
-func (p *Participant) processIn(ctx context.Context, tx pgx.Tx, cmd *Command) error {
-	cmd.codec = p.cfg.Codec
-	cmd.rollback, cmd.transientReason = false, "" // a retried batch runs it again
-	reply, fresh, err := p.process(ctx, tx, cmd)
-	if err != nil {
-		return err
-	}
-	key := barrierKey(cmd, cmd.Compensation)
-	b := &pgx.Batch{}
-	if cmd.rollback {
-		// The handler failed: undo its changes.
-		b.Queue(`ROLLBACK TO SAVEPOINT sagabox_handler`)
-	}
-	b.Queue(`RELEASE SAVEPOINT sagabox_handler`)
-	switch {
-	case reply == nil:
-		// A transient failure: the handler's changes were rolled back; drop
-		// the inbox entry too, and say so, so the orchestrator backs off and
-		// retries.
-		b.Queue(`DELETE FROM sagabox.saga_inbox WHERE consumer = $1 AND key = $2`, p.cfg.Name, key)
-		reply = &replyEnvelope{Outcome: string(Error), Reason: cmd.transientReason}
-	case fresh:
-		if reply.Payload == nil {
-			reply.Payload = []byte{}
+// distinctKeys reports whether no two commands need the same inbox entry
+// (their own, or for a compensation its action's).
+func distinctKeys(cmds []*Command) bool {
+	seen := make(map[string]bool, 2*len(cmds))
+	for _, cmd := range cmds {
+		for _, k := range inboxKeys(cmd) {
+			if seen[k] {
+				return false
+			}
+			seen[k] = true
 		}
-		b.Queue(`UPDATE sagabox.saga_inbox SET outcome = $3, reason = $4, payload_type = $5, payload = $6 WHERE consumer = $1 AND key = $2`,
-			p.cfg.Name, key, reply.Outcome, reply.Reason, reply.PayloadType, reply.Payload)
 	}
-	if err := p.reply(ctx, batchExecer{b}, cmd, reply); err != nil {
-		return err
+	return true
+}
+
+func inboxKeys(cmd *Command) []string {
+	if cmd.Compensation {
+		return []string{barrierKey(cmd, true), barrierKey(cmd, false)}
 	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("saga: %s: reply: %w", cmd.Name, err)
-	}
-	return nil
+	return []string{barrierKey(cmd, false)}
 }
 
 func barrierKey(cmd *Command, compensation bool) string {
@@ -235,101 +230,215 @@ func barrierKey(cmd *Command, compensation bool) string {
 	return cmd.SagaID.String() + "/" + strconv.Itoa(cmd.Step) + "/" + phase
 }
 
-// process returns the reply to send (nil after a transient failure) and
-// whether it is new (to be stored) rather than the stored one.
-func (p *Participant) process(ctx context.Context, tx pgx.Tx, cmd *Command) (*replyEnvelope, bool, error) {
-	key := barrierKey(cmd, cmd.Compensation)
-	// The savepoint the handler runs in travels with the inbox insert;
-	// processIn releases it (or rolls back to it) with the reply.
-	b := &pgx.Batch{}
-	b.Queue(`INSERT INTO sagabox.saga_inbox (consumer, key) VALUES ($1, $2) ON CONFLICT DO NOTHING`, p.cfg.Name, key)
-	b.Queue(`SAVEPOINT sagabox_handler`)
-	br := tx.SendBatch(ctx, b)
-	tag, err := br.Exec()
-	if err == nil {
-		_, err = br.Exec()
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, false, fmt.Errorf("saga: inbox: %w (did you run saga.Migrate?)", err)
-	}
-	if tag.RowsAffected() == 0 {
-		// Seen before: answer what we answered then.
-		r := &replyEnvelope{}
-		err := tx.QueryRow(ctx, `SELECT outcome, reason, payload_type, coalesce(payload, '') FROM sagabox.saga_inbox WHERE consumer = $1 AND key = $2`,
-			p.cfg.Name, key).Scan(&r.Outcome, &r.Reason, &r.PayloadType, &r.Payload)
-		if err != nil {
-			return nil, false, fmt.Errorf("saga: inbox: %w", err)
-		}
-		p.log.DebugContext(ctx, "saga: duplicate command, sending the stored reply", "saga_id", cmd.SagaID, "step", cmd.Step)
-		return r, false, nil
-	}
-	var reply *replyEnvelope
-	if cmd.Compensation {
-		// Record the action as cancelled if it never ran; it then does
-		// nothing if it arrives later.
-		action := barrierKey(cmd, false)
-		tag, err := tx.Exec(ctx, `INSERT INTO sagabox.saga_inbox (consumer, key, outcome, reason) VALUES ($1, $2, $3, 'cancelled: compensated before it ran') ON CONFLICT DO NOTHING`,
-			p.cfg.Name, action, string(Rejected))
-		if err != nil {
-			return nil, false, fmt.Errorf("saga: inbox: %w", err)
-		}
-		actionOutcome := string(Rejected)
-		if tag.RowsAffected() == 0 {
-			if err := tx.QueryRow(ctx, `SELECT outcome FROM sagabox.saga_inbox WHERE consumer = $1 AND key = $2`, p.cfg.Name, action).Scan(&actionOutcome); err != nil {
-				return nil, false, fmt.Errorf("saga: inbox: %w", err)
-			}
-		}
-		if actionOutcome != string(Success) {
-			// The action never ran, or was refused: nothing to undo.
-			reply = &replyEnvelope{Outcome: string(Success), Reason: "nothing to compensate"}
-		}
-	}
-	if reply == nil {
-		reply, err = p.run(ctx, tx, cmd)
-		if err != nil || reply == nil {
-			return nil, false, err
-		}
-	}
-	return reply, true, nil
+const selectInboxSQL = `SELECT key, outcome, reason, payload_type, coalesce(payload, '') FROM sagabox.saga_inbox WHERE consumer = $1 AND key = ANY($2)`
+
+// insertInboxSQL stores a batch's new inbox entries in one statement. It is
+// a plain INSERT: an entry that exists already was committed by another
+// delivery of the same command since the batch read the inbox, and the
+// unique violation fails the batch, whose commands are then run one by one
+// and find the stored reply. The entries go in key order, so two batches
+// with common keys wait on each other instead of deadlocking.
+const insertInboxSQL = `
+INSERT INTO sagabox.saga_inbox (consumer, key, outcome, reason, payload_type, payload)
+SELECT $1, e.key, e.outcome, e.reason, e.payload_type, e.payload
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[]) WITH ORDINALITY
+	AS e(key, outcome, reason, payload_type, payload, ord)
+ORDER BY e.ord`
+
+// inboxEntries are the new inbox entries of a batch, as insertInboxSQL's
+// arrays.
+type inboxEntries struct {
+	keys, outcomes, reasons, types []string
+	payloads                       [][]byte
 }
 
-// run calls the handler (inside the savepoint process opened).
-func (p *Participant) run(ctx context.Context, tx pgx.Tx, cmd *Command) (*replyEnvelope, error) {
+func (e *inboxEntries) add(key string, r *replyEnvelope) {
+	e.keys, e.outcomes, e.reasons = append(e.keys, key), append(e.outcomes, r.Outcome), append(e.reasons, r.Reason)
+	e.types, e.payloads = append(e.types, r.PayloadType), append(e.payloads, r.Payload)
+}
+
+func (e *inboxEntries) Len() int           { return len(e.keys) }
+func (e *inboxEntries) Less(i, j int) bool { return e.keys[i] < e.keys[j] }
+func (e *inboxEntries) Swap(i, j int) {
+	e.keys[i], e.keys[j] = e.keys[j], e.keys[i]
+	e.outcomes[i], e.outcomes[j] = e.outcomes[j], e.outcomes[i]
+	e.reasons[i], e.reasons[j] = e.reasons[j], e.reasons[i]
+	e.types[i], e.types[j] = e.types[j], e.types[i]
+	e.payloads[i], e.payloads[j] = e.payloads[j], e.payloads[i]
+}
+
+// runBatch runs commands, whose inbox keys are distinct, in one
+// transaction: one query reads their inbox entries, the handlers run (each
+// in a savepoint sent with its first statement), and one round trip writes
+// the new inbox entries and all the replies. eager opens each savepoint
+// before its handler (see handlerTx.begin).
+func (p *Participant) runBatch(ctx context.Context, cmds []*Command, eager bool) error {
+	return pgx.BeginFunc(ctx, p.cfg.Pool, func(tx pgx.Tx) error {
+		if err := prepareStatements(ctx, tx.Conn()); err != nil {
+			return fmt.Errorf("saga: inbox: %w (did you run saga.Migrate?)", err)
+		}
+		stored, err := p.readInbox(ctx, tx, cmds)
+		if err != nil {
+			return err
+		}
+		htx := newHandlerTx(ctx, tx)
+		var entries inboxEntries
+		msgs := make([]outbox.Message, 0, len(cmds))
+		for _, cmd := range cmds {
+			cmd.codec = p.cfg.Codec
+			reply, err := p.decide(ctx, htx, cmd, stored, &entries, eager)
+			if err != nil {
+				return err
+			}
+			msgs = append(msgs, p.replyMessage(cmd, reply))
+		}
+		b := &pgx.Batch{}
+		if entries.Len() > 0 {
+			sort.Sort(&entries)
+			b.Queue(insertInboxSQL, p.cfg.Name, entries.keys, entries.outcomes, entries.reasons, entries.types, entries.payloads)
+		}
+		if err := p.cfg.Writer.Queue(ctx, b, msgs...); err != nil {
+			return err
+		}
+		if err := htx.send(ctx, b).Close(); err != nil {
+			return fmt.Errorf("saga: inbox and replies: %w", err)
+		}
+		return nil
+	})
+}
+
+// preparedKey marks, in a connection's CustomData, that prepareStatements
+// ran on it.
+const preparedKey = "sagabox.saga.participant"
+
+// prepareStatements prepares the participant's own statements once per
+// connection, when pgx prepares statements (its default mode). pgx drops a
+// statement from its cache whenever a batch with it fails, and must then
+// prepare it again before the next batch that has it, which is refused
+// while the transaction is aborted: the ROLLBACK TO SAVEPOINT after a
+// failed handler would be refused along with everything else. Statements
+// prepared by name stay prepared.
+func prepareStatements(ctx context.Context, conn *pgx.Conn) error {
+	data := conn.PgConn().CustomData()
+	if data[preparedKey] != nil {
+		return nil
+	}
+	if conn.Config().DefaultQueryExecMode == pgx.QueryExecModeCacheStatement {
+		for _, sql := range []string{savepointSQL, releaseSQL, rollbackToSQL, selectInboxSQL, insertInboxSQL} {
+			if _, err := conn.Prepare(ctx, sql, sql); err != nil {
+				return err
+			}
+		}
+	}
+	data[preparedKey] = true
+	return nil
+}
+
+// readInbox returns the stored replies of the inbox entries cmds need, by
+// key.
+func (p *Participant) readInbox(ctx context.Context, tx pgx.Tx, cmds []*Command) (map[string]*replyEnvelope, error) {
+	keys := make([]string, 0, len(cmds))
+	for _, cmd := range cmds {
+		keys = append(keys, inboxKeys(cmd)...)
+	}
+	rows, err := tx.Query(ctx, selectInboxSQL, p.cfg.Name, keys)
+	if err != nil {
+		return nil, fmt.Errorf("saga: inbox: %w (did you run saga.Migrate?)", err)
+	}
+	defer rows.Close()
+	stored := make(map[string]*replyEnvelope, len(keys))
+	for rows.Next() {
+		var key string
+		r := &replyEnvelope{}
+		if err := rows.Scan(&key, &r.Outcome, &r.Reason, &r.PayloadType, &r.Payload); err != nil {
+			return nil, fmt.Errorf("saga: inbox: %w", err)
+		}
+		stored[key] = r
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("saga: inbox: %w", err)
+	}
+	return stored, nil
+}
+
+// decide returns a command's reply: the stored one, "nothing to
+// compensate", or the handler's. It adds the inbox entries to store to e.
+func (p *Participant) decide(ctx context.Context, htx *handlerTx, cmd *Command, stored map[string]*replyEnvelope,
+	e *inboxEntries, eager bool) (*replyEnvelope, error) {
+	key := barrierKey(cmd, cmd.Compensation)
+	if r, ok := stored[key]; ok {
+		// Seen before: answer what we answered then.
+		p.log.DebugContext(ctx, "saga: duplicate command, sending the stored reply", "saga_id", cmd.SagaID, "step", cmd.Step)
+		return r, nil
+	}
+	if cmd.Compensation {
+		action := barrierKey(cmd, false)
+		r, ok := stored[action]
+		if !ok {
+			// The action never ran: record it as cancelled, so that it
+			// does nothing if it arrives later.
+			e.add(action, &replyEnvelope{Outcome: string(Rejected), Reason: "cancelled: compensated before it ran"})
+		}
+		if !ok || r.Outcome != string(Success) {
+			// The action never ran, or was refused: nothing to undo.
+			reply := &replyEnvelope{Outcome: string(Success), Reason: "nothing to compensate", Payload: []byte{}}
+			e.add(key, reply)
+			return reply, nil
+		}
+	}
+	if err := htx.begin(ctx, eager); err != nil {
+		return nil, err
+	}
+	reply, store, err := p.run(ctx, htx, cmd)
+	htx.end(err != nil || reply.Outcome != string(Success))
+	if err != nil {
+		return nil, err
+	}
+	if htx.broken != nil {
+		// The handler's outcome cannot be trusted.
+		return nil, htx.broken
+	}
+	if store {
+		e.add(key, reply)
+	}
+	return reply, nil
+}
+
+// run calls the handler in htx. It returns the reply and whether to store
+// it: a transient failure is answered ERROR and not stored, so the retry
+// runs the handler again.
+func (p *Participant) run(ctx context.Context, htx *handlerTx, cmd *Command) (*replyEnvelope, bool, error) {
 	h, ok := p.handlers[cmd.Name]
 	if !ok {
-		return &replyEnvelope{Outcome: string(Rejected), Reason: fmt.Sprintf("participant %s has no handler for %q", p.cfg.Name, cmd.Name)}, nil
+		return &replyEnvelope{Outcome: string(Rejected), Reason: fmt.Sprintf("participant %s has no handler for %q", p.cfg.Name, cmd.Name),
+			Payload: []byte{}}, true, nil
 	}
-	res, herr := h(ctx, tx, cmd)
+	res, herr := h(ctx, htx, cmd)
 	if herr != nil {
-		cmd.rollback = true
 		if errors.Is(herr, ErrRejected) {
-			return &replyEnvelope{Outcome: string(Rejected), Reason: rejectionReason(herr)}, nil
+			return &replyEnvelope{Outcome: string(Rejected), Reason: rejectionReason(herr), Payload: []byte{}}, true, nil
 		}
 		p.log.WarnContext(ctx, "saga: handler failed, the orchestrator will retry", "saga_id", cmd.SagaID, "command", cmd.Name, "error", herr)
-		cmd.transientReason = herr.Error()
-		return nil, nil
+		return &replyEnvelope{Outcome: string(Error), Reason: herr.Error()}, false, nil
 	}
-	r := &replyEnvelope{Outcome: string(Success)}
+	r := &replyEnvelope{Outcome: string(Success), Payload: []byte{}}
 	if res != nil && res.Type != "" {
 		var err error
 		r.PayloadType = res.Type
 		if r.Payload, err = encodePayload(p.cfg.Codec, res.Type, res.Value); err != nil {
-			return nil, fmt.Errorf("saga: %s reply payload: %w", cmd.Name, err)
+			return nil, false, fmt.Errorf("saga: %s reply payload: %w", cmd.Name, err)
 		}
 	}
-	return r, nil
+	return r, true, nil
 }
 
-func (p *Participant) reply(ctx context.Context, tx outbox.Execer, cmd *Command, r *replyEnvelope) error {
+func (p *Participant) replyMessage(cmd *Command, r *replyEnvelope) outbox.Message {
 	r.SagaID, r.Step, r.Attempt, r.Compensation = cmd.SagaID.String(), cmd.Step, cmd.Attempt, cmd.Compensation
 	if r.Payload == nil {
 		r.Payload = []byte{}
 	}
-	return p.cfg.Writer.Write(ctx, tx, outbox.Message{Topic: cmd.ReplyTopic, Key: cmd.SagaID.String(), Type: ReplyType,
-		Value: r, CorrelationID: cmd.CorrelationID, CausationID: cmd.MessageID, SagaID: cmd.SagaID.String()})
+	return outbox.Message{Topic: cmd.ReplyTopic, Key: cmd.SagaID.String(), Type: ReplyType,
+		Value: r, CorrelationID: cmd.CorrelationID, CausationID: cmd.MessageID, SagaID: cmd.SagaID.String()}
 }
 
 // HandleMessage is the watermill handler for the command topic: it decodes
