@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
+	"github.com/sagabox/sagabox/internal/wmlog"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -41,7 +41,7 @@ type consumeConfig struct {
 // runRouter consumes topic with a watermill router until ctx is done, then
 // closes the router, which waits for the handler in flight.
 func runRouter(ctx context.Context, c consumeConfig, h message.NoPublishHandlerFunc) error {
-	wlog := watermill.NewSlogLoggerWithLevelMapping(c.Logger, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
+	wlog := wmlog.New(c.Logger)
 	sc := c.Sarama
 	if sc == nil {
 		sc = SaramaConfig()

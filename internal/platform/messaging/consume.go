@@ -7,10 +7,10 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/sagabox/sagabox/internal/wmlog"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/saga"
 )
@@ -44,7 +44,7 @@ func (c Consumer) Run(ctx context.Context) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	wlog := watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
+	wlog := wmlog.New(log)
 	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
 		Brokers:               c.Brokers,
 		Unmarshaler:           outbox.KafkaUnmarshaler{},
