@@ -268,69 +268,18 @@ func (o *Orchestrator[D]) handleReply(ctx context.Context, r *Reply, causation s
 }
 
 // handleReplies applies a batch of replies in one transaction, locking
-// their sagas in id order. If the transaction fails, each reply is retried
-// in its own, so that one bad reply cannot fail the others.
+// their sagas in id order: BEGIN travels with the load, COMMIT with the
+// writes (pipeTx). If the transaction fails, each reply of a batch of
+// several is retried in its own, so that one bad reply cannot fail the
+// others.
 func (o *Orchestrator[D]) handleReplies(ctx context.Context, items []replyItem) []error {
 	errs := make([]error, len(items))
-	if len(items) == 1 {
-		_, errs[0] = o.handleReply(ctx, items[0].r, items[0].causation)
-		return errs
-	}
-	envs := map[uuid.UUID]*txEnv[D]{}
-	ignored := 0
-	err := pgx.BeginFunc(ctx, o.cfg.Pool, func(tx pgx.Tx) error {
-		clear(envs)
-		ignored = 0
-		ids := make([]uuid.UUID, 0, len(items))
-		for _, it := range items {
-			ids = append(ids, it.r.SagaID)
-		}
-		states, raws, err := loadManyForUpdate(ctx, tx, o.def.name, ids)
-		if err != nil {
-			return err
-		}
-		datas := map[uuid.UUID]*D{}
-		causes := map[uuid.UUID]string{}
-		var touched []uuid.UUID
-		for _, it := range items {
-			id := it.r.SagaID
-			s := states[id]
-			if s == nil {
-				ignored++
-				continue
-			}
-			if datas[id] == nil {
-				datas[id] = new(D)
-				if err := json.Unmarshal(raws[id], datas[id]); err != nil {
-					return fmt.Errorf("saga %s: data: %w", id, err)
-				}
-				envs[id] = &txEnv[D]{tx: tx}
-			}
-			it.r.codec = o.cfg.Codec
-			used, err := o.m.onReply(ctx, envs[id], s, datas[id], it.r)
-			if err != nil {
-				return err
-			}
-			if !used {
-				ignored++
-				continue
-			}
-			if causes[id] == "" {
-				touched = append(touched, id)
-			}
-			causes[id] = it.causation
-		}
-		if len(touched) == 0 {
-			return nil
-		}
-		slices.SortFunc(touched, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
-		saved := make([]savedSaga[D], len(touched))
-		for i, id := range touched {
-			saved[i] = savedSaga[D]{env: envs[id], state: states[id], data: datas[id], causation: causes[id]}
-		}
-		return saveMany(ctx, tx, o.cfg.Writer, saved)
-	})
+	envs, ignored, err := o.applyReplies(ctx, items)
 	if err != nil {
+		if len(items) == 1 {
+			errs[0] = err
+			return errs
+		}
 		if ctx.Err() == nil {
 			o.log.WarnContext(ctx, "saga: reply batch failed, handling its replies one by one", "replies", len(items), "error", err)
 		}
@@ -346,6 +295,97 @@ func (o *Orchestrator[D]) handleReplies(ctx context.Context, items []replyItem) 
 		o.metrics.record(e.finishes, e.hist)
 	}
 	return errs
+}
+
+func (o *Orchestrator[D]) applyReplies(ctx context.Context, items []replyItem) (map[uuid.UUID]*txEnv[D], int, error) {
+	ids := make([]uuid.UUID, 0, len(items))
+	for _, it := range items {
+		ids = append(ids, it.r.SagaID)
+	}
+	first := &pgx.Batch{}
+	first.BeginTx(pgx.TxOptions{})
+	first.Queue(loadManySQL, sortedKeys(ids), o.def.name)
+	ptx, br, err := beginPipe(ctx, o.cfg.Pool, nil, first)
+	if err != nil {
+		return nil, 0, fmt.Errorf("saga: load: %w", err)
+	}
+	rows, err := br.Query()
+	var states map[uuid.UUID]*state
+	var raws map[uuid.UUID][]byte
+	if err == nil {
+		states, raws, err = scanStates(rows)
+	}
+	if cerr := br.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("saga: load: %w", cerr)
+	}
+	if err != nil {
+		ptx.abort(ctx)
+		return nil, 0, err
+	}
+	envs, ignored, saved, err := o.runReplies(ctx, ptx.tx, items, states, raws)
+	if err != nil {
+		ptx.abort(ctx)
+		return nil, 0, err
+	}
+	b, read := &pgx.Batch{}, func(pgx.BatchResults) error { return nil }
+	if len(saved) > 0 {
+		if b, read, err = queueMany(ctx, o.cfg.Writer, saved); err != nil {
+			ptx.abort(ctx)
+			return nil, 0, err
+		}
+	}
+	if err := ptx.commit(ctx, b, ptx.tx.SendBatch, read); err != nil {
+		return nil, 0, err
+	}
+	for _, sv := range saved {
+		sv.state.Version++
+	}
+	return envs, ignored, nil
+}
+
+// runReplies runs the machine on each reply (in tx, for local steps) and
+// returns the sagas to save, in id order.
+func (o *Orchestrator[D]) runReplies(ctx context.Context, tx pgx.Tx, items []replyItem, states map[uuid.UUID]*state,
+	raws map[uuid.UUID][]byte) (map[uuid.UUID]*txEnv[D], int, []savedSaga[D], error) {
+	envs := map[uuid.UUID]*txEnv[D]{}
+	datas := map[uuid.UUID]*D{}
+	causes := map[uuid.UUID]string{}
+	var touched []uuid.UUID
+	ignored := 0
+	for _, it := range items {
+		id := it.r.SagaID
+		s := states[id]
+		if s == nil {
+			ignored++ // cleaned up, or another definition's saga
+			continue
+		}
+		if datas[id] == nil {
+			datas[id] = new(D)
+			if err := json.Unmarshal(raws[id], datas[id]); err != nil {
+				return nil, 0, nil, fmt.Errorf("saga %s: data: %w", id, err)
+			}
+			envs[id] = &txEnv[D]{tx: tx}
+		}
+		it.r.codec = o.cfg.Codec
+		used, err := o.m.onReply(ctx, envs[id], s, datas[id], it.r)
+		if err != nil {
+			return nil, 0, nil, err
+		}
+		if !used {
+			ignored++
+			continue
+		}
+		if causes[id] == "" {
+			touched = append(touched, id)
+		}
+		causes[id] = it.causation
+	}
+	slices.SortFunc(touched, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+	saved := make([]savedSaga[D], len(touched))
+	for i, id := range touched {
+		saved[i] = savedSaga[D]{env: envs[id], state: states[id], data: datas[id], causation: causes[id]}
+	}
+	return envs, ignored, saved, nil
 }
 
 // handleMessage is the watermill handler for the reply topic.

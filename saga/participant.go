@@ -109,12 +109,13 @@ type ParticipantConfig struct {
 //   - an action arriving after its compensation does nothing (it is
 //     answered "rejected").
 //
-// A batch of commands costs four round trips plus the handlers'
-// statements: begin; one query reading the inbox entries of every command
-// (and of the actions of its compensations); the handlers, each in a
-// savepoint that travels with its first statement (its release, or rollback
-// after a failure, with the next statement); one round trip inserting the
-// new inbox entries and every reply into the outbox; commit. Two deliveries
+// A batch of commands costs two round trips plus the handlers'
+// statements: begin, with one query reading the inbox entries of every
+// command (and of the actions of its compensations); the handlers, each in
+// a savepoint that travels with its first statement (its release, or
+// rollback after a failure, with the next statement); one round trip
+// inserting the new inbox entries and every reply into the outbox, with
+// commit. Two deliveries
 // of one command at the same moment may both run the handler, but only one
 // commits: the other's inbox insert fails on the first's entry, its
 // transaction rolls back, and it is run again alone, finding the stored
@@ -230,7 +231,18 @@ func barrierKey(cmd *Command, compensation bool) string {
 	return cmd.SagaID.String() + "/" + strconv.Itoa(cmd.Step) + "/" + phase
 }
 
-const selectInboxSQL = `SELECT key, outcome, reason, payload_type, coalesce(payload, '') FROM sagabox.saga_inbox WHERE consumer = $1 AND key = ANY($2)`
+// selectInboxSQL reads the inbox entries of a batch's keys. It looks each
+// key up on its own (LATERAL) rather than with key = ANY($2): the
+// statement is prepared, and Postgres may settle on a generic plan while
+// the table is still small (a new deployment, a test) and keep it; for
+// key = ANY($2) that plan scanned every entry of the consumer, a cost that
+// grew with the inbox. A lookup by the primary key is what every generic
+// plan of this form uses; the LIMIT (there is at most one row anyway)
+// keeps the planner from flattening the subquery back into a join.
+const selectInboxSQL = `
+SELECT i.key, i.outcome, i.reason, i.payload_type, coalesce(i.payload, '')
+FROM unnest($2::text[]) AS k(key)
+CROSS JOIN LATERAL (SELECT * FROM sagabox.saga_inbox WHERE consumer = $1 AND key = k.key LIMIT 1) AS i`
 
 // insertInboxSQL stores a batch's new inbox entries in one statement. It is
 // a plain INSERT: an entry that exists already was committed by another
@@ -273,38 +285,50 @@ func (e *inboxEntries) Swap(i, j int) {
 // the new inbox entries and all the replies. eager opens each savepoint
 // before its handler (see handlerTx.begin).
 func (p *Participant) runBatch(ctx context.Context, cmds []*Command, eager bool) error {
-	return pgx.BeginFunc(ctx, p.cfg.Pool, func(tx pgx.Tx) error {
-		if err := prepareStatements(ctx, tx.Conn()); err != nil {
-			return fmt.Errorf("saga: inbox: %w (did you run saga.Migrate?)", err)
-		}
-		stored, err := p.readInbox(ctx, tx, cmds)
+	keys := make([]string, 0, len(cmds))
+	for _, cmd := range cmds {
+		keys = append(keys, inboxKeys(cmd)...)
+	}
+	// BEGIN and the inbox read in one round trip; the inbox entries, the
+	// replies and COMMIT in another (pipeTx).
+	first := &pgx.Batch{}
+	first.BeginTx(pgx.TxOptions{})
+	first.Queue(selectInboxSQL, p.cfg.Name, keys)
+	ptx, br, err := beginPipe(ctx, p.cfg.Pool, func(c *pgx.Conn) error { return prepareStatements(ctx, c) }, first)
+	if err != nil {
+		return fmt.Errorf("saga: inbox: %w (did you run saga.Migrate?)", err)
+	}
+	stored, err := readInbox(br)
+	if cerr := br.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("saga: inbox: %w", cerr)
+	}
+	if err != nil {
+		ptx.abort(ctx)
+		return err
+	}
+	htx := newHandlerTx(ctx, ptx.tx)
+	var entries inboxEntries
+	msgs := make([]outbox.Message, 0, len(cmds))
+	for _, cmd := range cmds {
+		cmd.codec = p.cfg.Codec
+		reply, err := p.decide(ctx, htx, cmd, stored, &entries, eager)
 		if err != nil {
+			ptx.abort(ctx)
 			return err
 		}
-		htx := newHandlerTx(ctx, tx)
-		var entries inboxEntries
-		msgs := make([]outbox.Message, 0, len(cmds))
-		for _, cmd := range cmds {
-			cmd.codec = p.cfg.Codec
-			reply, err := p.decide(ctx, htx, cmd, stored, &entries, eager)
-			if err != nil {
-				return err
-			}
-			msgs = append(msgs, p.replyMessage(cmd, reply))
-		}
-		b := &pgx.Batch{}
-		if entries.Len() > 0 {
-			sort.Sort(&entries)
-			b.Queue(insertInboxSQL, p.cfg.Name, entries.keys, entries.outcomes, entries.reasons, entries.types, entries.payloads)
-		}
-		if err := p.cfg.Writer.Queue(ctx, b, msgs...); err != nil {
-			return err
-		}
-		if err := htx.send(ctx, b).Close(); err != nil {
-			return fmt.Errorf("saga: inbox and replies: %w", err)
-		}
-		return nil
-	})
+		msgs = append(msgs, p.replyMessage(cmd, reply))
+	}
+	b := &pgx.Batch{}
+	if entries.Len() > 0 {
+		sort.Sort(&entries)
+		b.Queue(insertInboxSQL, p.cfg.Name, entries.keys, entries.outcomes, entries.reasons, entries.types, entries.payloads)
+	}
+	if err := p.cfg.Writer.Queue(ctx, b, msgs...); err != nil {
+		ptx.abort(ctx)
+		return err
+	}
+	n := b.Len()
+	return ptx.commit(ctx, b, htx.send, func(br pgx.BatchResults) error { return readAll(br, n, "inbox and replies") })
 }
 
 // preparedKey marks, in a connection's CustomData, that prepareStatements
@@ -324,7 +348,7 @@ func prepareStatements(ctx context.Context, conn *pgx.Conn) error {
 		return nil
 	}
 	if conn.Config().DefaultQueryExecMode == pgx.QueryExecModeCacheStatement {
-		for _, sql := range []string{savepointSQL, releaseSQL, rollbackToSQL, selectInboxSQL, insertInboxSQL} {
+		for _, sql := range []string{savepointSQL, releaseSQL, rollbackToSQL, selectInboxSQL, insertInboxSQL, "commit"} {
 			if _, err := conn.Prepare(ctx, sql, sql); err != nil {
 				return err
 			}
@@ -334,19 +358,15 @@ func prepareStatements(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-// readInbox returns the stored replies of the inbox entries cmds need, by
-// key.
-func (p *Participant) readInbox(ctx context.Context, tx pgx.Tx, cmds []*Command) (map[string]*replyEnvelope, error) {
-	keys := make([]string, 0, len(cmds))
-	for _, cmd := range cmds {
-		keys = append(keys, inboxKeys(cmd)...)
-	}
-	rows, err := tx.Query(ctx, selectInboxSQL, p.cfg.Name, keys)
+// readInbox reads the stored replies of the inbox entries a batch needs
+// (selectInboxSQL's results), by key.
+func readInbox(br pgx.BatchResults) (map[string]*replyEnvelope, error) {
+	rows, err := br.Query()
 	if err != nil {
 		return nil, fmt.Errorf("saga: inbox: %w (did you run saga.Migrate?)", err)
 	}
 	defer rows.Close()
-	stored := make(map[string]*replyEnvelope, len(keys))
+	stored := map[string]*replyEnvelope{}
 	for rows.Next() {
 		var key string
 		r := &replyEnvelope{}

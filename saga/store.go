@@ -1,16 +1,17 @@
 package saga
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -164,20 +165,6 @@ UPDATE sagabox.sagas SET status = $3, step = $4, attempt = $5, compensation = $6
 	failure = $14::jsonb
 WHERE id = $1 AND version = $2`
 
-// updateSagasSQL is updateSagaSQL for a batch of sagas: one statement, one
-// row of arrays per saga. The caller checks that every row was updated.
-const updateSagasSQL = `
-UPDATE sagabox.sagas AS s SET status = u.status, step = u.step, attempt = u.attempt,
-	compensation = u.compensation, data = u.data, deadline = u.deadline, next_retry_at = u.next_retry_at,
-	step_started_at = u.step_started_at, step_name = u.step_name, last_error = u.last_error,
-	version = s.version + 1, updated_at = now(), finished_at = CASE WHEN u.finished THEN now() END,
-	failure = u.failure
-FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::int4[], $6::bool[], $7::jsonb[],
-	$8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text[], $13::bool[], $14::jsonb[])
-	AS u(id, version, status, step, attempt, compensation, data, deadline, next_retry_at,
-		step_started_at, step_name, last_error, finished, failure)
-WHERE s.id = u.id AND s.version = u.version`
-
 // insertStepsSQL writes ended attempts. The conflict clause only matters
 // for attempts started before migration 003, whose row was inserted when
 // they started.
@@ -207,24 +194,21 @@ func (e *txEnv[D]) flush(ctx context.Context, w *outbox.Writer, s *state, data *
 // queue adds the saga's row, history and commands to b. The row's
 // statement comes first.
 func (e *txEnv[D]) queue(ctx context.Context, b *pgx.Batch, w *outbox.Writer, s *state, data *D, insert bool, causation string) error {
-	js, err := json.Marshal(data)
-	if err != nil {
-		return fmt.Errorf("saga: marshal data: %w", err)
-	}
-	failure, err := encodeFailure(s.Failure)
-	if err != nil {
-		return err
-	}
-	finished := s.Status.Finished()
 	id := [16]byte(s.ID)
 	if insert {
+		js, err := json.Marshal(data)
+		if err != nil {
+			return fmt.Errorf("saga: marshal data: %w", err)
+		}
+		failure, err := encodeFailure(s.Failure)
+		if err != nil {
+			return err
+		}
 		b.Queue(insertSagaSQL, id, s.Type, s.DefVersion, string(s.Status), s.Step, s.Attempt, s.Compensation,
 			js, nullTime(s.Deadline), nullTime(s.NextRetryAt), nullTime(s.StepStartedAt), s.StepName, s.LastError,
-			s.CorrelationID, finished, failure)
-	} else {
-		b.Queue(updateSagaSQL, id, s.Version, string(s.Status), s.Step, s.Attempt, s.Compensation,
-			js, nullTime(s.Deadline), nullTime(s.NextRetryAt), nullTime(s.StepStartedAt), s.StepName, s.LastError,
-			finished, failure)
+			s.CorrelationID, s.Status.Finished(), failure)
+	} else if err := queueUpdate(b, s, data); err != nil {
+		return err
 	}
 	for _, h := range e.hist {
 		if h.ended {
@@ -252,48 +236,25 @@ type savedSaga[D any] struct {
 	causation string
 }
 
-// saveMany writes the new state of several sagas loaded (and locked) in tx,
-// with their history and commands, in three statements and one round trip
-// however many sagas there are: a multi-row update, a multi-row history
-// insert, one outbox write. It fails with ErrConcurrentUpdate if any row's
-// version moved.
-func saveMany[D any](ctx context.Context, tx pgx.Tx, w *outbox.Writer, sagas []savedSaga[D]) error {
-	n := len(sagas)
+// queueMany queues, in one batch, the new state of several sagas loaded
+// (and locked) in the transaction, with their history and commands: an
+// UPDATE per saga (by primary key and version), one multi-row history
+// insert, one outbox write. The updates stay one per saga: a multi-row
+// UPDATE ... FROM unnest(...) is a join, and the generic plan Postgres
+// settles on for it while the table is small is a hash join over every
+// saga. read reads the batch's results, failing with ErrConcurrentUpdate
+// if any row's version moved; after a commit, bump the states' versions.
+func queueMany[D any](ctx context.Context, w *outbox.Writer, sagas []savedSaga[D]) (b *pgx.Batch, read func(pgx.BatchResults) error, err error) {
+	b = &pgx.Batch{}
 	var (
-		ids      = make([][16]byte, n)
-		versions = make([]int64, n)
-		statuses = make([]string, n)
-		steps    = make([]int32, n)
-		attempts = make([]int32, n)
-		comps    = make([]bool, n)
-		datas    = make([]string, n)
-		deadl    = make([]pgtype.Timestamptz, n)
-		retries  = make([]pgtype.Timestamptz, n)
-		started  = make([]pgtype.Timestamptz, n)
-		names    = make([]string, n)
-		lastErrs = make([]string, n)
-		finished = make([]bool, n)
-		failures = make([]*string, n)
-		msgs     []outbox.Message
-		hist     stepRows
+		msgs []outbox.Message
+		hist stepRows
 	)
-	for i, sv := range sagas {
+	for _, sv := range sagas {
 		s := sv.state
-		js, err := json.Marshal(sv.data)
-		if err != nil {
-			return fmt.Errorf("saga: marshal data: %w", err)
+		if err := queueUpdate(b, s, sv.data); err != nil {
+			return nil, nil, err
 		}
-		if s.Failure != nil {
-			f, err := json.Marshal(s.Failure)
-			if err != nil {
-				return fmt.Errorf("saga: marshal failure: %w", err)
-			}
-			failures[i] = new(string(f))
-		}
-		ids[i], versions[i], statuses[i] = [16]byte(s.ID), s.Version, string(s.Status)
-		steps[i], attempts[i], comps[i], datas[i] = int32(s.Step), int32(s.Attempt), s.Compensation, string(js)
-		deadl[i], retries[i], started[i] = timestamptz(s.Deadline), timestamptz(s.NextRetryAt), timestamptz(s.StepStartedAt)
-		names[i], lastErrs[i], finished[i] = s.StepName, s.LastError, s.Status.Finished()
 		for _, h := range sv.env.hist {
 			if h.ended {
 				hist.add(s.ID, h)
@@ -301,36 +262,42 @@ func saveMany[D any](ctx context.Context, tx pgx.Tx, w *outbox.Writer, sagas []s
 		}
 		msgs = append(msgs, sv.env.messages(s, sv.causation)...)
 	}
-	b := &pgx.Batch{}
-	b.Queue(updateSagasSQL, ids, versions, statuses, steps, attempts, comps, datas, deadl, retries, started,
-		names, lastErrs, finished, failures)
 	if len(hist.ids) > 0 {
 		b.Queue(insertStepsSQL, hist.ids, hist.steps, hist.comps, hist.attempts, hist.names, hist.started,
 			hist.ended, hist.outcomes, hist.errs)
 	}
 	if err := w.Write(ctx, batchExecer{b}, msgs...); err != nil {
-		return err
+		return nil, nil, err
 	}
-	br := tx.SendBatch(ctx, b)
-	tag, err := br.Exec()
-	if err == nil && tag.RowsAffected() != int64(n) {
-		err = fmt.Errorf("%w: %d of %d sagas changed since they were loaded", ErrConcurrentUpdate, int64(n)-tag.RowsAffected(), n)
-	}
-	for i := 1; err == nil && i < b.Len(); i++ {
-		_, err = br.Exec()
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		if !errors.Is(err, ErrConcurrentUpdate) {
-			err = fmt.Errorf("saga: save: %w", err)
+	n := b.Len()
+	read = func(br pgx.BatchResults) error {
+		for i := range n {
+			tag, err := br.Exec()
+			if err != nil {
+				return fmt.Errorf("saga: save: %w", err)
+			}
+			if i < len(sagas) && tag.RowsAffected() != 1 {
+				return fmt.Errorf("%w: saga %s version %d", ErrConcurrentUpdate, sagas[i].state.ID, sagas[i].state.Version)
+			}
 		}
+		return nil
+	}
+	return b, read, nil
+}
+
+// queueUpdate queues the update of a saga's row.
+func queueUpdate[D any](b *pgx.Batch, s *state, data *D) error {
+	js, err := json.Marshal(data)
+	if err != nil {
+		return fmt.Errorf("saga: marshal data: %w", err)
+	}
+	failure, err := encodeFailure(s.Failure)
+	if err != nil {
 		return err
 	}
-	for _, sv := range sagas {
-		sv.state.Version++
-	}
+	b.Queue(updateSagaSQL, [16]byte(s.ID), s.Version, string(s.Status), s.Step, s.Attempt, s.Compensation,
+		js, nullTime(s.Deadline), nullTime(s.NextRetryAt), nullTime(s.StepStartedAt), s.StepName, s.LastError,
+		s.Status.Finished(), failure)
 	return nil
 }
 
@@ -350,10 +317,6 @@ func (r *stepRows) add(id uuid.UUID, h *histOp) {
 	r.comps, r.names = append(r.comps, h.compensation), append(r.names, h.name)
 	r.started, r.ended = append(r.started, h.startedAt), append(r.ended, h.endedAt)
 	r.outcomes, r.errs = append(r.outcomes, h.outcome), append(r.errs, h.errText)
-}
-
-func timestamptz(t time.Time) pgtype.Timestamptz {
-	return pgtype.Timestamptz{Time: t, Valid: !t.IsZero()}
 }
 
 // sendBatch sends b and checks that the statement at rowStmts[i] (a saga's
@@ -384,17 +347,18 @@ func sendBatch(ctx context.Context, tx pgx.Tx, b *pgx.Batch, states []*state, ro
 	return nil
 }
 
-// loadManyForUpdate locks the rows of several sagas, in id order so that
-// two batches cannot deadlock.
-func loadManyForUpdate(ctx context.Context, tx pgx.Tx, typ string, ids []uuid.UUID) (map[uuid.UUID]*state, map[uuid.UUID][]byte, error) {
-	keys := make([][16]byte, len(ids))
-	for i, id := range ids {
-		keys[i] = id
-	}
-	rows, err := tx.Query(ctx, `SELECT `+stateColumns+` FROM sagabox.sagas WHERE id = ANY($1) AND saga_type = $2 ORDER BY id FOR UPDATE`, keys, typ)
-	if err != nil {
-		return nil, nil, fmt.Errorf("saga: load: %w", err)
-	}
+// loadManySQL locks and reads the rows of several sagas, one primary-key
+// lookup per id (LATERAL), in the order of $1 (sortedKeys). Not id = ANY($1): the
+// statement is prepared, and the generic plan Postgres may settle on while
+// the table is small (a new deployment) was a sequential scan, kept as the
+// table grew, until an ANALYZE.
+const loadManySQL = `
+SELECT s.* FROM unnest($1::uuid[]) WITH ORDINALITY AS k(id, ord)
+CROSS JOIN LATERAL (SELECT ` + stateColumns + ` FROM sagabox.sagas WHERE id = k.id AND saga_type = $2 FOR UPDATE) AS s
+ORDER BY k.ord`
+
+// scanStates reads loadManySQL's rows.
+func scanStates(rows pgx.Rows) (map[uuid.UUID]*state, map[uuid.UUID][]byte, error) {
 	defer rows.Close()
 	states, datas := map[uuid.UUID]*state{}, map[uuid.UUID][]byte{}
 	for rows.Next() {
@@ -409,6 +373,17 @@ func loadManyForUpdate(ctx context.Context, tx pgx.Tx, typ string, ids []uuid.UU
 		return nil, nil, fmt.Errorf("saga: load: %w", err)
 	}
 	return states, datas, nil
+}
+
+// sortedKeys are ids, deduplicated, in the order loadManySQL locks them:
+// two batches lock their sagas in the same order and cannot deadlock.
+func sortedKeys(ids []uuid.UUID) [][16]byte {
+	keys := make([][16]byte, len(ids))
+	for i, id := range ids {
+		keys[i] = id
+	}
+	slices.SortFunc(keys, func(a, b [16]byte) int { return bytes.Compare(a[:], b[:]) })
+	return slices.Compact(keys)
 }
 
 // loadForUpdate locks a saga's row for the rest of tx.
