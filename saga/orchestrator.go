@@ -202,22 +202,10 @@ type StartOptions struct {
 // its local first steps and its first command commit with the caller's
 // business change, or not at all. It returns the saga ID.
 func (o *Orchestrator[D]) Start(ctx context.Context, tx pgx.Tx, data D, opts ...StartOptions) (uuid.UUID, error) {
-	var opt StartOptions
-	if len(opts) > 0 {
-		opt = opts[0]
+	s, err := o.newState(opts)
+	if err != nil {
+		return uuid.Nil, err
 	}
-	id := opt.ID
-	if id == uuid.Nil {
-		var err error
-		if id, err = uuid.NewV7(); err != nil {
-			return uuid.Nil, err
-		}
-	}
-	if opt.CorrelationID == "" {
-		opt.CorrelationID = id.String()
-	}
-	s := &state{ID: id, Type: o.def.name, DefVersion: o.def.version, Status: StatusRunning, Attempt: 1,
-		CorrelationID: opt.CorrelationID}
 	e := &txEnv[D]{tx: tx}
 	if err := o.m.advance(ctx, e, s, &data); err != nil {
 		return uuid.Nil, err
@@ -227,7 +215,66 @@ func (o *Orchestrator[D]) Start(ctx context.Context, tx pgx.Tx, data D, opts ...
 	}
 	o.metrics.started.Inc()
 	o.metrics.record(e.finishes, e.hist)
-	return id, nil
+	return s.ID, nil
+}
+
+// Queue is Start for a caller that sends its transaction's statements as
+// one pgx.Batch, as outbox.Writer.Queue is for Write: it adds the saga's
+// row and its first command to b, and they run when the caller sends it.
+// With BEGIN in the batch too, a business change and the start of its saga
+// take two round trips instead of three:
+//
+//	b := &pgx.Batch{}
+//	b.BeginTx(pgx.TxOptions{})
+//	b.Queue(`INSERT INTO orders ...`, ...)
+//	id, err := orch.Queue(ctx, b, data)
+//	...
+//	br := pool.SendBatch(ctx, b)
+//	tx := br.Tx()
+//	defer tx.Rollback(ctx)
+//	if err := br.Close(); err != nil { ... }
+//	err = tx.Commit(ctx)
+//
+// A local step needs the transaction to run in, so a definition whose
+// first step is local cannot be queued: use Start.
+func (o *Orchestrator[D]) Queue(ctx context.Context, b *pgx.Batch, data D, opts ...StartOptions) (uuid.UUID, error) {
+	if st := o.def.steps[0]; st.Local != nil {
+		return uuid.Nil, fmt.Errorf("%w: saga %s starts with the local step %q, which needs a transaction: use Start", ErrInvalidConfig, o.def.name, st.Name)
+	}
+	s, err := o.newState(opts)
+	if err != nil {
+		return uuid.Nil, err
+	}
+	e := &txEnv[D]{}
+	if err := o.m.advance(ctx, e, s, &data); err != nil {
+		return uuid.Nil, err
+	}
+	if err := e.queue(ctx, b, o.cfg.Writer, s, &data, true, ""); err != nil {
+		return uuid.Nil, err
+	}
+	o.metrics.started.Inc()
+	o.metrics.record(e.finishes, e.hist)
+	return s.ID, nil
+}
+
+// newState is a new saga's state, before its first step.
+func (o *Orchestrator[D]) newState(opts []StartOptions) (*state, error) {
+	var opt StartOptions
+	if len(opts) > 0 {
+		opt = opts[0]
+	}
+	id := opt.ID
+	if id == uuid.Nil {
+		var err error
+		if id, err = uuid.NewV7(); err != nil {
+			return nil, err
+		}
+	}
+	if opt.CorrelationID == "" {
+		opt.CorrelationID = id.String()
+	}
+	return &state{ID: id, Type: o.def.name, DefVersion: o.def.version, Status: StatusRunning, Attempt: 1,
+		CorrelationID: opt.CorrelationID}, nil
 }
 
 // handleReply applies one reply in its own transaction: lock the saga, check

@@ -1,6 +1,7 @@
 package saga_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -176,4 +177,64 @@ func trace(info *saga.Info) []string {
 		out = append(out, name+":"+a.Outcome)
 	}
 	return out
+}
+
+// Queue starts a saga in the caller's pgx.Batch: the business change, the
+// saga and its first command in one round trip with BEGIN, all or nothing;
+// and it refuses a definition whose first step is local (that
+// step needs a transaction to run in).
+func TestQueueStartsTheSagaInTheCallersBatch(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, 1)
+	o := w.orchestrator(orderDefinition(tuning{}), nil)
+	place := func(orderID string) (uuid.UUID, error) {
+		b := &pgx.Batch{}
+		b.BeginTx(pgx.TxOptions{})
+		b.Queue(`INSERT INTO orders (id, item) VALUES ($1, 'book')`, orderID)
+		id, err := o.Queue(w.ctx, b, order{OrderID: orderID, Item: "book", Qty: 1})
+		if err != nil {
+			return uuid.Nil, err
+		}
+		br := w.pool.SendBatch(w.ctx, b)
+		tx := br.Tx()
+		defer func() { _ = tx.Rollback(w.ctx) }()
+		if err := br.Close(); err != nil {
+			return id, err
+		}
+		return id, tx.Commit(w.ctx)
+	}
+	id, err := place("o1")
+	testkit.Must(t, err, "place o1")
+	var sagas, cmds int
+	count := func(id uuid.UUID) {
+		testkit.Must(t, w.pool.QueryRow(w.ctx, `SELECT (SELECT count(*) FROM sagabox.sagas WHERE id = $1),
+			(SELECT count(*) FROM sagabox.outbox WHERE saga_id = $2 AND topic = $3)`, id, id.String(), catalogTopic).Scan(&sagas, &cmds), "count")
+	}
+	count(id)
+	if sagas != 1 || cmds != 1 {
+		t.Fatalf("after the batch: %d sagas, %d commands; want 1 and 1", sagas, cmds)
+	}
+	info, err := saga.Get(w.ctx, w.pool, id)
+	testkit.Must(t, err, "get")
+	if got, want := fmt.Sprint(trace(info)), "[reserve_stock:]"; info.Status != saga.StatusRunning || got != want {
+		t.Fatalf("saga %s, history %s; want running, %s", info.Status, got, want)
+	}
+	// The same order again: the business insert fails, and nothing of the
+	// second saga is left.
+	id2, err := place("o1")
+	if err == nil {
+		t.Fatal("a duplicate order committed")
+	}
+	count(id2)
+	if sagas != 0 || cmds != 0 {
+		t.Fatalf("after the failed batch: %d sagas, %d commands; want none", sagas, cmds)
+	}
+
+	local := saga.MustDefinition("local_first", 1, saga.Step[order]{Name: "note",
+		Local: func(context.Context, pgx.Tx, *order) error { return nil }})
+	lo, err := saga.NewOrchestrator(local, w.orchestratorConfig())
+	testkit.Must(t, err, "orchestrator")
+	if _, err := lo.Queue(w.ctx, &pgx.Batch{}, order{}); !errors.Is(err, saga.ErrInvalidConfig) {
+		t.Fatalf("Queue of a saga starting with a local step: %v, want ErrInvalidConfig", err)
+	}
 }
