@@ -72,6 +72,7 @@ func main() {
 	rate := flag.Int("rate", 0, "sagas started per second (0: as fast as possible)")
 	partitions := flag.Int("partitions", 32, "partitions per topic (each consumer handles one message per partition at a time, so more partitions means bigger shared transactions)")
 	maxConns := flag.Int("max-conns", 12, "connections per pool (the starters, the orchestrator, each participant and the relay have their own pool, as separate services would)")
+	start := flag.String("start", "queue", "how each saga starts in its own transaction: queue (Orchestrator.Queue in a pgx.Batch with BEGIN: two round trips) or start (Orchestrator.Start in pgx.BeginFunc: three)")
 	verbose := flag.Bool("v", false, "log at debug level")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	flag.Parse()
@@ -85,14 +86,30 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *databaseURL, *sagas, *starters, *rate, *partitions, int32(*maxConns), *verbose); err != nil {
+	if *start != "queue" && *start != "start" {
+		fmt.Fprintf(os.Stderr, "sagabench: -start %q: want queue or start\n", *start)
+		os.Exit(2)
+	}
+	o := options{adminURL: *databaseURL, n: *sagas, starters: *starters, rate: *rate, partitions: *partitions,
+		maxConns: int32(*maxConns), queue: *start == "queue", verbose: *verbose}
+	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "sagabench:", err)
 		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, adminURL string, n, starters, rate, partitions int, maxConns int32, verbose bool) error {
+// options are the command's flags.
+type options struct {
+	adminURL                      string
+	n, starters, rate, partitions int
+	maxConns                      int32
+	queue, verbose                bool
+}
+
+func run(ctx context.Context, o options) error {
+	adminURL, n, starters, rate, partitions, maxConns, queue, verbose :=
+		o.adminURL, o.n, o.starters, o.rate, o.partitions, o.maxConns, o.queue, o.verbose
 	log := slog.New(slog.DiscardHandler)
 	if verbose {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -215,14 +232,14 @@ func run(ctx context.Context, adminURL string, n, starters, rate, partitions int
 	}()
 
 	// Warm-up: consumer groups join, schemas get registered, pools fill.
-	if _, err := phase(ctx, pool, orch, 200, starters, 0, "warmup"); err != nil {
+	if _, err := phase(ctx, pool, orch, 200, starters, 0, "warmup", queue); err != nil {
 		return err
 	}
 	cpuBefore, err := cpuTimes(ctx, pool)
 	if err != nil {
 		return err
 	}
-	res, err := phase(ctx, pool, orch, n, starters, rate, "run")
+	res, err := phase(ctx, pool, orch, n, starters, rate, "run", queue)
 	if err != nil {
 		return err
 	}
@@ -250,8 +267,12 @@ func run(ctx context.Context, adminURL string, n, starters, rate, partitions int
 		return err
 	default:
 	}
-	fmt.Fprintf(os.Stderr, "sagabench: %d sagas, %d starters, %d partitions, rate %d/s (0 = unpaced); %d succeeded\n",
-		n, starters, partitions, rate, res.succeeded)
+	how := "start"
+	if queue {
+		how = "queue"
+	}
+	fmt.Fprintf(os.Stderr, "sagabench: %d sagas, %d starters (-start %s), %d partitions, rate %d/s (0 = unpaced); %d succeeded\n",
+		n, starters, how, partitions, rate, res.succeeded)
 	fmt.Printf("system=saga sagas_per_sec=%.0f p50_ms=%.1f p99_ms=%.1f\n", res.perSec, res.p50, res.p99)
 	return nil
 }
@@ -262,7 +283,33 @@ type result struct {
 }
 
 // phase starts n sagas (tagged with label) and waits until all are finished.
-func phase(ctx context.Context, pool *pgxpool.Pool, orch *saga.Orchestrator[orderData], n, starters, rate int, label string) (result, error) {
+// start starts one saga in its own transaction, as a service would with its
+// business change: with Orchestrator.Queue, BEGIN and the saga's
+// statements in one round trip and COMMIT in another; with Start, BEGIN,
+// the statements and COMMIT in three.
+func start(ctx context.Context, pool *pgxpool.Pool, orch *saga.Orchestrator[orderData], data orderData, label string, queue bool) error {
+	opts := saga.StartOptions{CorrelationID: label}
+	if !queue {
+		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			_, err := orch.Start(ctx, tx, data, opts)
+			return err
+		})
+	}
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
+	if _, err := orch.Queue(ctx, b, data, opts); err != nil {
+		return err
+	}
+	br := pool.SendBatch(ctx, b)
+	tx := br.Tx()
+	defer func() { _ = tx.Rollback(ctx) }()
+	if err := br.Close(); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+func phase(ctx context.Context, pool *pgxpool.Pool, orch *saga.Orchestrator[orderData], n, starters, rate int, label string, queue bool) (result, error) {
 	var next atomic.Int64
 	begin := time.Now()
 	var wg sync.WaitGroup
@@ -279,12 +326,7 @@ func phase(ctx context.Context, pool *pgxpool.Pool, orch *saga.Orchestrator[orde
 						time.Sleep(d)
 					}
 				}
-				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-					_, err := orch.Start(ctx, tx, orderData{OrderID: fmt.Sprintf("%s-%d", label, i), Amount: i},
-						saga.StartOptions{CorrelationID: label})
-					return err
-				})
-				if err != nil {
+				if err := start(ctx, pool, orch, orderData{OrderID: fmt.Sprintf("%s-%d", label, i), Amount: i}, label, queue); err != nil {
 					startErr <- err
 					return
 				}
