@@ -400,19 +400,36 @@ func loadForUpdate(ctx context.Context, tx pgx.Tx, typ string, id uuid.UUID) (*s
 	return s, data, nil
 }
 
-// loadDue locks one saga of typ whose deadline or retry time has come,
-// skipping sagas another instance (or a reply) is working on.
+// loadDueSQL locks the saga of a type whose timer of one kind came first,
+// skipping sagas another instance (or a reply) is working on. One query per
+// kind (deadline, next retry), each walking its partial index in order and
+// stopping at the first saga. loadDue has them planned for their values
+// each time (pgx.QueryExecModeExec: a poll is rare, planning it is cheap):
+// the generic plan Postgres settled on for the prepared statement while
+// the table was empty was a sequential scan, kept as the table grew, of
+// every saga, finished ones included, twice a second per poll worker.
+const loadDueSQL = `SELECT ` + stateColumns + ` FROM sagabox.sagas
+WHERE %[1]s <= $2 AND saga_type = $1 ORDER BY %[1]s LIMIT 1 FOR UPDATE SKIP LOCKED`
+
+var (
+	loadDeadlineSQL = fmt.Sprintf(loadDueSQL, "deadline")
+	loadRetrySQL    = fmt.Sprintf(loadDueSQL, "next_retry_at")
+)
+
+// loadDue locks one saga of typ whose deadline or retry time has come, or
+// returns nil.
 func loadDue(ctx context.Context, tx pgx.Tx, typ string, now time.Time) (*state, []byte, error) {
-	s := &state{}
-	var data []byte
-	err := scanState(tx.QueryRow(ctx, `SELECT `+stateColumns+` FROM sagabox.sagas
-WHERE saga_type = $1 AND (deadline <= $2 OR next_retry_at <= $2)
-LIMIT 1 FOR UPDATE SKIP LOCKED`, typ, now), s, &data)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil, nil
+	for _, sql := range []string{loadDeadlineSQL, loadRetrySQL} {
+		s := &state{}
+		var data []byte
+		err := scanState(tx.QueryRow(ctx, sql, pgx.QueryExecModeExec, typ, now), s, &data)
+		if errors.Is(err, pgx.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("saga: poll: %w", err)
+		}
+		return s, data, nil
 	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("saga: poll: %w", err)
-	}
-	return s, data, nil
+	return nil, nil, nil
 }
