@@ -70,12 +70,16 @@ type batchProducer struct {
 	seqs  map[topicPartition]int32
 
 	partitioners map[string]sarama.Partitioner
+	// brokers are the broker connections this producer used, closed by the
+	// relay when it stops (closeClient). Guarded by mu.
+	brokers map[*sarama.Broker]bool
 }
 
 func newBatchProducer(client sarama.Client, conf *sarama.Config, maxBatch, retries int, backoff time.Duration, log *slog.Logger) *batchProducer {
 	return &batchProducer{
 		client: client, conf: conf, log: log, maxBatch: maxBatch, retries: retries, backoff: backoff,
 		pid: -1, seqs: map[topicPartition]int32{}, partitioners: map[string]sarama.Partitioner{},
+		brokers: map[*sarama.Broker]bool{},
 	}
 }
 
@@ -99,6 +103,7 @@ func (p *batchProducer) ensureProducerID() error {
 	if b == nil {
 		return errors.New("no broker reachable")
 	}
+	p.brokers[b] = true
 	_ = b.Open(p.conf)
 	resp, err := b.InitProducerID(&sarama.InitProducerIDRequest{Version: 1})
 	if err != nil {
@@ -321,6 +326,9 @@ func (p *batchProducer) sendOnce(recs []record, batch []*chunk) map[*chunk]error
 		byBroker[b] = append(byBroker[b], c)
 	}
 	p.mu.Lock()
+	for b := range byBroker {
+		p.brokers[b] = true
+	}
 	pid, epoch := p.pid, p.epoch
 	type sent struct {
 		c   *chunk

@@ -170,6 +170,29 @@ func (c RelayConfig) validate() error {
 	return nil
 }
 
+// closeClient closes client and every broker connection the producers used.
+// Sarama's Client.Close closes its brokers asynchronously and skips one
+// whose connection is still being opened (after a failed request, the next
+// one reopens it), which then stays open for good. Broker.Close waits for
+// an Open in progress, so closing each broker ourselves leaves none behind.
+func closeClient(client sarama.Client, producers []*batchProducer) {
+	used := map[*sarama.Broker]bool{}
+	for _, b := range client.Brokers() {
+		used[b] = true
+	}
+	for _, p := range producers {
+		p.mu.Lock()
+		for b := range p.brokers {
+			used[b] = true
+		}
+		p.mu.Unlock()
+	}
+	_ = client.Close()
+	for b := range used {
+		_ = b.Close()
+	}
+}
+
 // Relay publishes the outbox to Kafka. Run several, in one process or many:
 // they split the shards between them and take over from each other.
 type Relay struct {
@@ -250,13 +273,13 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	defer client.Close()
 	// One producer (one Kafka producer ID, its own sequence numbers) per
 	// worker, so that workers never interleave sequence numbers.
 	producers := make([]*batchProducer, r.cfg.Workers)
 	for i := range producers {
 		producers[i] = newBatchProducer(client, conf, r.cfg.MaxMessageBytes, 3, 50*time.Millisecond, r.log)
 	}
+	defer closeClient(client, producers)
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
