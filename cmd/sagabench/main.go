@@ -68,9 +68,9 @@ type orderData struct {
 func main() {
 	databaseURL := flag.String("database-url", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "Postgres server; a fresh database is created there and dropped at the end")
 	sagas := flag.Int("sagas", 10000, "sagas to run in the measured phase")
-	starters := flag.Int("starters", 8, "goroutines starting sagas")
+	starters := flag.Int("starters", 16, "goroutines starting sagas")
 	rate := flag.Int("rate", 0, "sagas started per second (0: as fast as possible)")
-	partitions := flag.Int("partitions", 64, "partitions per topic (each consumer handles one message per partition at a time, so more partitions means bigger shared transactions)")
+	partitions := flag.Int("partitions", 128, "partitions per topic (each consumer handles one message per partition at a time, so more partitions means bigger shared transactions)")
 	maxConns := flag.Int("max-conns", 12, "connections per pool (the starters, the orchestrator, each participant and the relay have their own pool, as separate services would)")
 	start := flag.String("start", "queue", "how each saga starts in its own transaction: queue (Orchestrator.Queue, sent with outbox.SendTx: one round trip) or start (Orchestrator.Start in pgx.BeginFunc: three)")
 	verbose := flag.Bool("v", false, "log at debug level")
