@@ -49,7 +49,8 @@ type Config struct {
 	Brokers []string
 	// Registry resolves the schema IDs of replies. Required by Run.
 	Registry srclient.ISchemaRegistryClient
-	// ConsumerGroup defaults to "sagabox-saga-" + the definition's name.
+	// ConsumerGroup defaults to "sagabox-saga-" + the definition's name
+	// (set by NewOrchestrator).
 	ConsumerGroup string
 	// DeadLetterTopic receives replies that cannot be decoded (not Avro,
 	// unknown schema ID, not a reply) with the reason, so that they do not
@@ -89,11 +90,10 @@ type Config struct {
 	Registerer prometheus.Registerer
 }
 
-// WithDefaults returns a copy of c with the defaults filled in.
-func (c Config) WithDefaults(sagaType string) Config {
-	if c.ConsumerGroup == "" {
-		c.ConsumerGroup = "sagabox-saga-" + sagaType
-	}
+// WithDefaults returns a copy of c with the defaults filled in, but for
+// ConsumerGroup, whose default names the definition: NewOrchestrator fills
+// it in.
+func (c Config) WithDefaults() Config {
 	if c.DeadLetterTopic == "" && c.ReplyTopic != "" {
 		c.DeadLetterTopic = c.ReplyTopic + ".dlq"
 	}
@@ -157,7 +157,10 @@ func NewOrchestrator[D any](def *Definition[D], cfg Config) (*Orchestrator[D], e
 	if def == nil {
 		return nil, fmt.Errorf("%w: nil definition", ErrInvalidConfig)
 	}
-	cfg = cfg.WithDefaults(def.name)
+	cfg = cfg.WithDefaults()
+	if cfg.ConsumerGroup == "" {
+		cfg.ConsumerGroup = "sagabox-saga-" + def.name
+	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
