@@ -99,4 +99,20 @@
 // FOR UPDATE SKIP LOCKED, so they survive restarts. Replies that cannot be
 // decoded go to a dead-letter topic (through the outbox) with the reason;
 // a registry outage is retried instead.
+//
+// # What a saga costs
+//
+// Each step is a command and a reply through two outboxes and Kafka, and a
+// transaction on each side. What makes that cheap is sharing: replies that
+// arrive together (one per partition of the reply topic at a time) are
+// applied in one transaction, in two round trips (the load rides with
+// BEGIN, the writes with COMMIT), and a participant's commands likewise,
+// each handler inside its own savepoint. More partitions let more of them
+// share. Start writes the saga in the caller's transaction; Queue adds it to
+// the caller's pgx.Batch instead, and with outbox.SendTx the business
+// change, the saga and its first command commit in one round trip. The
+// hot lookups go by primary key in every plan Postgres may settle on, also
+// for tables that were empty when the service started. BENCHMARKS.md has
+// the figures: about 1,100 three-step sagas a second on two cores, Postgres
+// and the broker included.
 package saga
