@@ -11,6 +11,11 @@
 //	h.ExpectCommands("release_stock")
 //	h.Succeed(nil)
 //	h.ExpectStatus(saga.StatusCompensated)
+//
+// There is no database here, so local steps (Step.Local, CompensateLocal)
+// run with a nil pgx.Tx: a local step that only decides, or changes the
+// saga's data, can be tested here; one that uses its transaction needs a
+// test against Postgres, as the saga package's own tests are.
 package sagatest
 
 import (
