@@ -70,15 +70,8 @@ func count(stmts []string, s string) int {
 // what it sends.
 func (w *world) tracedPool() (*pgxpool.Pool, *sqlLog) {
 	w.t.Helper()
-	cfg, err := pgxpool.ParseConfig(w.db.URL)
-	testkit.Must(w.t, err, "pool config")
 	log := &sqlLog{}
-	cfg.ConnConfig.Tracer = log
-	cfg.MaxConns = 1
-	pool, err := pgxpool.NewWithConfig(w.ctx, cfg)
-	testkit.Must(w.t, err, "pool")
-	w.t.Cleanup(pool.Close)
-	return pool, log
+	return w.onePool(log), log
 }
 
 func (w *world) participant(name string, pool *pgxpool.Pool) *saga.Participant {

@@ -26,11 +26,12 @@ import (
 // next calls read.
 
 // onePool is a pool of one connection, so that the statements a test warms
-// up are the ones it measures.
-func (w *world) onePool() *pgxpool.Pool {
+// up are the ones it measures; tracer, when not nil, sees every statement.
+func (w *world) onePool(tracer pgx.QueryTracer) *pgxpool.Pool {
 	w.t.Helper()
 	cfg, err := pgxpool.ParseConfig(w.db.URL)
 	testkit.Must(w.t, err, "pool config")
+	cfg.ConnConfig.Tracer = tracer
 	cfg.MaxConns = 1
 	pool, err := pgxpool.NewWithConfig(w.ctx, cfg)
 	testkit.Must(w.t, err, "pool")
@@ -56,7 +57,7 @@ func (w *world) tuplesRead(pool *pgxpool.Pool, table string) int64 {
 func TestInboxLookupStaysOnThePrimaryKeyAsTheInboxGrows(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, 0)
-	pool := w.onePool()
+	pool := w.onePool(nil)
 	p := w.participant("catalog", pool)
 	p.Handle("reserve_stock", func(context.Context, pgx.Tx, *saga.Command) (*saga.Result, error) { return nil, nil })
 	for range 8 { // past the plan cache's five custom plans
@@ -77,7 +78,7 @@ func TestInboxLookupStaysOnThePrimaryKeyAsTheInboxGrows(t *testing.T) {
 func TestTimerPollStaysOnItsIndexAsSagasAccumulate(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, 0)
-	pool := w.onePool()
+	pool := w.onePool(nil)
 	o := w.orchestrator(orderDefinition(tuning{}), func(c *saga.Config) {
 		c.Pool = pool
 		c.PollInterval = 5 * time.Millisecond
@@ -111,7 +112,7 @@ func TestTimerPollStaysOnItsIndexAsSagasAccumulate(t *testing.T) {
 func TestReplyBatchLoadsStayOnThePrimaryKeyAsSagasAccumulate(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, 0)
-	pool := w.onePool()
+	pool := w.onePool(nil)
 	o := w.orchestrator(orderDefinition(tuning{}), func(c *saga.Config) { c.Pool = pool })
 	_, payload, err := testCodec().Encode("test.catalog.StockReserved", stockReserved{ReservationID: "r"})
 	testkit.Must(t, err, "payload")

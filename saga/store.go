@@ -196,11 +196,7 @@ func (e *txEnv[D]) flush(ctx context.Context, w *outbox.Writer, s *state, data *
 func (e *txEnv[D]) queue(ctx context.Context, b *pgx.Batch, w *outbox.Writer, s *state, data *D, insert bool, causation string) error {
 	id := [16]byte(s.ID)
 	if insert {
-		js, err := json.Marshal(data)
-		if err != nil {
-			return fmt.Errorf("saga: marshal data: %w", err)
-		}
-		failure, err := encodeFailure(s.Failure)
+		js, failure, err := rowJSON(s, data)
 		if err != nil {
 			return err
 		}
@@ -285,13 +281,19 @@ func queueMany[D any](ctx context.Context, w *outbox.Writer, sagas []savedSaga[D
 	return b, read, nil
 }
 
+// rowJSON is the saga row's JSON columns: its data, and its failure (nil
+// for NULL).
+func rowJSON[D any](s *state, data *D) (js []byte, failure any, err error) {
+	if js, err = json.Marshal(data); err != nil {
+		return nil, nil, fmt.Errorf("saga: marshal data: %w", err)
+	}
+	failure, err = encodeFailure(s.Failure)
+	return js, failure, err
+}
+
 // queueUpdate queues the update of a saga's row.
 func queueUpdate[D any](b *pgx.Batch, s *state, data *D) error {
-	js, err := json.Marshal(data)
-	if err != nil {
-		return fmt.Errorf("saga: marshal data: %w", err)
-	}
-	failure, err := encodeFailure(s.Failure)
+	js, failure, err := rowJSON(s, data)
 	if err != nil {
 		return err
 	}
