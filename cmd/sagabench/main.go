@@ -115,13 +115,11 @@ type options struct {
 }
 
 func run(ctx context.Context, o options) error {
-	adminURL, n, starters, rate, partitions, maxConns, queue, verbose :=
-		o.adminURL, o.n, o.starters, o.rate, o.partitions, o.maxConns, o.queue, o.verbose
 	log := slog.New(slog.DiscardHandler)
-	if verbose {
+	if o.verbose {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	newPool, drop, err := freshDatabase(ctx, adminURL)
+	newPool, drop, err := freshDatabase(ctx, o.adminURL)
 	if err != nil {
 		return err
 	}
@@ -141,15 +139,15 @@ func run(ctx context.Context, o options) error {
 		}
 		return p, err
 	}
-	pool, err := open("starters", int32(starters)+2)
+	pool, err := open("starters", int32(o.starters)+2)
 	if err != nil {
 		return err
 	}
-	orchPool, err := open("orchestrator", maxConns)
+	orchPool, err := open("orchestrator", o.maxConns)
 	if err != nil {
 		return err
 	}
-	relayPool, err := open("relay", maxConns)
+	relayPool, err := open("relay", o.maxConns)
 	if err != nil {
 		return err
 	}
@@ -160,7 +158,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(partitions))
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(o.partitions))
 	if err != nil {
 		return err
 	}
@@ -214,7 +212,7 @@ func run(ctx context.Context, o options) error {
 	goRun(relay.Run)
 	goRun(orch.Run)
 	for _, name := range []string{"reserve_stock", "debit_credit", "ship"} {
-		ppool, err := open(name, maxConns)
+		ppool, err := open(name, o.maxConns)
 		if err != nil {
 			cancel()
 			return err
@@ -239,14 +237,14 @@ func run(ctx context.Context, o options) error {
 	}()
 
 	// Warm-up: consumer groups join, schemas get registered, pools fill.
-	if _, err := phase(ctx, pool, orch, 200, starters, 0, "warmup", queue); err != nil {
+	if _, err := phase(ctx, pool, orch, 200, o.starters, 0, "warmup", o.queue); err != nil {
 		return err
 	}
 	cpuBefore, err := cpuTimes(ctx, pool)
 	if err != nil {
 		return err
 	}
-	res, err := phase(ctx, pool, orch, n, starters, rate, "run", queue)
+	res, err := phase(ctx, pool, orch, o.n, o.starters, o.rate, "run", o.queue)
 	if err != nil {
 		return err
 	}
@@ -255,7 +253,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	self, server, byApp := cpuAfter.sub(cpuBefore)
-	perSaga := func(d time.Duration) float64 { return d.Seconds() * 1000 / float64(n) }
+	perSaga := func(d time.Duration) float64 { return d.Seconds() * 1000 / float64(o.n) }
 	if server > 0 {
 		fmt.Fprintf(os.Stderr, "sagabench: CPU per saga: %.2f ms in this process, %.2f ms in its Postgres backends (", perSaga(self), perSaga(server))
 		for i, app := range slices.Sorted(maps.Keys(byApp)) {
@@ -267,7 +265,7 @@ func run(ctx context.Context, o options) error {
 		fmt.Fprintln(os.Stderr, ")")
 	} else {
 		fmt.Fprintf(os.Stderr, "sagabench: CPU per saga: %.2f ms in this process (Postgres backends not readable here)\n",
-			self.Seconds()*1000/float64(n))
+			self.Seconds()*1000/float64(o.n))
 	}
 	select {
 	case err := <-errs:
@@ -275,11 +273,11 @@ func run(ctx context.Context, o options) error {
 	default:
 	}
 	how := "start"
-	if queue {
+	if o.queue {
 		how = "queue"
 	}
 	fmt.Fprintf(os.Stderr, "sagabench: %d sagas, %d starters (-start %s), %d partitions, rate %d/s (0 = unpaced); %d succeeded\n",
-		n, starters, how, partitions, rate, res.succeeded)
+		o.n, o.starters, how, o.partitions, o.rate, res.succeeded)
 	fmt.Printf("system=saga sagas_per_sec=%.0f p50_ms=%.1f p99_ms=%.1f\n", res.perSec, res.p50, res.p99)
 	return nil
 }
