@@ -58,7 +58,7 @@ func TestStockCommandsThroughTheSagaParticipant(t *testing.T) {
 		&schemas.ReserveStock{OrderID: order, Items: []schemas.StockLine{{Sku: "A", Quantity: 3}, {Sku: "B", Quantity: 1}}})
 	testkit.Must(t, p.Process(ctx, reserve), "reserve")
 	outcome, _, payload := b.lastReply(t)
-	if outcome != string(saga.Success) || payload["total_cents"] != int64(170) || b.stock(t, "A") != 7 || b.stock(t, "B") != 0 {
+	if outcome != "SUCCESS" || payload["total_cents"] != int64(170) || b.stock(t, "A") != 7 || b.stock(t, "B") != 0 {
 		t.Fatalf("reserve: %s %v, stock A %d B %d", outcome, payload, b.stock(t, "A"), b.stock(t, "B"))
 	}
 	testkit.Must(t, p.Process(ctx, reserve), "redelivered reserve")
@@ -69,14 +69,14 @@ func TestStockCommandsThroughTheSagaParticipant(t *testing.T) {
 	short := b.command(t, uuid.New(), 0, false, schemas.CommandReserveStock, schemas.NameReserveStock,
 		&schemas.ReserveStock{OrderID: uuid.NewString(), Items: []schemas.StockLine{{Sku: "A", Quantity: 1}, {Sku: "B", Quantity: 1}}})
 	testkit.Must(t, p.Process(ctx, short), "short reserve")
-	if outcome, reason, _ := b.lastReply(t); outcome != string(saga.Rejected) || reason != "insufficient stock for B" || b.stock(t, "A") != 7 {
+	if outcome, reason, _ := b.lastReply(t); outcome != "REJECTED" || reason != "insufficient stock for B" || b.stock(t, "A") != 7 {
 		t.Fatalf("short: %s %q, stock A %d", outcome, reason, b.stock(t, "A"))
 	}
 
 	release := b.command(t, sagaID, 0, true, schemas.CommandReleaseStock, schemas.NameReleaseStock, &schemas.ReleaseStock{OrderID: order})
 	testkit.Must(t, p.Process(ctx, release), "release")
 	testkit.Must(t, p.Process(ctx, release), "redelivered release")
-	if outcome, _, _ := b.lastReply(t); outcome != string(saga.Success) || b.stock(t, "A") != 10 || b.stock(t, "B") != 1 {
+	if outcome, _, _ := b.lastReply(t); outcome != "SUCCESS" || b.stock(t, "A") != 10 || b.stock(t, "B") != 1 {
 		t.Fatalf("release: %s, stock A %d B %d", outcome, b.stock(t, "A"), b.stock(t, "B"))
 	}
 }
@@ -136,7 +136,7 @@ func TestOnKafka(t *testing.T) {
 		t.Fatalf("reply is not in the Confluent wire format: % x", value[:min(8, len(value))])
 	}
 	outcome, _, reply := decodeReply(t, svc.Messaging().Codec, value[5:])
-	if outcome != string(saga.Success) || reply["total_cents"] != int64(100) {
+	if outcome != "SUCCESS" || reply["total_cents"] != int64(100) {
 		t.Fatalf("reply %s %v", outcome, reply)
 	}
 	testkit.Eventually(t, 60*time.Second, "the order view to be approved", func() bool {

@@ -36,14 +36,14 @@ func ExampleNewDefinition() {
 		fmt.Printf("sent %s (step %d, attempt %d) -> %s\n", last.Command, last.Step, last.Attempt, o)
 		_, _ = sim.Reply(ctx, saga.Reply{Step: last.Step, Attempt: last.Attempt, Compensation: last.Compensation, Outcome: o, Reason: reason})
 	}
-	reply(saga.Success, "")
-	reply(saga.Rejected, "hotel full")
-	reply(saga.Success, "")
+	reply(saga.OutcomeSucceeded, "")
+	reply(saga.OutcomeRejected, "hotel full")
+	reply(saga.OutcomeSucceeded, "")
 	fmt.Println("status:", sim.Status())
 	// Output:
-	// sent book_flight (step 0, attempt 1) -> SUCCESS
-	// sent book_hotel (step 1, attempt 1) -> REJECTED
-	// sent cancel_flight (step 0, attempt 1) -> SUCCESS
+	// sent book_flight (step 0, attempt 1) -> succeeded
+	// sent book_hotel (step 1, attempt 1) -> rejected
+	// sent cancel_flight (step 0, attempt 1) -> succeeded
 	// status: compensated
 }
 

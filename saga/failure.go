@@ -11,12 +11,12 @@ type Failure struct {
 	// Step is the index of the step that failed; StepName its name.
 	Step     int    `json:"step"`
 	StepName string `json:"step_name"`
-	// Outcome is how its last attempt ended, in the vocabulary of
-	// Attempt.Outcome: "rejected" (a business "no" of the participant or a
-	// Reject of the local step), "error" (an error reply, a local step's
-	// error, or an OnReply that refused the reply), "timed_out" (no reply
-	// before the deadline) or "aborted" (Orchestrator.Abort).
-	Outcome string `json:"outcome"`
+	// Outcome is how its last attempt ended: OutcomeRejected (a business
+	// "no" of the participant or a Reject of the local step), OutcomeError
+	// (an error reply, a local step's error, or an OnReply that refused the
+	// reply), OutcomeTimedOut (no reply before the deadline) or
+	// OutcomeAborted (an operator's Abort).
+	Outcome Outcome `json:"outcome"`
 	// Reason is the participant's rejection or error reason, the local
 	// step's error (the text given to Reject), the OnReply error, "timed
 	// out after N attempts", or the reason given to Abort.
@@ -28,10 +28,10 @@ type Failure struct {
 // Rejected reports whether the step failed on a business "no": the
 // participant rejected the command, or the local step returned Reject.
 // Timeouts, errors and aborts are not rejections.
-func (f Failure) Rejected() bool { return f.Outcome == outcomeRejected }
+func (f Failure) Rejected() bool { return f.Outcome == OutcomeRejected }
 
 // TimedOut reports whether the step ran out of attempts without a reply.
-func (f Failure) TimedOut() bool { return f.Outcome == outcomeTimedOut }
+func (f Failure) TimedOut() bool { return f.Outcome == OutcomeTimedOut }
 
 type failureKey struct{}
 

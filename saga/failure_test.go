@@ -31,7 +31,7 @@ func failureDefinition(tried *sync.Map) *saga.Definition[order] {
 					return errors.New("no failure in the compensation's context")
 				}
 				_, err := tx.Exec(ctx, `UPDATE orders SET status = $2 WHERE id = $1`, o.OrderID,
-					f.StepName+"/"+f.Outcome+"/"+f.Reason)
+					f.StepName+"/"+string(f.Outcome)+"/"+f.Reason)
 				return err
 			},
 			CompensationRetry: retry,
@@ -118,7 +118,7 @@ func TestCompensationPayloadSeesTheFailure(t *testing.T) {
 					if !ok {
 						return nil, errors.New("no failure")
 					}
-					return reserveStock{Item: f.StepName + "/" + f.Outcome + "/" + f.Reason, Qty: f.Attempts}, nil
+					return reserveStock{Item: f.StepName + "/" + string(f.Outcome) + "/" + f.Reason, Qty: f.Attempts}, nil
 				}},
 			Timeout: time.Second, Retry: saga.RetryPolicy{MaxAttempts: 2}},
 		saga.Step[order]{Name: "debit_credit", Invoke: inv("debit_credit"), Timeout: time.Second,
@@ -130,7 +130,7 @@ func TestCompensationPayloadSeesTheFailure(t *testing.T) {
 		want reserveStock
 	}{
 		{"rejected", func(ctx context.Context, sim *saga.Simulation[order]) error {
-			_, err := sim.Reply(ctx, saga.Reply{Step: 1, Attempt: 1, Outcome: saga.Rejected, Reason: "insufficient credit"})
+			_, err := sim.Reply(ctx, saga.Reply{Step: 1, Attempt: 1, Outcome: saga.OutcomeRejected, Reason: "insufficient credit"})
 			return err
 		}, reserveStock{Item: "debit_credit/rejected/insufficient credit", Qty: 1}},
 		{"timed out", func(ctx context.Context, sim *saga.Simulation[order]) error {
@@ -146,7 +146,7 @@ func TestCompensationPayloadSeesTheFailure(t *testing.T) {
 			ctx := context.Background()
 			sim := saga.NewSimulation(def, testCodec(), order{OrderID: "o1"})
 			testkit.Must(t, sim.Start(ctx), "start")
-			_, err := sim.Reply(ctx, saga.Reply{Step: 0, Attempt: 1, Outcome: saga.Success})
+			_, err := sim.Reply(ctx, saga.Reply{Step: 0, Attempt: 1, Outcome: saga.OutcomeSucceeded})
 			testkit.Must(t, err, "reply")
 			testkit.Must(t, tc.fail(ctx, sim), "fail")
 			sent := sim.Sent()

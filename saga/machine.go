@@ -64,13 +64,24 @@ type outCommand struct {
 	Envelope commandEnvelope
 }
 
-// Attempt outcomes in the step history.
+// Outcome is how an attempt of a step or compensation ended (Attempt,
+// Failure), and what a participant's reply says (Reply: succeeded, rejected
+// or error).
+type Outcome string
+
 const (
-	outcomeSucceeded = "succeeded"
-	outcomeRejected  = "rejected"
-	outcomeError     = "error"
-	outcomeTimedOut  = "timed_out"
-	outcomeAborted   = "aborted"
+	// OutcomeSucceeded: the step (or the participant) did it.
+	OutcomeSucceeded Outcome = "succeeded"
+	// OutcomeRejected: a business "no" that will not change (out of stock,
+	// not enough credit): not retried, the saga compensates.
+	OutcomeRejected Outcome = "rejected"
+	// OutcomeError: something transient failed and nothing was done; the
+	// step is retried after a backoff.
+	OutcomeError Outcome = "error"
+	// OutcomeTimedOut: no reply before the step's deadline.
+	OutcomeTimedOut Outcome = "timed_out"
+	// OutcomeAborted: an operator aborted the saga during the attempt.
+	OutcomeAborted Outcome = "aborted"
 )
 
 // env is what the machine does I/O through: the orchestrator's transaction,
@@ -81,7 +92,7 @@ type env[D any] interface {
 	runLocal(ctx context.Context, fn LocalFunc[D], data *D) error
 	send(cmd outCommand)
 	attemptStarted(step int, compensation bool, attempt int, name string, at time.Time)
-	attemptEnded(step int, compensation bool, attempt int, name, outcome, errText string, at time.Time, latency time.Duration)
+	attemptEnded(step int, compensation bool, attempt int, name string, outcome Outcome, errText string, at time.Time, latency time.Duration)
 	finished(s *state)
 }
 
@@ -157,19 +168,19 @@ func (m *machine[D]) runLocal(ctx context.Context, e env[D], s *state, fn LocalF
 	}
 	end := e.now()
 	if runErr == nil {
-		e.attemptEnded(s.Step, s.Compensation, s.Attempt, name, outcomeSucceeded, "", end, end.Sub(now))
+		e.attemptEnded(s.Step, s.Compensation, s.Attempt, name, OutcomeSucceeded, "", end, end.Sub(now))
 		*data = *work
 		m.stepDone(s)
 		return nil
 	}
-	outcome := outcomeError
+	outcome := OutcomeError
 	if errors.Is(runErr, ErrRejected) {
-		outcome = outcomeRejected
+		outcome = OutcomeRejected
 	}
 	e.attemptEnded(s.Step, s.Compensation, s.Attempt, name, outcome, runErr.Error(), end, end.Sub(now))
 	// A failed local step was rolled back: it needs no compensation.
 	reason := rejectionReason(runErr)
-	m.failed(e, s, outcome == outcomeRejected, true, reason, Failure{Outcome: outcome, Reason: reason})
+	m.failed(e, s, outcome == OutcomeRejected, true, reason, Failure{Outcome: outcome, Reason: reason})
 	return nil
 }
 
@@ -247,7 +258,7 @@ func (m *machine[D]) failed(e env[D], s *state, final, clean bool, reason string
 		m.finish(e, s, StatusFailed)
 	default:
 		f.Step, f.StepName, f.Attempts = s.Step, st.Name, s.Attempt
-		if f.Outcome == outcomeTimedOut {
+		if f.Outcome == OutcomeTimedOut {
 			f.Reason = timedOutReason(s.Attempt)
 		}
 		m.compensateFrom(s, clean, f)
@@ -290,7 +301,7 @@ func (m *machine[D]) onReply(ctx context.Context, e env[D], s *state, data *D, r
 	now := e.now()
 	latency := now.Sub(s.StepStartedAt)
 	switch r.Outcome {
-	case Success:
+	case OutcomeSucceeded:
 		inv := st.Invoke
 		if s.Status == StatusCompensating {
 			inv = st.Compensate
@@ -303,20 +314,20 @@ func (m *machine[D]) onReply(ctx context.Context, e env[D], s *state, data *D, r
 			if err := inv.OnReply(work, r); err != nil {
 				// The participant did it, but the saga cannot use the
 				// answer: fail the step, compensating it too.
-				e.attemptEnded(s.Step, s.Compensation, s.Attempt, st.Name, outcomeError, "OnReply: "+err.Error(), now, latency)
-				m.failed(e, s, true, false, "OnReply: "+err.Error(), Failure{Outcome: outcomeError, Reason: err.Error()})
+				e.attemptEnded(s.Step, s.Compensation, s.Attempt, st.Name, OutcomeError, "OnReply: "+err.Error(), now, latency)
+				m.failed(e, s, true, false, "OnReply: "+err.Error(), Failure{Outcome: OutcomeError, Reason: err.Error()})
 				return true, m.advance(ctx, e, s, data)
 			}
 			*data = *work
 		}
-		e.attemptEnded(s.Step, s.Compensation, s.Attempt, st.Name, outcomeSucceeded, "", now, latency)
+		e.attemptEnded(s.Step, s.Compensation, s.Attempt, st.Name, OutcomeSucceeded, "", now, latency)
 		m.stepDone(s)
-	case Rejected:
-		e.attemptEnded(s.Step, s.Compensation, s.Attempt, st.Name, outcomeRejected, r.Reason, now, latency)
-		m.failed(e, s, true, true, "rejected: "+r.Reason, Failure{Outcome: outcomeRejected, Reason: r.Reason})
+	case OutcomeRejected:
+		e.attemptEnded(s.Step, s.Compensation, s.Attempt, st.Name, OutcomeRejected, r.Reason, now, latency)
+		m.failed(e, s, true, true, "rejected: "+r.Reason, Failure{Outcome: OutcomeRejected, Reason: r.Reason})
 	default:
-		e.attemptEnded(s.Step, s.Compensation, s.Attempt, st.Name, outcomeError, r.Reason, now, latency)
-		m.failed(e, s, false, false, "error: "+r.Reason, Failure{Outcome: outcomeError, Reason: r.Reason})
+		e.attemptEnded(s.Step, s.Compensation, s.Attempt, st.Name, OutcomeError, r.Reason, now, latency)
+		m.failed(e, s, false, false, "error: "+r.Reason, Failure{Outcome: OutcomeError, Reason: r.Reason})
 	}
 	return true, m.advance(ctx, e, s, data)
 }
@@ -329,8 +340,8 @@ func (m *machine[D]) onDue(ctx context.Context, e env[D], s *state, data *D) (bo
 	case s.Status.Finished():
 		return false, nil
 	case s.awaiting() && !now.Before(s.Deadline):
-		e.attemptEnded(s.Step, s.Compensation, s.Attempt, m.def.steps[s.Step].Name, outcomeTimedOut, "no reply before the deadline", now, now.Sub(s.StepStartedAt))
-		m.failed(e, s, false, false, "timed out", Failure{Outcome: outcomeTimedOut})
+		e.attemptEnded(s.Step, s.Compensation, s.Attempt, m.def.steps[s.Step].Name, OutcomeTimedOut, "no reply before the deadline", now, now.Sub(s.StepStartedAt))
+		m.failed(e, s, false, false, "timed out", Failure{Outcome: OutcomeTimedOut})
 		return true, m.advance(ctx, e, s, data)
 	case !s.NextRetryAt.IsZero() && !now.Before(s.NextRetryAt):
 		s.NextRetryAt = time.Time{}
@@ -367,7 +378,7 @@ func (m *machine[D]) abort(ctx context.Context, e env[D], s *state, data *D, rea
 	if s.awaiting() {
 		// The step's command is out: it may run, so compensate it too.
 		now := e.now()
-		e.attemptEnded(s.Step, false, s.Attempt, m.def.steps[s.Step].Name, outcomeAborted, reason, now, now.Sub(s.StepStartedAt))
+		e.attemptEnded(s.Step, false, s.Attempt, m.def.steps[s.Step].Name, OutcomeAborted, reason, now, now.Sub(s.StepStartedAt))
 		clean = false
 	}
 	s.LastError = "aborted: " + reason
@@ -375,7 +386,7 @@ func (m *machine[D]) abort(ctx context.Context, e env[D], s *state, data *D, rea
 	if s.Step < len(m.def.steps) {
 		name = m.def.steps[s.Step].Name
 	}
-	m.compensateFrom(s, clean, Failure{Step: s.Step, StepName: name, Outcome: outcomeAborted, Reason: reason, Attempts: s.Attempt})
+	m.compensateFrom(s, clean, Failure{Step: s.Step, StepName: name, Outcome: OutcomeAborted, Reason: reason, Attempts: s.Attempt})
 	return m.advance(ctx, e, s, data)
 }
 

@@ -51,9 +51,8 @@ type Attempt struct {
 	Attempt      int
 	StartedAt    time.Time
 	FinishedAt   *time.Time
-	// Outcome is succeeded, rejected, error, timed_out or aborted; empty
-	// while in flight.
-	Outcome string
+	// Outcome is how the attempt ended; empty while in flight.
+	Outcome Outcome
 	Error   string
 }
 

@@ -475,7 +475,7 @@ func (o *Orchestrator[D]) decodeReply(msg *message.Message) (*Reply, error) {
 		return nil, fmt.Errorf("%w: saga_id %q: %v", errNotEnvelope, env.SagaID, err)
 	}
 	return &Reply{SagaID: id, Step: env.Step, Attempt: env.Attempt, Compensation: env.Compensation,
-		Outcome: Outcome(env.Outcome), Reason: env.Reason, PayloadType: env.PayloadType, Payload: env.Payload}, nil
+		Outcome: outcomeFromWire(env.Outcome), Reason: env.Reason, PayloadType: env.PayloadType, Payload: env.Payload}, nil
 }
 
 // Run consumes replies and fires deadlines and retries until ctx is done.

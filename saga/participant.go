@@ -397,11 +397,11 @@ func (p *Participant) decide(ctx context.Context, htx *handlerTx, cmd *Command, 
 		if !ok {
 			// The action never ran: record it as cancelled, so that it
 			// does nothing if it arrives later.
-			e.add(action, &replyEnvelope{Outcome: string(Rejected), Reason: "cancelled: compensated before it ran"})
+			e.add(action, &replyEnvelope{Outcome: wireRejected, Reason: "cancelled: compensated before it ran"})
 		}
-		if !ok || r.Outcome != string(Success) {
+		if !ok || r.Outcome != wireSuccess {
 			// The action never ran, or was refused: nothing to undo.
-			reply := &replyEnvelope{Outcome: string(Success), Reason: "nothing to compensate", Payload: []byte{}}
+			reply := &replyEnvelope{Outcome: wireSuccess, Reason: "nothing to compensate", Payload: []byte{}}
 			e.add(key, reply)
 			return reply, nil
 		}
@@ -410,7 +410,7 @@ func (p *Participant) decide(ctx context.Context, htx *handlerTx, cmd *Command, 
 		return nil, err
 	}
 	reply, store, err := p.run(ctx, htx, cmd)
-	htx.end(err != nil || reply.Outcome != string(Success))
+	htx.end(err != nil || reply.Outcome != wireSuccess)
 	if err != nil {
 		return nil, err
 	}
@@ -430,18 +430,18 @@ func (p *Participant) decide(ctx context.Context, htx *handlerTx, cmd *Command, 
 func (p *Participant) run(ctx context.Context, htx *handlerTx, cmd *Command) (*replyEnvelope, bool, error) {
 	h, ok := p.handlers[cmd.Name]
 	if !ok {
-		return &replyEnvelope{Outcome: string(Rejected), Reason: fmt.Sprintf("participant %s has no handler for %q", p.cfg.Name, cmd.Name),
+		return &replyEnvelope{Outcome: wireRejected, Reason: fmt.Sprintf("participant %s has no handler for %q", p.cfg.Name, cmd.Name),
 			Payload: []byte{}}, true, nil
 	}
 	res, herr := h(ctx, htx, cmd)
 	if herr != nil {
 		if errors.Is(herr, ErrRejected) {
-			return &replyEnvelope{Outcome: string(Rejected), Reason: rejectionReason(herr), Payload: []byte{}}, true, nil
+			return &replyEnvelope{Outcome: wireRejected, Reason: rejectionReason(herr), Payload: []byte{}}, true, nil
 		}
 		p.log.WarnContext(ctx, "saga: handler failed, the orchestrator will retry", "saga_id", cmd.SagaID, "command", cmd.Name, "error", herr)
-		return &replyEnvelope{Outcome: string(Error), Reason: herr.Error()}, false, nil
+		return &replyEnvelope{Outcome: wireError, Reason: herr.Error()}, false, nil
 	}
-	r := &replyEnvelope{Outcome: string(Success), Payload: []byte{}}
+	r := &replyEnvelope{Outcome: wireSuccess, Payload: []byte{}}
 	if res != nil && res.Type != "" {
 		var err error
 		r.PayloadType = res.Type

@@ -117,7 +117,7 @@ func TestReplyBatchLoadsStayOnThePrimaryKeyAsSagasAccumulate(t *testing.T) {
 	_, payload, err := testCodec().Encode("test.catalog.StockReserved", stockReserved{ReservationID: "r"})
 	testkit.Must(t, err, "payload")
 	reply := func(id string) *saga.Reply {
-		return &saga.Reply{SagaID: uuid.MustParse(id), Step: 0, Attempt: 1, Outcome: saga.Success,
+		return &saga.Reply{SagaID: uuid.MustParse(id), Step: 0, Attempt: 1, Outcome: saga.OutcomeSucceeded,
 			PayloadType: "test.catalog.StockReserved", Payload: payload}
 	}
 	apply := func(n int, label string) {

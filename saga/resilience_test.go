@@ -174,7 +174,7 @@ func TestParticipantThatNeverAnswersTimesOutAcrossRestart(t *testing.T) {
 		t.Fatalf("history %v, want %v", got, want)
 	}
 	for _, a := range info.History {
-		if a.Outcome == "timed_out" && a.FinishedAt.Sub(a.StartedAt) < 1500*time.Millisecond {
+		if a.Outcome == saga.OutcomeTimedOut && a.FinishedAt.Sub(a.StartedAt) < 1500*time.Millisecond {
 			t.Errorf("attempt timed out early: %+v", a)
 		}
 	}

@@ -66,7 +66,7 @@ func TestHappyPath(t *testing.T) {
 		t.Errorf("info: version %d, %d history entries, finished %v", info.DefinitionVersion, len(info.History), info.FinishedAt)
 	}
 	for _, a := range info.History {
-		if a.Outcome != "succeeded" || a.FinishedAt == nil || a.Compensation {
+		if a.Outcome != saga.OutcomeSucceeded || a.FinishedAt == nil || a.Compensation {
 			t.Errorf("history entry %+v", a)
 		}
 	}
@@ -174,7 +174,7 @@ func trace(info *saga.Info) []string {
 		if a.Compensation {
 			name = "undo " + name
 		}
-		out = append(out, name+":"+a.Outcome)
+		out = append(out, name+":"+string(a.Outcome))
 	}
 	return out
 }

@@ -71,19 +71,35 @@ const deadLetterSchema = `{
 //	codec, err := outbox.NewCodec(append(saga.Schemas(), myPayloadSchemas...)...)
 func Schemas() []string { return []string{commandSchema, replySchema, deadLetterSchema} }
 
-// Outcome of a reply.
-type Outcome string
-
+// The reply envelope's outcome symbols on the wire (and in the inbox).
 const (
-	// Success: the participant did it.
-	Success Outcome = "SUCCESS"
-	// Rejected: the participant refused, and will refuse again (out of
-	// stock, not enough credit). Final: the saga compensates.
-	Rejected Outcome = "REJECTED"
-	// Error: something transient went wrong and nothing was done. The
-	// orchestrator retries the step after a backoff.
-	Error Outcome = "ERROR"
+	wireSuccess  = "SUCCESS"
+	wireRejected = "REJECTED"
+	wireError    = "ERROR"
 )
+
+// wireOutcome is o as the reply envelope carries it.
+func wireOutcome(o Outcome) string {
+	switch o {
+	case OutcomeSucceeded:
+		return wireSuccess
+	case OutcomeRejected:
+		return wireRejected
+	}
+	return wireError
+}
+
+// outcomeFromWire is the reply envelope's outcome as an Outcome; an unknown
+// symbol is an error reply.
+func outcomeFromWire(s string) Outcome {
+	switch s {
+	case wireSuccess:
+		return OutcomeSucceeded
+	case wireRejected:
+		return OutcomeRejected
+	}
+	return OutcomeError
+}
 
 type commandEnvelope struct {
 	SagaID       string `avro:"saga_id"`

@@ -134,7 +134,7 @@ func (e *simEnv[D]) attemptStarted(step int, comp bool, attempt int, name string
 	e.history = append(e.history, Attempt{Step: step, Name: name, Compensation: comp, Attempt: attempt, StartedAt: at})
 }
 
-func (e *simEnv[D]) attemptEnded(step int, comp bool, attempt int, _, outcome, errText string, at time.Time, _ time.Duration) {
+func (e *simEnv[D]) attemptEnded(step int, comp bool, attempt int, _ string, outcome Outcome, errText string, at time.Time, _ time.Duration) {
 	for i := len(e.history) - 1; i >= 0; i-- {
 		h := &e.history[i]
 		if h.Step == step && h.Compensation == comp && h.Attempt == attempt {

@@ -99,7 +99,7 @@ type histOp struct {
 	startedAt    time.Time
 	ended        bool
 	endedAt      time.Time
-	outcome      string
+	outcome      Outcome
 	errText      string
 	latency      time.Duration
 }
@@ -136,7 +136,7 @@ func (e *txEnv[D]) attemptStarted(step int, comp bool, attempt int, name string,
 	e.hist = append(e.hist, &histOp{step: step, compensation: comp, attempt: attempt, name: name, startedAt: at})
 }
 
-func (e *txEnv[D]) attemptEnded(step int, comp bool, attempt int, name, outcome, errText string, at time.Time, latency time.Duration) {
+func (e *txEnv[D]) attemptEnded(step int, comp bool, attempt int, name string, outcome Outcome, errText string, at time.Time, latency time.Duration) {
 	for _, h := range e.hist {
 		if h.step == step && h.compensation == comp && h.attempt == attempt {
 			h.ended, h.endedAt, h.outcome, h.errText, h.latency = true, at, outcome, errText, latency
@@ -208,7 +208,7 @@ func (e *txEnv[D]) queue(ctx context.Context, b *pgx.Batch, w *outbox.Writer, s 
 	}
 	for _, h := range e.hist {
 		if h.ended {
-			b.Queue(insertStepSQL, id, h.step, h.compensation, h.attempt, h.name, h.startedAt, h.endedAt, h.outcome, h.errText)
+			b.Queue(insertStepSQL, id, h.step, h.compensation, h.attempt, h.name, h.startedAt, h.endedAt, string(h.outcome), h.errText)
 		}
 	}
 	return w.Write(ctx, batchExecer{b}, e.messages(s, causation)...)
@@ -318,7 +318,7 @@ func (r *stepRows) add(id uuid.UUID, h *histOp) {
 	r.steps, r.attempts = append(r.steps, int32(h.step)), append(r.attempts, int32(h.attempt))
 	r.comps, r.names = append(r.comps, h.compensation), append(r.names, h.name)
 	r.started, r.ended = append(r.started, h.startedAt), append(r.ended, h.endedAt)
-	r.outcomes, r.errs = append(r.outcomes, h.outcome), append(r.errs, h.errText)
+	r.outcomes, r.errs = append(r.outcomes, string(h.outcome)), append(r.errs, h.errText)
 }
 
 // sendBatch sends b and checks that the statement at rowStmts[i] (a saga's

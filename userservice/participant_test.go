@@ -57,7 +57,7 @@ func TestCreditCommandsThroughTheSagaParticipant(t *testing.T) {
 		&schemas.DebitCredit{OrderID: order, UserID: user, AmountCents: 2500})
 	testkit.Must(t, p.Process(ctx, debit), "debit")
 	outcome, _, payload := b.lastReply(t)
-	if outcome != string(saga.Success) || payload["balance_cents"] != int64(7500) || b.balance(t, user) != 7500 {
+	if outcome != "SUCCESS" || payload["balance_cents"] != int64(7500) || b.balance(t, user) != 7500 {
 		t.Fatalf("debit reply %s %v, balance %d", outcome, payload, b.balance(t, user))
 	}
 	testkit.Must(t, p.Process(ctx, debit), "redelivered debit")
@@ -68,14 +68,14 @@ func TestCreditCommandsThroughTheSagaParticipant(t *testing.T) {
 	poor := b.command(t, uuid.New(), 1, false, schemas.CommandDebitCredit, schemas.NameDebitCredit,
 		&schemas.DebitCredit{OrderID: uuid.NewString(), UserID: user, AmountCents: 1_000_000})
 	testkit.Must(t, p.Process(ctx, poor), "poor debit")
-	if outcome, reason, _ := b.lastReply(t); outcome != string(saga.Rejected) || reason != "insufficient credit" {
+	if outcome, reason, _ := b.lastReply(t); outcome != "REJECTED" || reason != "insufficient credit" {
 		t.Fatalf("insufficient credit: %s %q", outcome, reason)
 	}
 
 	refund := b.command(t, sagaID, 1, true, schemas.CommandRefundCredit, schemas.NameRefundCredit,
 		&schemas.RefundCredit{OrderID: order, UserID: user, AmountCents: 2500})
 	testkit.Must(t, p.Process(ctx, refund), "refund")
-	if outcome, _, _ := b.lastReply(t); outcome != string(saga.Success) || b.balance(t, user) != 10000 {
+	if outcome, _, _ := b.lastReply(t); outcome != "SUCCESS" || b.balance(t, user) != 10000 {
 		t.Fatalf("refund: %s, balance %d", outcome, b.balance(t, user))
 	}
 	testkit.Must(t, p.Process(ctx, refund), "redelivered refund")
@@ -121,7 +121,7 @@ func TestOnKafka(t *testing.T) {
 	}
 	var r map[string]any
 	testkit.Must(t, avro.Unmarshal(svc.Messaging().Codec.MustSchema(saga.ReplyType), replies[0].Value[5:], &r), "decode reply")
-	if r["outcome"] != string(saga.Success) || replies[0].Key != sagaID {
+	if r["outcome"] != "SUCCESS" || replies[0].Key != sagaID {
 		t.Fatalf("reply %v key %q", r, replies[0].Key)
 	}
 	var balance int64

@@ -76,7 +76,7 @@ func cancelReason(ctx context.Context, d *SagaData) string {
 		return f.Reason
 	case f.TimedOut():
 		return what + " timed out"
-	case f.Outcome == "aborted":
+	case f.Outcome == saga.OutcomeAborted:
 		return "aborted: " + f.Reason
 	}
 	return what + " failed: " + f.Reason

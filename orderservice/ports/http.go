@@ -123,7 +123,7 @@ func toSagaJSON(i *saga.Info) *sagaJSON {
 	}
 	for n, a := range i.History {
 		s.History[n] = attemptJSON{Step: a.Name, Compensation: a.Compensation, Attempt: a.Attempt,
-			StartedAt: a.StartedAt.UTC(), FinishedAt: utc(a.FinishedAt), Outcome: a.Outcome, Error: a.Error}
+			StartedAt: a.StartedAt.UTC(), FinishedAt: utc(a.FinishedAt), Outcome: string(a.Outcome), Error: a.Error}
 	}
 	return s
 }

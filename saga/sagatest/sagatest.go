@@ -100,7 +100,7 @@ func (h *Harness[D]) reply(outcome saga.Outcome, reason, typ string, payload any
 // Succeed answers the last command with success and no payload.
 func (h *Harness[D]) Succeed() *Harness[D] {
 	h.t.Helper()
-	if !h.reply(saga.Success, "", "", nil) {
+	if !h.reply(saga.OutcomeSucceeded, "", "", nil) {
 		h.t.Fatalf("sagatest: the saga ignored the reply")
 	}
 	return h
@@ -110,7 +110,7 @@ func (h *Harness[D]) Succeed() *Harness[D] {
 // Avro type typ.
 func (h *Harness[D]) SucceedWith(typ string, payload any) *Harness[D] {
 	h.t.Helper()
-	if !h.reply(saga.Success, "", typ, payload) {
+	if !h.reply(saga.OutcomeSucceeded, "", typ, payload) {
 		h.t.Fatalf("sagatest: the saga ignored the reply")
 	}
 	return h
@@ -119,7 +119,7 @@ func (h *Harness[D]) SucceedWith(typ string, payload any) *Harness[D] {
 // Reject answers the last command with a final "no".
 func (h *Harness[D]) Reject(reason string) *Harness[D] {
 	h.t.Helper()
-	if !h.reply(saga.Rejected, reason, "", nil) {
+	if !h.reply(saga.OutcomeRejected, reason, "", nil) {
 		h.t.Fatalf("sagatest: the saga ignored the reply")
 	}
 	return h
@@ -128,7 +128,7 @@ func (h *Harness[D]) Reject(reason string) *Harness[D] {
 // Fail answers the last command with a transient error.
 func (h *Harness[D]) Fail(reason string) *Harness[D] {
 	h.t.Helper()
-	if !h.reply(saga.Error, reason, "", nil) {
+	if !h.reply(saga.OutcomeError, reason, "", nil) {
 		h.t.Fatalf("sagatest: the saga ignored the reply")
 	}
 	return h

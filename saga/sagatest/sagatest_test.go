@@ -155,19 +155,19 @@ func TestLateAndDuplicateRepliesAreIgnored(t *testing.T) {
 	h.ExpectCommands("book_flight")
 	h.Timeout().Wait(time.Second)
 	h.ExpectCommands("book_flight") // attempt 2
-	if h.Deliver(saga.Reply{Step: 1, Attempt: 1, Outcome: saga.Success}) {
+	if h.Deliver(saga.Reply{Step: 1, Attempt: 1, Outcome: saga.OutcomeSucceeded}) {
 		t.Fatal("a reply to the timed-out attempt 1 was used")
 	}
-	if h.Deliver(saga.Reply{Step: 1, Attempt: 2, Compensation: true, Outcome: saga.Success}) {
+	if h.Deliver(saga.Reply{Step: 1, Attempt: 2, Compensation: true, Outcome: saga.OutcomeSucceeded}) {
 		t.Fatal("a compensation reply was used for the action")
 	}
-	if h.Deliver(saga.Reply{Step: 2, Attempt: 1, Outcome: saga.Success}) {
+	if h.Deliver(saga.Reply{Step: 2, Attempt: 1, Outcome: saga.OutcomeSucceeded}) {
 		t.Fatal("a reply for a later step was used")
 	}
-	if !h.Deliver(saga.Reply{Step: 1, Attempt: 2, Outcome: saga.Success}) {
+	if !h.Deliver(saga.Reply{Step: 1, Attempt: 2, Outcome: saga.OutcomeSucceeded}) {
 		t.Fatal("the awaited reply was ignored")
 	}
-	if h.Deliver(saga.Reply{Step: 1, Attempt: 2, Outcome: saga.Success}) {
+	if h.Deliver(saga.Reply{Step: 1, Attempt: 2, Outcome: saga.OutcomeSucceeded}) {
 		t.Fatal("a duplicate reply was used twice")
 	}
 	h.ExpectCommands("book_hotel")
@@ -254,7 +254,7 @@ func TestCompensationsSeeTheFailure(t *testing.T) {
 			if got := h.Data().Failure; got != tc.want {
 				t.Errorf("the compensation saw %q, want %q", got, tc.want)
 			}
-			if f := h.Failure(); f.Step != 2 || f.StepName+"/"+f.Outcome+"/"+f.Reason != tc.want || f.Rejected() != (tc.name == "rejected") ||
+			if f := h.Failure(); f.Step != 2 || f.StepName+"/"+string(f.Outcome)+"/"+f.Reason != tc.want || f.Rejected() != (tc.name == "rejected") ||
 				f.TimedOut() != (tc.name == "timed out") {
 				t.Errorf("Failure() = %+v", f)
 			}
