@@ -46,6 +46,7 @@ var migrations = []struct {
 
 const usage = `usage: sagabox [-database-url URL] <command>
 commands:
+  help                       this list
   migrate                    apply the sagabox migrations
   outbox stats               pending and parked counts
   outbox parked [-limit N]   list parked messages
@@ -54,13 +55,26 @@ commands:
 
 func run(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("sagabox", flag.ContinueOnError)
+	fs.SetOutput(out)
 	dbURL := fs.String("database-url", os.Getenv("DATABASE_URL"), "Postgres URL (default $DATABASE_URL)")
+	fs.Usage = func() {
+		fmt.Fprintln(out, usage)
+		fmt.Fprintln(out, "flags:")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil // -h: the usage went to out
+		}
 		return err
 	}
 	args = fs.Args()
 	if len(args) == 0 {
 		return errors.New(usage)
+	}
+	if args[0] == "help" {
+		fs.Usage()
+		return nil
 	}
 	if *dbURL == "" {
 		*dbURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"

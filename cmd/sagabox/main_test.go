@@ -32,3 +32,19 @@ func TestMigrateThenStats(t *testing.T) {
 		t.Fatal("discarding a message that is not parked should fail")
 	}
 }
+
+// -h and help list every command and succeed, without a database.
+func TestHelpListsEveryCommandAndSucceeds(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"-h"}, {"help"}, {"-database-url", "postgres://nowhere.invalid/x", "-h"}} {
+		var out bytes.Buffer
+		if err := run(testkit.Ctx(t), args, &out); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		for _, cmd := range []string{"migrate", "outbox stats", "outbox parked", "outbox retry", "outbox discard", "-database-url"} {
+			if !strings.Contains(out.String(), cmd) {
+				t.Errorf("%v: the usage does not list %q:\n%s", args, cmd, out.String())
+			}
+		}
+	}
+}
