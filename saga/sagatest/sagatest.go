@@ -5,12 +5,14 @@
 //	h := sagatest.New(t, def, codec, OrderData{...})
 //	h.Start()
 //	h.ExpectCommands("reserve_stock")
-//	h.Succeed(nil)
+//	h.Succeed()
 //	h.ExpectCommands("debit_credit")
 //	h.Reject("insufficient credit")
 //	h.ExpectCommands("release_stock")
-//	h.Succeed(nil)
+//	h.Succeed()
 //	h.ExpectStatus(saga.StatusCompensated)
+//
+// TestPackageDocExample in this package runs those lines, so they compile.
 //
 // There is no database here, so local steps (Step.Local, CompensateLocal)
 // run with a nil pgx.Tx: a local step that only decides, or changes the
