@@ -252,7 +252,7 @@ func match(all []Message, filters []Filter) []Message {
 next:
 	for i := range all {
 		for _, f := range filters {
-			if !f.match(&all[i]) {
+			if f.match != nil && !f.match(&all[i]) { // the zero Filter matches everything
 				continue next
 			}
 		}
