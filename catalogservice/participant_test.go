@@ -13,6 +13,7 @@ import (
 	"github.com/sagabox/sagabox/internal/platform/messaging"
 	"github.com/sagabox/sagabox/internal/testkit"
 	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/outbox/outboxtest"
 	"github.com/sagabox/sagabox/saga"
 	"github.com/sagabox/sagabox/schemas"
 )
@@ -37,12 +38,20 @@ func decodeReply(t *testing.T, codec *outbox.Codec, value []byte) (outcome, reas
 	return r["outcome"].(string), r["reason"].(string), payload
 }
 
+// lastReply reads the newest reply the participant wrote to the outbox.
 func (b bundle) lastReply(t *testing.T) (outcome, reason string, payload map[string]any) {
 	t.Helper()
-	var value []byte
-	testkit.Must(t, b.db.Pool.QueryRow(context.Background(),
-		`SELECT value FROM sagabox.outbox WHERE topic = $1 ORDER BY id DESC LIMIT 1`, replyTopic).Scan(&value), "read reply")
-	return decodeReply(t, b.svc.Messaging().Codec, value)
+	m := outboxtest.Last(t, b.db.Pool, b.svc.Messaging().Codec, outboxtest.Topic(replyTopic), outboxtest.Type(saga.ReplyType))
+	var r struct {
+		Outcome     string `avro:"outcome"`
+		Reason      string `avro:"reason"`
+		PayloadType string `avro:"payload_type"`
+	}
+	testkit.Must(t, m.Decode(&r), "decode reply")
+	if r.PayloadType != "" {
+		testkit.Must(t, m.DecodePayload(&payload), "decode payload")
+	}
+	return r.Outcome, r.Reason, payload
 }
 
 func TestStockCommandsThroughTheSagaParticipant(t *testing.T) {

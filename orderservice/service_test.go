@@ -19,6 +19,7 @@ import (
 	"github.com/sagabox/sagabox/orderservice/app"
 	"github.com/sagabox/sagabox/orderservice/domain"
 	"github.com/sagabox/sagabox/orderservice/ports"
+	"github.com/sagabox/sagabox/outbox/outboxtest"
 )
 
 // catalogStub stands in for catalogservice's HTTP API in the HTTP tests
@@ -114,13 +115,9 @@ func TestPlaceOrderWritesOrderEventSagaAndFirstCommandTogether(t *testing.T) {
 	if got := b.written(t); got != "orders 1, sagas 1, outbox 2" {
 		t.Fatalf("written: %s", got)
 	}
-	rows, err := b.db.Pool.Query(context.Background(), `SELECT topic, key, message_type, correlation_id FROM sagabox.outbox ORDER BY id`)
-	testkit.Must(t, err, "outbox")
 	var got []string
-	for rows.Next() {
-		var topic, key, typ, corr string
-		testkit.Must(t, rows.Scan(&topic, &key, &typ, &corr), "scan")
-		got = append(got, fmt.Sprintf("%s %s %s corr=%v", topic, typ, map[bool]string{true: "key=order"}[key == id], corr == id))
+	for _, m := range outboxtest.Messages(t, b.db.Pool, b.svc.Messaging().Codec) {
+		got = append(got, fmt.Sprintf("%s %s %s corr=%v", m.Topic, m.Type, map[bool]string{true: "key=order"}[m.Key == id], m.CorrelationID == id))
 	}
 	want := []string{
 		"order.events sagabox.shop.OrderCreated key=order corr=true",

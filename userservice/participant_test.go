@@ -11,6 +11,7 @@ import (
 	"github.com/sagabox/sagabox/internal/platform/messaging"
 	"github.com/sagabox/sagabox/internal/testkit"
 	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/outbox/outboxtest"
 	"github.com/sagabox/sagabox/saga"
 	"github.com/sagabox/sagabox/schemas"
 	"github.com/sagabox/sagabox/userservice"
@@ -32,15 +33,17 @@ func (b bundle) command(t *testing.T, sagaID uuid.UUID, step int, compensation b
 // lastReply reads the newest reply the participant wrote to the outbox.
 func (b bundle) lastReply(t *testing.T) (outcome, reason string, payload map[string]any) {
 	t.Helper()
-	var value []byte
-	testkit.Must(t, b.db.Pool.QueryRow(context.Background(),
-		`SELECT value FROM sagabox.outbox WHERE topic = $1 ORDER BY id DESC LIMIT 1`, replyTopic).Scan(&value), "read reply")
-	var r map[string]any
-	testkit.Must(t, avro.Unmarshal(b.svc.Messaging().Codec.MustSchema(saga.ReplyType), value, &r), "decode reply")
-	if raw, _ := r["payload"].([]byte); len(raw) > 0 {
-		testkit.Must(t, avro.Unmarshal(b.svc.Messaging().Codec.MustSchema(r["payload_type"].(string)), raw, &payload), "decode payload")
+	m := outboxtest.Last(t, b.db.Pool, b.svc.Messaging().Codec, outboxtest.Topic(replyTopic), outboxtest.Type(saga.ReplyType))
+	var r struct {
+		Outcome     string `avro:"outcome"`
+		Reason      string `avro:"reason"`
+		PayloadType string `avro:"payload_type"`
 	}
-	return r["outcome"].(string), r["reason"].(string), payload
+	testkit.Must(t, m.Decode(&r), "decode reply")
+	if r.PayloadType != "" {
+		testkit.Must(t, m.DecodePayload(&payload), "decode payload")
+	}
+	return r.Outcome, r.Reason, payload
 }
 
 // The credit commands work through the saga participant helper: the

@@ -13,7 +13,14 @@ import (
 	"github.com/sagabox/sagabox/internal/testkit"
 	"github.com/sagabox/sagabox/orderservice/adapters"
 	"github.com/sagabox/sagabox/orderservice/domain"
+	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/outbox/outboxtest"
+	"github.com/sagabox/sagabox/saga"
+	"github.com/sagabox/sagabox/schemas"
 )
+
+// codec is the one messaging.Setup builds, to read the outbox with.
+var codec = outbox.MustCodec(append(saga.Schemas(), schemas.All()...)...)
 
 func repo(t *testing.T) (*adapters.Orders, *testkit.Database) {
 	t.Helper()
@@ -54,7 +61,7 @@ func TestCreateCommitsTheOrderItsEventAndTheSagaStartTogether(t *testing.T) {
 	if !errors.Is(err, boom) {
 		t.Fatalf("Create: %v", err)
 	}
-	if n := count(t, db, `SELECT count(*) FROM orders`) + count(t, db, `SELECT count(*) FROM sagabox.outbox`) +
+	if n := count(t, db, `SELECT count(*) FROM orders`) + len(outboxtest.Messages(t, db.Pool, codec)) +
 		count(t, db, `SELECT count(*) FROM pg_tables WHERE tablename = 'started'`); n != 0 {
 		t.Fatalf("a failed start left %d rows behind", n)
 	}
@@ -64,8 +71,11 @@ func TestCreateCommitsTheOrderItsEventAndTheSagaStartTogether(t *testing.T) {
 	if err != nil || replayed || stored.ID != o.ID {
 		t.Fatalf("Create: %v %v %v", stored, replayed, err)
 	}
-	if n := count(t, db, `SELECT count(*) FROM sagabox.outbox WHERE topic = 'order.events' AND message_type = 'sagabox.shop.OrderCreated'`); n != 1 {
-		t.Fatalf("OrderCreated rows: %d", n)
+	var created schemas.OrderCreated
+	m := outboxtest.ExpectOne(t, db.Pool, codec, outboxtest.Topic(schemas.TopicOrderEvents), outboxtest.Type(schemas.NameOrderCreated))
+	testkit.Must(t, m.Decode(&created), "decode OrderCreated")
+	if m.Key != o.ID.String() || created.OrderID != o.ID.String() {
+		t.Fatalf("OrderCreated %s: %+v", m, created)
 	}
 }
 
@@ -81,7 +91,9 @@ func TestUpdateWritesTheEventOfAStatusChangeOnly(t *testing.T) {
 	update := func(fn func(*domain.Order) error) error {
 		return pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error { return r.Update(ctx, tx, o.ID, fn) })
 	}
-	events := func() int { return count(t, db, `SELECT count(*) FROM sagabox.outbox WHERE topic = 'order.events'`) }
+	events := func() int {
+		return len(outboxtest.Messages(t, db.Pool, codec, outboxtest.Topic(schemas.TopicOrderEvents)))
+	}
 
 	testkit.Must(t, update(func(o *domain.Order) error {
 		return o.Price([]domain.Item{{SKU: "TEA-1", Quantity: 1, UnitPriceCents: 450}}, 450, time.Now())
@@ -99,7 +111,5 @@ func TestUpdateWritesTheEventOfAStatusChangeOnly(t *testing.T) {
 	if got.Status != domain.StatusCancelled || got.Reason != domain.ReasonInsufficientStock || got.TotalCents != 450 || events() != 2 {
 		t.Fatalf("order %+v, events %d", got, events())
 	}
-	if n := count(t, db, `SELECT count(*) FROM sagabox.outbox WHERE message_type = 'sagabox.shop.OrderCancelled' AND key = '`+o.ID.String()+`'`); n != 1 {
-		t.Fatalf("OrderCancelled rows keyed by the order: %d", n)
-	}
+	outboxtest.ExpectOne(t, db.Pool, codec, outboxtest.Type(schemas.NameOrderCancelled), outboxtest.Key(o.ID.String()))
 }
