@@ -50,7 +50,7 @@ func Example() {
 	if err != nil {
 		panic(err)
 	}
-	writer, err := outbox.NewWriter(ctx, db.Pool, outbox.WriterConfig{Codec: codec, Notify: relay.Notify})
+	writer, err := outbox.NewWriter(outbox.WriterConfig{Codec: codec, Notify: relay.Notify})
 	if err != nil {
 		panic(err)
 	}
