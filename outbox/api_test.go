@@ -219,3 +219,19 @@ func TestMigrationsListTheFilesMigrateApplies(t *testing.T) {
 		t.Fatalf("%s does not create the outbox", files[0])
 	}
 }
+
+// A relay runs once: a second Run, while the first is running, is an error.
+func TestRelayRunRefusesASecondCall(t *testing.T) {
+	t.Parallel()
+	rb := setupRelay(t, 1)
+	relay, _ := rb.startRelay(t, nil)
+	ctx := testkit.Ctx(t)
+	testkit.Eventually(t, 10*time.Second, "the first Run holds leases", func() bool {
+		var n int
+		_ = rb.pool.QueryRow(ctx, `SELECT count(*) FROM sagabox.outbox_leases WHERE owner IS NOT NULL`).Scan(&n)
+		return n > 0
+	})
+	if err := relay.Run(ctx); err == nil || !strings.Contains(err.Error(), "twice") {
+		t.Fatalf("second Run: want an error, got %v", err)
+	}
+}

@@ -54,6 +54,9 @@ func Example() {
 	if err != nil {
 		panic(err)
 	}
+	if err := writer.StoreSchemas(ctx, db.Pool); err != nil { // where the relay finds them
+		panic(err)
+	}
 	relayCtx, stopRelay := context.WithCancel(ctx)
 	relayDone := make(chan error)
 	go func() { relayDone <- relay.Run(relayCtx) }()
