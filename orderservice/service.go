@@ -21,6 +21,7 @@ import (
 	"github.com/sagabox/sagabox/orderservice/adapters"
 	"github.com/sagabox/sagabox/orderservice/app"
 	"github.com/sagabox/sagabox/orderservice/ports"
+	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/saga"
 	"github.com/sagabox/sagabox/schemas"
 )
@@ -187,9 +188,12 @@ func (s *Service) init(ctx context.Context) error {
 	}
 	// Refuse to start with an order event schema the registry's consumers
 	// could not read (BACKWARD compatibility), rather than park events later.
-	if err := s.msg.RegisterSchemas(schemas.TopicOrderEvents,
-		schemas.NameOrderCreated, schemas.NameOrderApproved, schemas.NameOrderCancelled); err != nil {
-		return fmt.Errorf("orderservice: %w", err)
+	// Without Kafka there is no registry, and nothing to check.
+	if s.msg.Registry != nil {
+		if err := outbox.RegisterSchemas(s.msg.Registry, s.msg.Codec, schemas.TopicOrderEvents,
+			schemas.NameOrderCreated, schemas.NameOrderApproved, schemas.NameOrderCancelled); err != nil {
+			return fmt.Errorf("orderservice: %w", err)
+		}
 	}
 	repo := adapters.NewOrders(s.pool, s.msg.Writer)
 

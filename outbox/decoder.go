@@ -45,14 +45,13 @@ type Decoder struct {
 	reader   *Codec
 
 	mu       sync.Mutex
-	writers  map[int]avro.Schema
-	resolved map[int]avro.Schema
+	resolved map[int]avro.Schema // by schema ID: the writer's schema, resolved against the reader's
 }
 
 // NewDecoder returns a Decoder that looks schema IDs up in registry. reader
 // may be nil: values then decode with the writer's schema as is.
 func NewDecoder(registry srclient.ISchemaRegistryClient, reader *Codec) *Decoder {
-	return &Decoder{registry: registry, reader: reader, writers: map[int]avro.Schema{}, resolved: map[int]avro.Schema{}}
+	return &Decoder{registry: registry, reader: reader, resolved: map[int]avro.Schema{}}
 }
 
 // SchemaID returns the schema ID in a framed value.
@@ -114,7 +113,6 @@ func (d *Decoder) schema(id int) (avro.Schema, error) {
 		}
 	}
 	d.mu.Lock()
-	d.writers[id] = writer
 	d.resolved[id] = s
 	d.mu.Unlock()
 	return s, nil

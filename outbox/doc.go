@@ -37,7 +37,7 @@
 //	    backing_off --> parked: MaxAttempts, or a failure no retry fixes
 //	    parked --> pending: Admin.Retry
 //	    parked --> [*]: Admin.Discard
-//	    published --> [*]: deleted (archived for Retention when set)
+//	    published --> [*]: deleted (archived for RelayConfig.ArchiveFor when set)
 //
 // # What the relay guarantees
 //

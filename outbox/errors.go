@@ -8,6 +8,11 @@ import (
 // Sentinel errors. Match them with errors.Is; the wrapped errors carry the
 // details (which message, which field).
 var (
+	// ErrInvalidConfig means a config struct (RelayConfig, WriterConfig) is
+	// missing a required field or holds a value out of range; the wrapping
+	// error names the field.
+	ErrInvalidConfig = errors.New("outbox: invalid config")
+
 	// ErrInvalidMessage means a message was refused before it reached the
 	// table: no topic, an unknown type, or a value that does not fit its
 	// schema. Nothing of the Write call was written.

@@ -50,8 +50,11 @@ func Example() {
 	if err != nil {
 		panic(err)
 	}
-	writer, err := outbox.NewWriter(ctx, db.Pool, outbox.WriterConfig{Codec: codec, Notify: relay.Notify})
+	writer, err := outbox.NewWriter(outbox.WriterConfig{Codec: codec, Notify: relay.Notify})
 	if err != nil {
+		panic(err)
+	}
+	if err := writer.StoreSchemas(ctx, db.Pool); err != nil { // where the relay finds them
 		panic(err)
 	}
 	relayCtx, stopRelay := context.WithCancel(ctx)

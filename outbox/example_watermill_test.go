@@ -53,7 +53,7 @@ func ExampleNewWatermillPublisher() {
 		log.Fatal(err)
 	}
 	codec := outbox.MustCodec(paymentReceivedSchema)
-	writer, err := outbox.NewWriter(ctx, pool, outbox.WriterConfig{Codec: codec})
+	writer, err := outbox.NewWriter(outbox.WriterConfig{Codec: codec})
 	if err != nil {
 		log.Fatal(err)
 	}

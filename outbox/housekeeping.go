@@ -6,7 +6,7 @@ import (
 )
 
 // cleanupSQL deletes one small batch of archived messages older than the
-// retention, oldest first. Small batches keep each transaction short: no long
+// ArchiveFor, oldest first. Small batches keep each transaction short: no long
 // locks, no vacuum pinned, no WAL burst.
 const cleanupSQL = `
 DELETE FROM sagabox.outbox_archive WHERE id IN (
@@ -62,7 +62,7 @@ func (r *Relay) vacuumOutbox(ctx context.Context) {
 
 // housekeeping runs on every relay: it vacuums the outbox when this relay
 // has removed VacuumAfter rows. On the relay that holds shard 0 (so exactly
-// one instance does it) it also deletes published rows past the retention
+// one instance does it) it also deletes archived rows older than ArchiveFor
 // and refreshes the pending gauges.
 func (r *Relay) housekeeping(ctx context.Context) {
 	statsEvery := 5 * time.Second
@@ -88,7 +88,7 @@ func (r *Relay) housekeeping(ctx context.Context) {
 			r.m.parkedTotal.Set(float64(parked))
 			r.m.oldestAge.Set(age)
 		}
-		if r.cfg.Retention <= 0 || time.Now().Before(nextClean) {
+		if r.cfg.ArchiveFor <= 0 || time.Now().Before(nextClean) {
 			continue
 		}
 		nextClean = time.Now().Add(r.cfg.CleanupInterval)
@@ -102,14 +102,18 @@ func (r *Relay) housekeeping(ctx context.Context) {
 	}
 }
 
-// Cleanup deletes archived messages older than the retention, in batches of
+// Cleanup deletes archived messages older than ArchiveFor, in batches of
 // CleanupBatch, until none are left, and returns how many it deleted. The
-// relay holding shard 0 calls it every CleanupInterval when Retention is
-// set; call it yourself only from one place.
+// relay holding shard 0 calls it every CleanupInterval when ArchiveFor is
+// set; call it yourself only from one place. Without ArchiveFor nothing is
+// archived and it deletes nothing.
 func (r *Relay) Cleanup(ctx context.Context) (int64, error) {
 	var total int64
+	if r.cfg.ArchiveFor <= 0 {
+		return 0, nil
+	}
 	for {
-		tag, err := r.cfg.Pool.Exec(ctx, cleanupSQL, r.cfg.Retention.Milliseconds(), r.cfg.CleanupBatch)
+		tag, err := r.cfg.Pool.Exec(ctx, cleanupSQL, r.cfg.ArchiveFor.Milliseconds(), r.cfg.CleanupBatch)
 		if err != nil {
 			return total, err
 		}

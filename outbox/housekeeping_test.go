@@ -19,20 +19,20 @@ import (
 	"github.com/sagabox/sagabox/outbox"
 )
 
-// PITFALLS 7: the table does not grow without bound. Without a retention a
-// row is gone as soon as it is published; with one, published rows are
-// archived and the cleaner deletes those past the retention in small
+// PITFALLS 7: the table does not grow without bound. Without ArchiveFor a
+// row is gone as soon as it is published; with it, published rows are
+// archived and the cleaner deletes those older than ArchiveFor in small
 // batches. Parked rows are never touched.
 func TestPublishedRowsAreDeletedOrArchivedThenCleaned(t *testing.T) {
 	t.Parallel()
-	for _, retention := range []time.Duration{0, time.Hour} {
-		t.Run(fmt.Sprint("retention=", retention), func(t *testing.T) {
+	for _, archiveFor := range []time.Duration{0, time.Hour} {
+		t.Run(fmt.Sprint("ArchiveFor=", archiveFor), func(t *testing.T) {
 			t.Parallel()
 			rb := setupRelay(t, 1)
 			ctx := testkit.Ctx(t)
 			rb.writeSeq(t, "orders", 3, 25)
 			relay, _ := rb.startRelay(t, func(c *outbox.RelayConfig) {
-				c.Retention = retention
+				c.ArchiveFor = archiveFor
 				c.CleanupBatch = 7
 				c.CleanupInterval = time.Hour // we call Cleanup ourselves
 			})
@@ -42,16 +42,16 @@ func TestPublishedRowsAreDeletedOrArchivedThenCleaned(t *testing.T) {
 			if outboxRows != 0 {
 				t.Fatalf("%d published rows left in the outbox", outboxRows)
 			}
-			if retention == 0 {
+			if archiveFor == 0 {
 				if archived != 0 {
-					t.Fatalf("archived %d rows without a retention", archived)
+					t.Fatalf("archived %d rows without ArchiveFor", archived)
 				}
 				return
 			}
 			if archived != 25 {
 				t.Fatalf("archived %d rows, want 25", archived)
 			}
-			// Age 20 archived rows past the retention; park a pending row.
+			// Age 20 archived rows past ArchiveFor; park a pending row.
 			_, err := rb.pool.Exec(ctx, `UPDATE sagabox.outbox_archive SET published_at = now() - interval '2 hours' WHERE id IN (SELECT id FROM sagabox.outbox_archive ORDER BY id LIMIT 20)`)
 			testkit.Must(t, err, "age rows")
 			testkit.Must(t, rb.writer.Write(ctx, rb.pool, outbox.Message{Topic: "orders", Key: "p", Type: orderPlacedType, Value: orderPlaced{OrderID: "p"}}), "write")
@@ -61,7 +61,7 @@ func TestPublishedRowsAreDeletedOrArchivedThenCleaned(t *testing.T) {
 			n, err := relay.Cleanup(ctx)
 			testkit.Must(t, err, "cleanup")
 			if n != 20 {
-				t.Fatalf("deleted %d rows, want the 20 past retention", n)
+				t.Fatalf("deleted %d rows, want the 20 older than ArchiveFor", n)
 			}
 			testkit.Must(t, rb.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM sagabox.outbox WHERE parked_at IS NOT NULL), (SELECT count(*) FROM sagabox.outbox_archive)`).Scan(&outboxRows, &archived), "count")
 			if outboxRows != 1 || archived != 5 {
@@ -78,7 +78,7 @@ func TestRelayWakesOnNotifyFromAnotherProcess(t *testing.T) {
 	t.Parallel()
 	rb := setupRelay(t, 1)
 	ctx := testkit.Ctx(t)
-	w, err := outbox.NewWriter(ctx, rb.pool, outbox.WriterConfig{Codec: rb.codec, NotifyChannel: "sagabox_outbox"})
+	w, err := outbox.NewWriter(outbox.WriterConfig{Codec: rb.codec, NotifyChannel: "sagabox_outbox"})
 	testkit.Must(t, err, "writer")
 	const listen = "sagabox_outbox"
 	rb.startRelay(t, func(c *outbox.RelayConfig) {
@@ -137,17 +137,17 @@ func vacuumCount(t *testing.T, rb *relayBundle) int64 {
 // all when told not to.
 func TestRelayVacuumsTheOutboxAfterVacuumAfterRows(t *testing.T) {
 	t.Parallel()
-	for _, after := range []int{40, -1} {
-		t.Run(fmt.Sprint("VacuumAfter=", after), func(t *testing.T) {
+	for _, disable := range []bool{false, true} {
+		t.Run(fmt.Sprint("DisableVacuum=", disable), func(t *testing.T) {
 			t.Parallel()
 			rb := setupRelay(t, 1)
-			rb.startRelay(t, func(c *outbox.RelayConfig) { c.VacuumAfter = after })
+			rb.startRelay(t, func(c *outbox.RelayConfig) { c.VacuumAfter = 40; c.DisableVacuum = disable })
 			rb.writeSeq(t, "orders", 4, 120)
 			testkit.Eventually(t, 10*time.Second, "published", func() bool { return pendingCount(t, rb) == 0 })
-			if after < 0 {
+			if disable {
 				time.Sleep(300 * time.Millisecond) // a vacuum would have started by now
 				if n := vacuumCount(t, rb); n != 0 {
-					t.Fatalf("vacuumed %d times with VacuumAfter < 0", n)
+					t.Fatalf("vacuumed %d times with DisableVacuum", n)
 				}
 				return
 			}

@@ -1,25 +1,39 @@
 package outbox
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"errors"
+	"fmt"
 
-// Metrics are the relay's Prometheus metrics. Create them once per process
-// with NewMetrics and share them between relays.
-type Metrics struct {
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Failure outcomes, the values of the "outcome" label of
+// sagabox_outbox_failed_total.
+const (
+	failedRetry  = "retry"  // backed off, will be tried again
+	failedParked = "parked" // given up on, waiting for an operator
+)
+
+// metrics are the relay's Prometheus metrics. Relays sharing a registerer
+// (RelayConfig.Registerer) share the collectors: the second one reuses what
+// the first registered.
+type metrics struct {
 	pending       prometheus.Gauge
 	oldestAge     prometheus.Gauge
 	parkedTotal   prometheus.Gauge
-	published     *prometheus.CounterVec
-	failed        *prometheus.CounterVec
+	published     *prometheus.CounterVec // by topic: not known before the first message
+	failed        *prometheus.CounterVec // by outcome: retry, parked
 	batchSize     prometheus.Histogram
 	batchDuration prometheus.Histogram
-	ownedShards   prometheus.Gauge
+	ownedShards   prometheus.Gauge // summed over the relays sharing it
 	vacuums       prometheus.Counter
 }
 
-// NewMetrics creates the relay metrics and registers them with reg. With a
-// nil reg they are created but not registered (useful in tests).
-func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{
+// newMetrics creates the relay metrics and registers them with reg, or
+// reuses the ones already registered there. With a nil reg they are created
+// but not registered.
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "sagabox", Subsystem: "outbox", Name: "pending_messages",
 			Help: "Messages committed but not yet published (parked ones excluded).",
@@ -34,7 +48,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "sagabox", Subsystem: "outbox", Name: "published_total",
-			Help: "Messages published to Kafka.",
+			Help: "Messages published to Kafka, by topic.",
 		}, []string{"topic"}),
 		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "sagabox", Subsystem: "outbox", Name: "failed_total",
@@ -52,7 +66,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		ownedShards: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "sagabox", Subsystem: "outbox", Name: "owned_shards",
-			Help: "Shards this process's relay holds leases on.",
+			Help: "Shards the relays of this process hold leases on.",
 		}),
 		vacuums: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "sagabox", Subsystem: "outbox", Name: "vacuums_total",
@@ -60,7 +74,38 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.pending, m.oldestAge, m.parkedTotal, m.published, m.failed, m.batchSize, m.batchDuration, m.ownedShards, m.vacuums)
+		var errs [9]error
+		m.pending, errs[0] = register(reg, m.pending)
+		m.oldestAge, errs[1] = register(reg, m.oldestAge)
+		m.parkedTotal, errs[2] = register(reg, m.parkedTotal)
+		m.published, errs[3] = register(reg, m.published)
+		m.failed, errs[4] = register(reg, m.failed)
+		m.batchSize, errs[5] = register(reg, m.batchSize)
+		m.batchDuration, errs[6] = register(reg, m.batchDuration)
+		m.ownedShards, errs[7] = register(reg, m.ownedShards)
+		m.vacuums, errs[8] = register(reg, m.vacuums)
+		if err := errors.Join(errs[:]...); err != nil {
+			return nil, fmt.Errorf("outbox: register relay metrics: %w", err)
+		}
 	}
-	return m
+	// Every outcome is known: present at 0 from the start, so a rate()
+	// over it has a baseline before the first failure.
+	m.failed.WithLabelValues(failedRetry)
+	m.failed.WithLabelValues(failedParked)
+	return m, nil
+}
+
+// register registers c with reg, or returns the equal collector registered
+// there before.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing, nil
+			}
+		}
+		return c, err
+	}
+	return c, nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riferrei/srclient"
 )
 
@@ -79,13 +80,14 @@ type RelayConfig struct {
 	// parked without being sent. Keep it at or below the topic's
 	// max.message.bytes. Defaults to DefaultMaxMessageBytes.
 	MaxMessageBytes int
-	// Retention is how long published messages are kept in
-	// sagabox.outbox_archive. Zero, the default, keeps none: a row is
+	// ArchiveFor is how long published messages are kept in
+	// sagabox.outbox_archive. Zero, the default, archives nothing: a row is
 	// deleted as soon as Kafka has it, which is the fastest. With a
-	// retention, the relay holding shard 0 deletes archived messages older
-	// than that in batches of CleanupBatch every CleanupInterval (defaults
-	// DefaultCleanupBatch and DefaultCleanupInterval).
-	Retention       time.Duration
+	// duration, published rows move to the archive, and the relay holding
+	// shard 0 deletes archived messages older than ArchiveFor in batches of
+	// CleanupBatch every CleanupInterval (defaults DefaultCleanupBatch and
+	// DefaultCleanupInterval; unused without ArchiveFor).
+	ArchiveFor      time.Duration
 	CleanupInterval time.Duration
 	CleanupBatch    int
 	// VacuumAfter is how many rows the relay removes from sagabox.outbox
@@ -99,15 +101,21 @@ type RelayConfig struct {
 	// few milliseconds. It needs the relay's database user to own the table
 	// (as when it ran Migrate); if it does not, the relay says so once and
 	// stops trying, and autovacuum has to be tuned for the table instead.
-	// Defaults to DefaultVacuumAfter; negative disables it.
+	// Defaults to DefaultVacuumAfter.
 	VacuumAfter int
+	// DisableVacuum stops the relay from vacuuming the outbox (leave it to
+	// a tuned autovacuum). VacuumAfter is then unused.
+	DisableVacuum bool
 	// ListenChannel, when set, makes the relay LISTEN on that channel and
 	// poll when a writer with the same WriterConfig.NotifyChannel commits.
 	ListenChannel string
 	// Logger defaults to a logger that discards everything.
 	Logger *slog.Logger
-	// Metrics defaults to unregistered metrics.
-	Metrics *Metrics
+	// Registerer is where the relay's metrics (sagabox_outbox_*) are
+	// registered. Relays sharing a registerer share the collectors, so two
+	// relays in one process add up. Defaults to none: metrics are kept but
+	// not exported.
+	Registerer prometheus.Registerer
 	// OverwriteSaramaConfig replaces the Sarama configuration the relay
 	// builds (TLS, SASL, compression...). The relay still sets what its
 	// protocol needs: client ID default, version, timeouts.
@@ -147,27 +155,39 @@ func (c RelayConfig) WithDefaults() RelayConfig {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.Metrics == nil {
-		c.Metrics = NewMetrics(nil)
-	}
 	return c
 }
 
 func (c RelayConfig) validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: RelayConfig.%s", ErrInvalidConfig, fmt.Sprintf(format, args...))
+	}
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"BatchSize", int64(c.BatchSize)}, {"Workers", int64(c.Workers)}, {"PollInterval", int64(c.PollInterval)},
+		{"LeaseTTL", int64(c.LeaseTTL)}, {"ProduceTimeout", int64(c.ProduceTimeout)}, {"MaxAttempts", int64(c.MaxAttempts)},
+		{"RetryBackoff", int64(c.RetryBackoff)}, {"MaxRetryBackoff", int64(c.MaxRetryBackoff)},
+		{"MaxMessageBytes", int64(c.MaxMessageBytes)}, {"ArchiveFor", int64(c.ArchiveFor)},
+		{"CleanupInterval", int64(c.CleanupInterval)}, {"CleanupBatch", int64(c.CleanupBatch)}, {"VacuumAfter", int64(c.VacuumAfter)},
+	} {
+		if f.v < 0 {
+			return bad("%s must not be negative (zero means the default), got %d", f.name, f.v)
+		}
+	}
 	switch {
 	case c.Pool == nil:
-		return errors.New("outbox: RelayConfig.Pool is required")
+		return bad("Pool is required")
 	case len(c.Brokers) == 0:
-		return errors.New("outbox: RelayConfig.Brokers is required")
+		return bad("Brokers is required")
 	case c.Registry == nil:
-		return errors.New("outbox: RelayConfig.Registry is required: srclient.NewSchemaRegistryClient(url)")
-	case c.BatchSize < 0 || c.Workers < 0 || c.MaxAttempts < 0 || c.MaxMessageBytes < 0 || c.CleanupBatch < 0 || c.Retention < 0:
-		return errors.New("outbox: RelayConfig sizes and counts must not be negative")
+		return bad("Registry is required: srclient.NewSchemaRegistryClient(url)")
 	case c.LeaseTTL < 2*c.ProduceTimeout+c.LeaseTTL/5:
-		return fmt.Errorf("outbox: RelayConfig.LeaseTTL (%s) must exceed 2*ProduceTimeout + LeaseTTL/5 (%s): a relay must not publish on a lease that may expire mid-request",
+		return bad("LeaseTTL (%s) must exceed 2*ProduceTimeout + LeaseTTL/5 (%s): a relay must not publish on a lease that may expire mid-request",
 			c.LeaseTTL, 2*c.ProduceTimeout+c.LeaseTTL/5)
 	case c.RetryBackoff > c.MaxRetryBackoff:
-		return errors.New("outbox: RelayConfig.RetryBackoff must not exceed MaxRetryBackoff")
+		return bad("RetryBackoff (%s) must not exceed MaxRetryBackoff (%s)", c.RetryBackoff, c.MaxRetryBackoff)
 	}
 	return nil
 }
@@ -200,7 +220,7 @@ func closeClient(client sarama.Client, producers []*batchProducer) {
 type Relay struct {
 	cfg      RelayConfig
 	log      *slog.Logger
-	m        *Metrics
+	m        *metrics
 	leases   *leases
 	schemas  *schemaResolver
 	wake     chan struct{}
@@ -221,6 +241,10 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	if c, ok := cfg.Registry.(*srclient.SchemaRegistryClient); ok {
 		c.CodecCreationEnabled(false) // we parse schemas with hamba/avro
 		c.SetTimeout(cfg.ProduceTimeout)
@@ -228,7 +252,7 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 	return &Relay{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "outbox.relay", "relay_id", cfg.ID),
-		m:       cfg.Metrics,
+		m:       m,
 		leases:  &leases{pool: cfg.Pool, id: cfg.ID, ttl: cfg.LeaseTTL},
 		schemas: newSchemaResolver(cfg.Pool, cfg.Registry),
 		wake:    make(chan struct{}, 1),
@@ -299,6 +323,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	errBackoff := r.cfg.RetryBackoff
 	fastDelay, lastNotified := fastPollInterval, int64(0)
 	ownedBefore := -1
+	ownedReported := 0 // what this relay added to the shared owned_shards gauge
 	for {
 		if ctx.Err() != nil {
 			break
@@ -317,7 +342,8 @@ func (r *Relay) Run(ctx context.Context) error {
 				r.log.Info("outbox relay: shards owned", "count", n, "shards", r.leases.owned)
 				ownedBefore = n
 			}
-			r.m.ownedShards.Set(float64(len(r.leases.owned)))
+			r.m.ownedShards.Add(float64(len(r.leases.owned) - ownedReported))
+			ownedReported = len(r.leases.owned)
 		}
 		if len(r.leases.owned) == 0 || time.Until(r.leases.deadline) < 2*r.cfg.ProduceTimeout {
 			r.wait(ctx, renewEvery)
@@ -356,7 +382,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	if err := r.leases.release(relCtx); err != nil {
 		r.log.Warn("outbox relay: release leases at shutdown", "err", err)
 	}
-	r.m.ownedShards.Set(0)
+	r.m.ownedShards.Sub(float64(ownedReported))
 	r.log.Info("outbox relay: stopped")
 	return nil
 }
@@ -443,7 +469,7 @@ LIMIT $2`
 
 // Marking a batch: published rows are deleted (one index-driven DELETE, far
 // cheaper than updating a state column), or moved to the archive when a
-// retention is set; failed rows get their attempt, backoff and error. The
+// ArchiveFor is set; failed rows get their attempt, backoff and error. The
 // "id = ANY" conditions keep the planner on the primary key whatever the
 // array sizes.
 const (
@@ -603,10 +629,10 @@ func (r *Relay) failure(x *row, err error, permanent bool) outcome {
 	}
 	if park {
 		r.log.Error("outbox relay: message parked", "message_id", x.messageID, "topic", x.topic, "key", x.key, "attempts", attempts, "err", err)
-		r.m.failed.WithLabelValues("parked").Inc()
+		r.m.failed.WithLabelValues(failedParked).Inc()
 	} else {
 		r.log.Warn("outbox relay: publish failed, will retry", "message_id", x.messageID, "topic", x.topic, "attempts", attempts, "in", delay, "err", err)
-		r.m.failed.WithLabelValues("retry").Inc()
+		r.m.failed.WithLabelValues(failedRetry).Inc()
 	}
 	return outcome{inc: 1, delayMS: delay.Milliseconds(), err: err.Error(), park: park, recorded: true}
 }
@@ -637,7 +663,7 @@ func (r *Relay) mark(ctx context.Context, batch []row, outcomes []outcome) error
 	}
 	b := &pgx.Batch{}
 	if len(done) > 0 {
-		if r.cfg.Retention > 0 {
+		if r.cfg.ArchiveFor > 0 {
 			b.Queue(archivePublishedSQL, done)
 		} else {
 			b.Queue(deletePublishedSQL, done)
@@ -671,7 +697,7 @@ func (r *Relay) mark(ctx context.Context, batch []row, outcomes []outcome) error
 // dead ones (draining a 50,000-message backlog, vacuuming every 10,000
 // removed rows cost 15 % of the throughput).
 func (r *Relay) maybeVacuum() {
-	if r.cfg.VacuumAfter <= 0 || r.vacuumOff.Load() || r.removed.Load() < int64(r.cfg.VacuumAfter) {
+	if r.cfg.DisableVacuum || r.vacuumOff.Load() || r.removed.Load() < int64(r.cfg.VacuumAfter) {
 		return
 	}
 	select {

@@ -27,7 +27,7 @@ func TestRelayLosesNothingWhenATransactionCommitsLate(t *testing.T) {
 	t.Parallel()
 	rb := setupRelay(t, 2)
 	ctx := testkit.Ctx(t)
-	rb.startRelay(t, func(c *outbox.RelayConfig) { c.Retention = time.Hour }) // keep the ids to check the gap
+	rb.startRelay(t, func(c *outbox.RelayConfig) { c.ArchiveFor = time.Hour }) // keep the ids to check the gap
 
 	late, err := rb.pool.Begin(ctx)
 	testkit.Must(t, err, "begin")

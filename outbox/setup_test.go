@@ -38,7 +38,8 @@ func setup(t *testing.T) *bundle {
 	ctx := testkit.Ctx(t)
 	testkit.Must(t, outbox.Migrate(ctx, db.Pool), "migrate")
 	codec := outbox.MustCodec(orderPlacedSchema)
-	w, err := outbox.NewWriter(ctx, db.Pool, outbox.WriterConfig{Codec: codec})
+	w, err := outbox.NewWriter(outbox.WriterConfig{Codec: codec})
 	testkit.Must(t, err, "writer")
+	testkit.Must(t, w.StoreSchemas(ctx, db.Pool), "store schemas")
 	return &bundle{db: db, pool: db.Pool, codec: codec, writer: w}
 }

@@ -111,7 +111,7 @@ func TestWatermillEventBusCommitWritesOutboxRows(t *testing.T) {
 	t.Parallel()
 	b := setupWatermill(t)
 	var notified atomic.Int32
-	w, err := outbox.NewWriter(b.ctx, b.pool, outbox.WriterConfig{Codec: b.codec, Notify: func() { notified.Add(1) }})
+	w, err := outbox.NewWriter(outbox.WriterConfig{Codec: b.codec, Notify: func() { notified.Add(1) }})
 	testkit.Must(t, err, "writer")
 	b.writer = w
 
@@ -411,7 +411,7 @@ func TestWatermillAvroMarshalerUnmarshalsFramedValues(t *testing.T) {
 func TestWatermillPublisherNotifiesTheChannel(t *testing.T) {
 	t.Parallel()
 	b := setupWatermill(t)
-	w, err := outbox.NewWriter(b.ctx, b.pool, outbox.WriterConfig{Codec: b.codec, NotifyChannel: "sagabox_outbox"})
+	w, err := outbox.NewWriter(outbox.WriterConfig{Codec: b.codec, NotifyChannel: "sagabox_outbox"})
 	testkit.Must(t, err, "writer")
 	b.writer = w
 

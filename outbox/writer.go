@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -52,38 +54,75 @@ type WriterConfig struct {
 	Logger *slog.Logger
 }
 
+// WithDefaults returns a copy of c with every unset field filled in.
+func (c WriterConfig) WithDefaults() WriterConfig {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func (c WriterConfig) validate() error {
+	if c.Codec == nil {
+		return fmt.Errorf("%w: WriterConfig.Codec is required: build one with outbox.NewCodec(schemas...)", ErrInvalidConfig)
+	}
+	return nil
+}
+
 // Writer writes messages into the outbox inside the caller's transaction.
 // It is safe for concurrent use.
 type Writer struct {
 	cfg WriterConfig
 	log *slog.Logger
+	// stored: StoreSchemas has put every schema of the codec into
+	// sagabox.outbox_schemas, so writes need not carry them.
+	stored atomic.Bool
 }
 
-// NewWriter checks the configuration and stores the codec's schemas in the
-// outbox_schemas table through db (any pool or connection), so any relay can
-// find them. Run Migrate first.
-func NewWriter(ctx context.Context, db Execer, cfg WriterConfig) (*Writer, error) {
-	if cfg.Codec == nil {
-		return nil, errors.New("outbox: WriterConfig.Codec is required: build one with outbox.NewCodec(schemas...)")
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if err := storeSchemas(ctx, db, cfg.Codec); err != nil {
+// NewWriter checks the configuration and returns a writer. It does no I/O.
+//
+// The relay frames a message with the schema stored under its fingerprint
+// in sagabox.outbox_schemas. Until StoreSchemas has stored the codec's
+// schemas, every Write and Queue stores the schemas its messages use in
+// the same statement (an insert that does nothing once they are there),
+// so no message can wait for a schema nobody stored. Call StoreSchemas at
+// start-up, after Migrate: writes then carry no schema rows and cost what
+// they cost without them.
+func NewWriter(cfg WriterConfig) (*Writer, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	return &Writer{cfg: cfg, log: cfg.Logger.With("component", "outbox.writer")}, nil
 }
 
-func storeSchemas(ctx context.Context, db Execer, c *Codec) error {
-	for _, s := range c.Schemas() {
-		if _, err := db.Exec(ctx, `
-INSERT INTO sagabox.outbox_schemas (fingerprint, name, definition) VALUES ($1, $2, $3)
-ON CONFLICT (fingerprint) DO NOTHING`, s.Fingerprint[:], s.Name, s.Definition); err != nil {
-			return fmt.Errorf("outbox: store schema %s: %w (did you run outbox.Migrate?)", s.Name, err)
-		}
+// StoreSchemas stores every schema of the writer's codec in
+// sagabox.outbox_schemas through db (the pool, or a connection: not a
+// transaction that might roll back), where any relay finds them, and from
+// then on writes leave the schema rows out. Run it at start-up after
+// Migrate; running it again, or from several instances, is harmless.
+func (w *Writer) StoreSchemas(ctx context.Context, db Execer) error {
+	all := w.cfg.Codec.Schemas()
+	fps, names, defs := schemaArgs(all)
+	if _, err := db.Exec(ctx, `
+INSERT INTO sagabox.outbox_schemas (fingerprint, name, definition)
+SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[])
+ON CONFLICT (fingerprint) DO NOTHING`, fps, names, defs); err != nil {
+		return fmt.Errorf("outbox: store %d schemas: %w (did you run outbox.Migrate?)", len(all), err)
 	}
+	w.stored.Store(true)
 	return nil
+}
+
+// schemaArgs returns the columns of ss sorted by fingerprint: writers
+// inserting the same schema rows lock them in the same order.
+func schemaArgs(ss []*Schema) (fps [][]byte, names, defs []string) {
+	ss = slices.Clone(ss)
+	slices.SortFunc(ss, func(a, b *Schema) int { return bytes.Compare(a.Fingerprint[:], b.Fingerprint[:]) })
+	for _, s := range ss {
+		fps, names, defs = append(fps, s.Fingerprint[:]), append(names, s.Name), append(defs, s.Definition)
+	}
+	return fps, names, defs
 }
 
 // insertSQL writes a whole Write call in one statement and one round trip.
@@ -123,6 +162,38 @@ INSERT INTO sagabox.outbox (message_id, shard, topic, key, value, schema_fp, mes
 	correlation_id, causation_id, saga_id, traceparent, tracestate, headers)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`
 )
+
+// storeSchemasCTE stores the schema rows a write uses, in the write's own
+// statement, for a writer whose StoreSchemas has not run. A
+// data-modifying CTE runs whether or not the statement reads it. NOT EXISTS
+// skips the insert (and so any wait on another writer's uncommitted insert
+// of the same row) once the row is committed; ON CONFLICT covers the race
+// of the first writes. %d is the number of the first of its three
+// parameters, which follow the insert's own.
+const storeSchemasCTE = `schemas AS (
+	INSERT INTO sagabox.outbox_schemas (fingerprint, name, definition)
+	SELECT s.fp, s.name, s.def FROM unnest($%d::bytea[], $%d::text[], $%d::text[]) AS s(fp, name, def)
+	WHERE NOT EXISTS (SELECT 1 FROM sagabox.outbox_schemas o WHERE o.fingerprint = s.fp)
+	ON CONFLICT (fingerprint) DO NOTHING
+)`
+
+// withSchemasSQL maps each insert to the same insert storing its schemas.
+var withSchemasSQL = func() map[string]string {
+	m := map[string]string{}
+	for _, q := range []struct {
+		sql    string
+		params int
+	}{{insertSQL, 15}, {insertOneKeyedSQL, 15}, {insertOneKeylessSQL, 13}} {
+		p := q.params
+		cte := fmt.Sprintf(storeSchemasCTE, p+1, p+2, p+3)
+		if rest, ok := strings.CutPrefix(q.sql, "\nWITH "); ok {
+			m[q.sql] = "\nWITH " + cte + ",\n" + rest
+		} else {
+			m[q.sql] = "\nWITH " + cte + q.sql
+		}
+	}
+	return m
+}()
 
 // reservedHeaders may not be set through Message.Headers.
 var reservedHeaders = map[string]bool{
@@ -215,6 +286,8 @@ func (w *Writer) buildStatement(msgs []Message, tp, ts string) (statement, error
 		return statement{}, nil
 	}
 	n := len(msgs)
+	var used []*Schema // the schemas to store with the write, until StoreSchemas ran
+	storing := !w.stored.Load()
 	var (
 		ids      = make([][16]byte, n) // not uuid.UUID: pgx would format and parse each through driver.Valuer
 		shards   = make([]int16, n)
@@ -253,6 +326,9 @@ func (w *Writer) buildStatement(msgs []Message, tp, ts string) (statement, error
 			b, _ := json.Marshal(m.Headers)
 			h = string(b)
 		}
+		if storing && !slices.Contains(used, s) {
+			used = append(used, s)
+		}
 		ids[i], shards[i], topics[i], keys[i] = id, shardOf(m.Key, id), m.Topic, m.Key
 		values[i], fps[i], types[i] = value, s.Fingerprint[:], s.Name
 		corrs[i], causes[i], sagas[i], headers[i] = m.CorrelationID, m.CausationID, m.SagaID, h
@@ -260,18 +336,25 @@ func (w *Writer) buildStatement(msgs []Message, tp, ts string) (statement, error
 			lockKeys = append(lockKeys, lockKeyOf(m.Topic, m.Key))
 		}
 	}
+	var st statement
 	switch {
 	case n == 1 && keys[0] != "":
-		return statement{insertOneKeyedSQL, []any{lockClass, lockKeys[0], ids[0], shards[0], topics[0], keys[0],
-			values[0], fps[0], types[0], corrs[0], causes[0], sagas[0], tp, ts, headers[0]}}, nil
+		st = statement{insertOneKeyedSQL, []any{lockClass, lockKeys[0], ids[0], shards[0], topics[0], keys[0],
+			values[0], fps[0], types[0], corrs[0], causes[0], sagas[0], tp, ts, headers[0]}}
 	case n == 1:
-		return statement{insertOneKeylessSQL, []any{ids[0], shards[0], topics[0], keys[0],
-			values[0], fps[0], types[0], corrs[0], causes[0], sagas[0], tp, ts, headers[0]}}, nil
+		st = statement{insertOneKeylessSQL, []any{ids[0], shards[0], topics[0], keys[0],
+			values[0], fps[0], types[0], corrs[0], causes[0], sagas[0], tp, ts, headers[0]}}
+	default:
+		slices.Sort(lockKeys)
+		lockKeys = slices.Compact(lockKeys)
+		st = statement{insertSQL, []any{lockClass, lockKeys, tp, ts,
+			ids, shards, topics, keys, values, fps, types, corrs, causes, sagas, headers}}
 	}
-	slices.Sort(lockKeys)
-	lockKeys = slices.Compact(lockKeys)
-	return statement{insertSQL, []any{lockClass, lockKeys, tp, ts,
-		ids, shards, topics, keys, values, fps, types, corrs, causes, sagas, headers}}, nil
+	if storing {
+		sfps, names, defs := schemaArgs(used)
+		st = statement{withSchemasSQL[st.sql], append(st.args, sfps, names, defs)}
+	}
+	return st, nil
 }
 
 func (w *Writer) prepare(i int, m Message) error {

@@ -172,12 +172,13 @@ CREATE TABLE effects (n bigint GENERATED ALWAYS AS IDENTITY, saga_id uuid NOT NU
 -- Switches a test flips to make a participant misbehave.
 CREATE TABLE faults (name text PRIMARY KEY);`)
 	testkit.Must(t, err, "business tables")
-	w.writer, err = outbox.NewWriter(ctx, w.pool, outbox.WriterConfig{Codec: w.codec, Notify: func() {
+	w.writer, err = outbox.NewWriter(outbox.WriterConfig{Codec: w.codec, Notify: func() {
 		if r := w.relay.Load(); r != nil {
 			r.Notify()
 		}
 	}})
 	testkit.Must(t, err, "writer")
+	testkit.Must(t, w.writer.StoreSchemas(ctx, w.pool), "store schemas")
 	if partitions == 0 {
 		return w // database only
 	}
@@ -190,7 +191,7 @@ CREATE TABLE faults (name text PRIMARY KEY);`)
 		RetryBackoff: 20 * time.Millisecond, MaxRetryBackoff: 200 * time.Millisecond,
 		// Keep published messages (in outbox_archive) so tests can count
 		// every command ever written.
-		Retention: time.Hour})
+		ArchiveFor: time.Hour})
 	testkit.Must(t, err, "relay")
 	w.relay.Store(relay)
 	w.goRun("relay", relay.Run)

@@ -49,7 +49,7 @@ func TestEverySchemaIsBackwardCompatibleWithItsHistory(t *testing.T) {
 				t.Errorf("%s defines %s, want %s", o.File, o.FullName, cur.FullName)
 				continue
 			}
-			if err := CheckBackward(cur.Definition, o.Definition); err != nil {
+			if err := outbox.CheckBackward(cur.Definition, o.Definition); err != nil {
 				t.Errorf("%s is not BACKWARD compatible with %s: %v", cur.File, o.File, err)
 			}
 			checked++
@@ -61,7 +61,7 @@ func TestEverySchemaIsBackwardCompatibleWithItsHistory(t *testing.T) {
 }
 
 // The check above must be able to fail: each change here is a classic
-// incompatible evolution, and CheckBackward must refuse it.
+// incompatible evolution, and outbox.CheckBackward must refuse it.
 func TestCheckBackwardRefusesIncompatibleChanges(t *testing.T) {
 	v1, _ := Definition(NameOrderCancelled)
 	cases := map[string]string{
@@ -73,14 +73,14 @@ func TestCheckBackwardRefusesIncompatibleChanges(t *testing.T) {
 		if bad == v1 {
 			t.Fatalf("%s: the replacement did not apply; fix the test", name)
 		}
-		if err := CheckBackward(bad, v1); err == nil {
+		if err := outbox.CheckBackward(bad, v1); err == nil {
 			t.Errorf("%s: accepted as BACKWARD compatible", name)
 		}
 	}
 	// And a compatible change is accepted, so the check is not just failing.
 	good := strings.Replace(v1, `{"name": "reason"`,
 		`{"name": "refund_cents", "type": "long", "default": 0}, {"name": "reason"`, 1)
-	if err := CheckBackward(good, v1); err != nil {
+	if err := outbox.CheckBackward(good, v1); err != nil {
 		t.Errorf("adding a field with a default was refused: %v", err)
 	}
 }

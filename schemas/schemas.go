@@ -19,7 +19,7 @@
 //
 // Saga payloads travel inside the saga envelopes as Avro bytes named by
 // payload_type; both sides compile the same schemas in. Services register
-// the subjects they know at start-up (messaging.RegisterSchemas); the outbox
+// the subjects they know at start-up (outbox.RegisterSchemas); the outbox
 // relay registers any other on first publish and caches every ID, so nothing
 // waits on the registry on the hot path.
 //
@@ -140,19 +140,4 @@ func load(fsys fs.FS, dir string) ([]def, error) {
 
 func parse(text string) (avro.Schema, error) {
 	return avro.ParseWithCache(text, "", &avro.SchemaCache{})
-}
-
-// CheckBackward reports whether a reader using newer can read data written
-// with older (Confluent's BACKWARD compatibility), with a message naming the
-// incompatibility when it cannot.
-func CheckBackward(newer, older string) error {
-	r, err := parse(newer)
-	if err != nil {
-		return fmt.Errorf("new schema: %w", err)
-	}
-	w, err := parse(older)
-	if err != nil {
-		return fmt.Errorf("old schema: %w", err)
-	}
-	return avro.NewSchemaCompatibility().Compatible(r, w)
 }

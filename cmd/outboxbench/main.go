@@ -483,17 +483,22 @@ func (e *env) writePath(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	inProcess, err := outbox.NewWriter(ctx, e.pool, outbox.WriterConfig{Codec: codec, Notify: idle.Notify})
+	inProcess, err := outbox.NewWriter(outbox.WriterConfig{Codec: codec, Notify: idle.Notify})
 	if err != nil {
 		return err
 	}
-	notifying, err := outbox.NewWriter(ctx, e.pool, outbox.WriterConfig{Codec: codec, NotifyChannel: "outboxbench"})
+	notifying, err := outbox.NewWriter(outbox.WriterConfig{Codec: codec, NotifyChannel: "outboxbench"})
 	if err != nil {
 		return err
 	}
-	silent, err := outbox.NewWriter(ctx, e.pool, outbox.WriterConfig{Codec: codec})
+	silent, err := outbox.NewWriter(outbox.WriterConfig{Codec: codec})
 	if err != nil {
 		return err
+	}
+	for _, w := range []*outbox.Writer{inProcess, notifying, silent} {
+		if err := w.StoreSchemas(ctx, e.pool); err != nil {
+			return err
+		}
 	}
 	tx := func(w *outbox.Writer, shop bool) func(ctx context.Context, seq int64) error {
 		return func(ctx context.Context, seq int64) error {

@@ -64,7 +64,7 @@ func newSagabox(ctx context.Context, pool *pgxpool.Pool, brokers []string, regis
 		return nil, err
 	}
 	s := &sagaboxSystem{pool: pool, brokers: brokers, registry: registry, log: log}
-	w, err := outbox.NewWriter(ctx, pool, outbox.WriterConfig{
+	w, err := outbox.NewWriter(outbox.WriterConfig{
 		Codec: outbox.MustCodec(eventSchema),
 		// The relay in this process is woken after every write: no NOTIFY.
 		Notify: func() {
@@ -74,6 +74,9 @@ func newSagabox(ctx context.Context, pool *pgxpool.Pool, brokers []string, regis
 		},
 	})
 	if err != nil {
+		return nil, err
+	}
+	if err := w.StoreSchemas(ctx, pool); err != nil {
 		return nil, err
 	}
 	s.writer = w

@@ -169,12 +169,15 @@ func run(ctx context.Context, o options) error {
 
 	codec := outbox.MustCodec(append(saga.Schemas(), payloadSchema)...)
 	var relayPtr atomic.Pointer[outbox.Relay]
-	writer, err := outbox.NewWriter(ctx, orchPool, outbox.WriterConfig{Codec: codec, Notify: func() {
+	writer, err := outbox.NewWriter(outbox.WriterConfig{Codec: codec, Notify: func() {
 		if r := relayPtr.Load(); r != nil {
 			r.Notify()
 		}
 	}})
 	if err != nil {
+		return err
+	}
+	if err := writer.StoreSchemas(ctx, orchPool); err != nil {
 		return err
 	}
 	relay, err := outbox.NewRelay(outbox.RelayConfig{Pool: relayPool, Brokers: brokers,

@@ -75,14 +75,17 @@ func Setup(ctx context.Context, pool *pgxpool.Pool, cfg Config, log *slog.Logger
 			m.Registry = srclient.NewSchemaRegistryClient(cfg.RegistryURL)
 		}
 		m.Relay, err = outbox.NewRelay(outbox.RelayConfig{Pool: pool, Brokers: cfg.Brokers, Registry: m.Registry,
-			Logger: log, Metrics: outbox.NewMetrics(metrics)})
+			Logger: log, Registerer: metrics})
 		if err != nil {
 			return nil, err
 		}
 		notify = m.Relay.Notify
 	}
-	m.Writer, err = outbox.NewWriter(ctx, pool, outbox.WriterConfig{Codec: codec, Notify: notify, Logger: log})
+	m.Writer, err = outbox.NewWriter(outbox.WriterConfig{Codec: codec, Notify: notify, Logger: log})
 	if err != nil {
+		return nil, err
+	}
+	if err := m.Writer.StoreSchemas(ctx, pool); err != nil {
 		return nil, err
 	}
 	return m, nil
