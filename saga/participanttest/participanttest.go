@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"testing"
 
 	"github.com/google/uuid"
 	"github.com/hamba/avro/v2"
@@ -32,9 +31,18 @@ import (
 // ReplyTopic is the reply topic of the commands the harness builds.
 const ReplyTopic = "participanttest.replies"
 
+// T is what the harness needs of a test: *testing.T and *testing.B have
+// it. On a database failure, or a reply it cannot read, the harness calls
+// Fatalf.
+type T interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Context() context.Context
+}
+
 // Harness delivers commands to one participant.
 type Harness struct {
-	t     testing.TB
+	t     T
 	p     *saga.Participant
 	pool  *pgxpool.Pool
 	codec *outbox.Codec
@@ -43,7 +51,7 @@ type Harness struct {
 // New builds the participant cfg describes (its Name, Handlers, ...) on
 // pool's database. codec must know saga.Schemas() and the payload types, as
 // the client's does. CommandTopic and the Kafka fields are not used.
-func New(t testing.TB, pool *pgxpool.Pool, codec *outbox.Codec, cfg saga.ParticipantConfig) *Harness {
+func New(t T, pool *pgxpool.Pool, codec *outbox.Codec, cfg saga.ParticipantConfig) *Harness {
 	t.Helper()
 	w, err := outbox.NewWriter(t.Context(), pool, outbox.WriterConfig{Codec: codec})
 	if err != nil {
