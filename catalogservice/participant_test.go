@@ -9,24 +9,17 @@ import (
 	"github.com/hamba/avro/v2"
 
 	"github.com/sagabox/sagabox/catalogservice"
+	"github.com/sagabox/sagabox/catalogservice/ports"
 	"github.com/sagabox/sagabox/internal/platform/auth"
 	"github.com/sagabox/sagabox/internal/platform/messaging"
 	"github.com/sagabox/sagabox/internal/testkit"
 	"github.com/sagabox/sagabox/outbox"
-	"github.com/sagabox/sagabox/outbox/outboxtest"
 	"github.com/sagabox/sagabox/saga"
+	"github.com/sagabox/sagabox/saga/participanttest"
 	"github.com/sagabox/sagabox/schemas"
 )
 
 const replyTopic = "order.saga.replies"
-
-func (b bundle) command(t *testing.T, sagaID uuid.UUID, step int, compensation bool, name, payloadType string, payload any) *saga.Command {
-	t.Helper()
-	_, raw, err := b.svc.Messaging().Codec.Encode(payloadType, payload)
-	testkit.Must(t, err, "encode %s", payloadType)
-	return &saga.Command{SagaID: sagaID, SagaType: "order", Step: step, StepName: name, Attempt: 1, Compensation: compensation,
-		Name: name, ReplyTopic: replyTopic, PayloadType: payloadType, Payload: raw, MessageID: uuid.NewString()}
-}
 
 func decodeReply(t *testing.T, codec *outbox.Codec, value []byte) (outcome, reason string, payload map[string]any) {
 	t.Helper()
@@ -38,56 +31,73 @@ func decodeReply(t *testing.T, codec *outbox.Codec, value []byte) (outcome, reas
 	return r["outcome"].(string), r["reason"].(string), payload
 }
 
-// lastReply reads the newest reply the participant wrote to the outbox.
-func (b bundle) lastReply(t *testing.T) (outcome, reason string, payload map[string]any) {
-	t.Helper()
-	m := outboxtest.Last(t, b.db.Pool, b.svc.Messaging().Codec, outboxtest.Topic(replyTopic), outboxtest.Type(saga.ReplyType))
-	var r struct {
-		Outcome     string `avro:"outcome"`
-		Reason      string `avro:"reason"`
-		PayloadType string `avro:"payload_type"`
-	}
-	testkit.Must(t, m.Decode(&r), "decode reply")
-	if r.PayloadType != "" {
-		testkit.Must(t, m.DecodePayload(&payload), "decode payload")
-	}
-	return r.Outcome, r.Reason, payload
+// harness runs the service's saga handlers on its database.
+func (b bundle) harness(t *testing.T) *participanttest.Harness {
+	return participanttest.New(t, b.db.Pool, b.svc.Messaging().Codec,
+		saga.ParticipantConfig{Name: catalogservice.Name, Handlers: ports.SagaHandlers(b.svc.App())})
 }
 
 func TestStockCommandsThroughTheSagaParticipant(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	ctx := context.Background()
 	b.addProduct(t, "A", "Apple", 50, 10)
 	b.addProduct(t, "B", "Banana", 20, 1)
-	p := b.svc.Participant()
-	order, sagaID := uuid.NewString(), uuid.New()
+	h := b.harness(t)
+	order := uuid.NewString()
 
-	reserve := b.command(t, sagaID, 0, false, schemas.CommandReserveStock, schemas.NameReserveStock,
+	reserve := h.Command(schemas.CommandReserveStock,
 		&schemas.ReserveStock{OrderID: order, Items: []schemas.StockLine{{Sku: "A", Quantity: 3}, {Sku: "B", Quantity: 1}}})
-	testkit.Must(t, p.Process(ctx, reserve), "reserve")
-	outcome, _, payload := b.lastReply(t)
-	if outcome != "SUCCESS" || payload["total_cents"] != int64(170) || b.stock(t, "A") != 7 || b.stock(t, "B") != 0 {
-		t.Fatalf("reserve: %s %v, stock A %d B %d", outcome, payload, b.stock(t, "A"), b.stock(t, "B"))
+	r := h.Deliver(reserve)
+	var reserved schemas.StockReserved
+	testkit.Must(t, r.Decode(&reserved), "decode %v", r)
+	if r.Outcome != saga.OutcomeSucceeded || reserved.TotalCents != 170 || b.stock(t, "A") != 7 || b.stock(t, "B") != 0 {
+		t.Fatalf("reserve: %v %+v, stock A %d B %d", r, reserved, b.stock(t, "A"), b.stock(t, "B"))
 	}
-	testkit.Must(t, p.Process(ctx, reserve), "redelivered reserve")
+	h.Deliver(reserve)
 	if b.stock(t, "A") != 7 {
 		t.Fatalf("a redelivered reserve took stock again: %d", b.stock(t, "A"))
 	}
 
-	short := b.command(t, uuid.New(), 0, false, schemas.CommandReserveStock, schemas.NameReserveStock,
+	short := h.Command(schemas.CommandReserveStock,
 		&schemas.ReserveStock{OrderID: uuid.NewString(), Items: []schemas.StockLine{{Sku: "A", Quantity: 1}, {Sku: "B", Quantity: 1}}})
-	testkit.Must(t, p.Process(ctx, short), "short reserve")
-	if outcome, reason, _ := b.lastReply(t); outcome != "REJECTED" || reason != "insufficient stock for B" || b.stock(t, "A") != 7 {
-		t.Fatalf("short: %s %q, stock A %d", outcome, reason, b.stock(t, "A"))
+	if r := h.Deliver(short); r.Outcome != saga.OutcomeRejected || r.Reason != "insufficient stock for B" || b.stock(t, "A") != 7 {
+		t.Fatalf("short: %v, stock A %d", r, b.stock(t, "A"))
 	}
 
-	release := b.command(t, sagaID, 0, true, schemas.CommandReleaseStock, schemas.NameReleaseStock, &schemas.ReleaseStock{OrderID: order})
-	testkit.Must(t, p.Process(ctx, release), "release")
-	testkit.Must(t, p.Process(ctx, release), "redelivered release")
-	if outcome, _, _ := b.lastReply(t); outcome != "SUCCESS" || b.stock(t, "A") != 10 || b.stock(t, "B") != 1 {
-		t.Fatalf("release: %s, stock A %d B %d", outcome, b.stock(t, "A"), b.stock(t, "B"))
+	release := h.Compensation(reserve, schemas.CommandReleaseStock, &schemas.ReleaseStock{OrderID: order})
+	h.Deliver(release)
+	if r := h.Deliver(release); r.Outcome != saga.OutcomeSucceeded || b.stock(t, "A") != 10 || b.stock(t, "B") != 1 {
+		t.Fatalf("release: %v, stock A %d B %d", r, b.stock(t, "A"), b.stock(t, "B"))
 	}
+}
+
+// stockState is what the stock commands change: the stock of the
+// products, and the order's reservation.
+type stockState struct {
+	A, B        int
+	Reservation string
+}
+
+// The saga barrier (participanttest's suite) on the real stock handlers.
+func TestStockHandlersIdempotencySuite(t *testing.T) {
+	t.Parallel()
+	participanttest.RunIdempotencySuite(t, func(t *testing.T) participanttest.Subject[stockState] {
+		b := setup(t)
+		b.addProduct(t, "A", "Apple", 50, 10)
+		b.addProduct(t, "B", "Banana", 20, 5)
+		h := b.harness(t)
+		order := uuid.NewString()
+		reserve := h.Command(schemas.CommandReserveStock,
+			&schemas.ReserveStock{OrderID: order, Items: []schemas.StockLine{{Sku: "A", Quantity: 3}, {Sku: "B", Quantity: 2}}})
+		return participanttest.Subject[stockState]{Harness: h, Action: reserve,
+			Compensation: h.Compensation(reserve, schemas.CommandReleaseStock, &schemas.ReleaseStock{OrderID: order}),
+			State: func(ctx context.Context) (stockState, error) {
+				s := stockState{A: b.stock(t, "A"), B: b.stock(t, "B")}
+				err := b.db.Pool.QueryRow(ctx, `SELECT coalesce((SELECT status FROM stock_reservations WHERE order_id = $1), '')`,
+					order).Scan(&s.Reservation)
+				return s, err
+			}}
+	})
 }
 
 // End to end on Kafka (kfake) and a Schema Registry (srfake): a command

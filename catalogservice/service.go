@@ -173,12 +173,12 @@ func (s *Service) init(ctx context.Context) error {
 
 	// The saga participant: reserve_stock and release_stock commands arrive
 	// on catalog.commands; replies leave through the outbox.
-	s.part, err = saga.NewParticipant(saga.ParticipantConfig{Name: Name, Pool: s.pool, Writer: s.msg.Writer, Codec: s.msg.Codec,
-		Brokers: s.cfg.Messaging.Brokers, Registry: s.msg.Registry, CommandTopic: schemas.TopicCatalogCommands, Logger: s.log})
+	rt := &messaging.Runtime{DB: s.pool, Messaging: s.msg, Config: s.cfg.Messaging, Log: s.log, Metrics: metrics.Registry}
+	s.part, err = saga.NewParticipant(rt, saga.ParticipantConfig{Name: Name, CommandTopic: schemas.TopicCatalogCommands,
+		Handlers: ports.SagaHandlers(s.app)})
 	if err != nil {
 		return err
 	}
-	ports.RegisterSagaHandlers(s.part, s.app)
 
 	// The read model's feed: order.events, deduplicated by the inbox.
 	if s.cfg.Messaging.Enabled() {

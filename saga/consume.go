@@ -11,6 +11,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/sagabox/sagabox/internal/wmlog"
 	"github.com/sagabox/sagabox/outbox"
@@ -113,3 +114,31 @@ func undecodable(err error) bool {
 }
 
 var errNotEnvelope = errors.New("saga: not a saga envelope")
+
+// envelope is a command or reply envelope.
+type envelope interface{ sagaID() string }
+
+func (e *commandEnvelope) sagaID() string { return e.SagaID }
+func (e *replyEnvelope) sagaID() string   { return e.SagaID }
+
+// decodeEnvelope decodes a consumed record into env, which must be an
+// envelope of type want (CommandType or ReplyType), and returns its saga ID.
+// A record that is something else, or whose saga ID does not parse, is
+// errNotEnvelope (undecodable: dead-lettered).
+func decodeEnvelope(d *outbox.Decoder, payload []byte, want string, env envelope) (uuid.UUID, error) {
+	if d == nil {
+		return uuid.Nil, fmt.Errorf("%w: a Registry is required to decode a %s", ErrInvalidConfig, want)
+	}
+	name, err := d.Decode(payload, env)
+	if err != nil {
+		return uuid.Nil, err
+	}
+	if name != want {
+		return uuid.Nil, fmt.Errorf("%w: got a %s where a %s belongs", errNotEnvelope, name, want)
+	}
+	id, err := uuid.Parse(env.sagaID())
+	if err != nil {
+		return uuid.Nil, fmt.Errorf("%w: saga_id %q: %v", errNotEnvelope, env.sagaID(), err)
+	}
+	return id, nil
+}

@@ -463,16 +463,9 @@ func (o *Orchestrator[D]) handleMessage(msg *message.Message) error {
 
 func (o *Orchestrator[D]) decodeReply(msg *message.Message) (*Reply, error) {
 	var env replyEnvelope
-	name, err := o.decoder.Decode(msg.Payload, &env)
+	id, err := decodeEnvelope(o.decoder, msg.Payload, ReplyType, &env)
 	if err != nil {
 		return nil, err
-	}
-	if name != ReplyType {
-		return nil, fmt.Errorf("%w: got a %s on the reply topic", errNotEnvelope, name)
-	}
-	id, err := uuid.Parse(env.SagaID)
-	if err != nil {
-		return nil, fmt.Errorf("%w: saga_id %q: %v", errNotEnvelope, env.SagaID, err)
 	}
 	return &Reply{SagaID: id, Step: env.Step, Attempt: env.Attempt, Compensation: env.Compensation,
 		Outcome: outcomeFromWire(env.Outcome), Reason: env.Reason, PayloadType: env.PayloadType, Payload: env.Payload}, nil

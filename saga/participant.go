@@ -5,17 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
+	"github.com/hamba/avro/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/riferrei/srclient"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -42,9 +44,12 @@ type Command struct {
 // PayloadType, which the participant's codec must know.
 func (c *Command) Decode(v any) error { return decodePayload(c.codec, c.PayloadType, c.Payload, v) }
 
-// Result is what a successful handler returns: an optional reply payload.
-type Result struct {
-	// Type is the Avro full name of Value's schema; empty for no payload.
+// Payload is a reply payload with the name of its schema, for a value that
+// does not name its schema itself (a generated type with a Schema method
+// does: return it as it is).
+type Payload struct {
+	// Type is the Avro full name of Value's schema, which the codec must
+	// know.
 	Type  string
 	Value any
 }
@@ -52,51 +57,176 @@ type Result struct {
 // HandlerFunc runs a command's business change in tx, inside a savepoint
 // (tx's Commit and Rollback return an error: do not end it yourself). The
 // savepoint travels with the handler's first statement, so a handler that
-// never touches the database pays nothing for it. Return nil (or a Result
-// with a payload) for success, an error wrapping ErrRejected (Reject) for a
-// final "no", or any other error for a transient failure: then nothing is
-// kept and the orchestrator retries after a backoff.
-type HandlerFunc func(ctx context.Context, tx pgx.Tx, cmd *Command) (*Result, error)
+// never touches the database pays nothing for it.
+//
+// Return the reply payload for success: nil for none, a generated type
+// (avrogen -encoders, whose Schema method names its schema), or a Payload
+// naming the schema; the codec must know it. Return an error wrapping
+// ErrRejected (Reject) for a final "no", or any other error for a transient
+// failure: then nothing is kept and the orchestrator retries after a
+// backoff.
+type HandlerFunc func(ctx context.Context, tx pgx.Tx, cmd *Command) (any, error)
 
-// ParticipantConfig configures a Participant.
+// Handler is the handler of one command, registered with NewParticipant in
+// ParticipantConfig.Handlers. Build it with HandleCommand, or HandleFunc
+// for a handler that reads the raw command.
+type Handler struct {
+	command string
+	// payloadType is the schema HandleCommand's payload type names, if it
+	// names one: NewParticipant checks that the codec knows it.
+	payloadType string
+	fn          HandlerFunc
+}
+
+// Command is the command h handles.
+func (h Handler) Command() string { return h.command }
+
+// HandleFunc is the Handler of command that runs fn on the raw command
+// (Command.Decode reads its payload).
+func HandleFunc(command string, fn HandlerFunc) Handler {
+	return Handler{command: command, fn: fn}
+}
+
+// HandleCommand is the Handler of command that decodes the command's
+// payload into a C, its Go type (a generated type, or a struct with avro
+// tags), and calls fn with it. A payload that does not decode into a C,
+// or whose schema is not C's, is rejected (the reason says why): sending
+// it again cannot help. fn returns the reply payload as a HandlerFunc does.
+//
+//	saga.HandleCommand(schemas.CommandReserveStock,
+//		func(ctx context.Context, tx pgx.Tx, cmd *saga.Command, p schemas.ReserveStock) (any, error) {
+//			...
+//			return &schemas.StockReserved{OrderID: p.OrderID}, nil
+//		})
+func HandleCommand[C any](command string, fn func(ctx context.Context, tx pgx.Tx, cmd *Command, payload C) (any, error)) Handler {
+	want := schemaName(new(C))
+	return Handler{command: command, payloadType: want, fn: func(ctx context.Context, tx pgx.Tx, cmd *Command) (any, error) {
+		var payload C
+		if want != "" && cmd.PayloadType != want {
+			return nil, Reject(fmt.Sprintf("%s: the payload is a %q, want a %q", command, cmd.PayloadType, want))
+		}
+		if err := cmd.Decode(&payload); err != nil {
+			return nil, Reject(fmt.Sprintf("%s: the payload does not decode into a %T: %v", command, payload, err))
+		}
+		return fn(ctx, tx, cmd, payload)
+	}}
+}
+
+// schemaName is the full name of the schema v carries, or "".
+func schemaName(v any) string {
+	sd, ok := v.(interface{ Schema() avro.Schema })
+	if !ok {
+		return ""
+	}
+	if named, ok := sd.Schema().(avro.NamedSchema); ok {
+		return named.FullName()
+	}
+	return ""
+}
+
+// Defaults of ParticipantConfig (Retention and CleanupInterval share
+// Config's: DefaultRetention, DefaultCleanupInterval).
+const (
+	DefaultParticipantBatch = 64
+)
+
+// ParticipantConfig configures a Participant. The database, the outbox
+// writer, the codec, Kafka and the registry come from the Runtime.
 type ParticipantConfig struct {
 	// Name identifies the participant in the inbox (and defaults its
 	// consumer group). Required.
 	Name string
-	// Pool is the participant's database, holding the saga tables (for the
-	// inbox) and the outbox. Required.
-	Pool *pgxpool.Pool
-	// Writer writes the replies into the outbox. Required.
-	Writer *outbox.Writer
-	// Codec must know saga.Schemas() and the payload types. Required.
-	Codec *outbox.Codec
+	// Handlers are the participant's commands (actions and compensations),
+	// one Handler per command name. A command without a handler is
+	// rejected. Required: at least one.
+	Handlers []Handler
 
-	// Brokers, Registry and CommandTopic are needed by Run.
-	Brokers      []string
-	Registry     srclient.ISchemaRegistryClient
+	// CommandTopic is the topic Run consumes. Required by Run.
 	CommandTopic string
 	// ConsumerGroup defaults to "sagabox-participant-" + Name.
 	ConsumerGroup string
-	// DeadLetterTopic defaults to CommandTopic + ".dlq".
+	// DeadLetterTopic receives commands that cannot be decoded, with the
+	// reason. Defaults to CommandTopic + ".dlq".
 	DeadLetterTopic string
 	// OverwriteSaramaConfig replaces SaramaConfig().
 	OverwriteSaramaConfig *sarama.Config
+	// NackResendSleep is the wait before a command that failed for a
+	// transient reason (database or registry down) is handled again.
+	// Defaults to DefaultNackResendSleep.
+	NackResendSleep time.Duration
 	// Batch is the most commands run in one transaction (each handler in
 	// its own savepoint) by Run: commands arriving on different partitions
 	// at the same moment share a commit and its round trips. Keep it at most
 	// 64: each handler that writes is a subtransaction, and while a
 	// transaction has more than 64 Postgres slows every session's
-	// snapshots down. Defaults to DefaultReplyBatch.
+	// snapshots down. Defaults to DefaultParticipantBatch.
 	Batch int
 	// Retention is how long Run keeps inbox entries (and finished sagas,
 	// when the participant shares its database with an orchestrator) before
 	// deleting them every CleanupInterval. An entry must outlive any
-	// redelivery of its command. Negative disables the cleanup. Defaults to
-	// DefaultRetention and DefaultCleanupInterval.
-	Retention       time.Duration
+	// redelivery of its command. Defaults to DefaultRetention.
+	Retention time.Duration
+	// DisableCleanup keeps everything: Run deletes nothing.
+	DisableCleanup bool
+	// CleanupInterval defaults to DefaultCleanupInterval.
 	CleanupInterval time.Duration
-	// Logger defaults to a logger that discards everything.
-	Logger *slog.Logger
+}
+
+// WithDefaults returns a copy of c with every unset field defaulted.
+func (c ParticipantConfig) WithDefaults() ParticipantConfig {
+	if c.ConsumerGroup == "" && c.Name != "" {
+		c.ConsumerGroup = "sagabox-participant-" + c.Name
+	}
+	if c.DeadLetterTopic == "" && c.CommandTopic != "" {
+		c.DeadLetterTopic = c.CommandTopic + ".dlq"
+	}
+	if c.NackResendSleep == 0 {
+		c.NackResendSleep = DefaultNackResendSleep
+	}
+	if c.Batch == 0 {
+		c.Batch = DefaultParticipantBatch
+	}
+	if c.Retention == 0 {
+		c.Retention = DefaultRetention
+	}
+	if c.CleanupInterval == 0 {
+		c.CleanupInterval = DefaultCleanupInterval
+	}
+	return c
+}
+
+func (c ParticipantConfig) validate(codec *outbox.Codec) error {
+	switch {
+	case c.Name == "":
+		return fmt.Errorf("%w: ParticipantConfig.Name is required", ErrInvalidConfig)
+	case len(c.Handlers) == 0:
+		return fmt.Errorf("%w: ParticipantConfig.Handlers is empty: add a saga.HandleCommand per command", ErrInvalidConfig)
+	case c.NackResendSleep < 0:
+		return fmt.Errorf("%w: ParticipantConfig.NackResendSleep is negative", ErrInvalidConfig)
+	case c.Batch < 0:
+		return fmt.Errorf("%w: ParticipantConfig.Batch is negative", ErrInvalidConfig)
+	case c.Retention < 0:
+		return fmt.Errorf("%w: ParticipantConfig.Retention is negative: set DisableCleanup to keep everything", ErrInvalidConfig)
+	case c.CleanupInterval < 0:
+		return fmt.Errorf("%w: ParticipantConfig.CleanupInterval is negative", ErrInvalidConfig)
+	}
+	seen := map[string]bool{}
+	for i, h := range c.Handlers {
+		switch {
+		case h.fn == nil || h.command == "":
+			return fmt.Errorf("%w: ParticipantConfig.Handlers[%d] is empty: build it with saga.HandleCommand", ErrInvalidConfig, i)
+		case seen[h.command]:
+			return fmt.Errorf("%w: ParticipantConfig.Handlers: command %q has two handlers", ErrInvalidConfig, h.command)
+		}
+		seen[h.command] = true
+		if h.payloadType != "" {
+			if _, ok := codec.Schema(h.payloadType); !ok {
+				return fmt.Errorf("%w: ParticipantConfig.Handlers: the codec does not know %s, the payload of %q", ErrInvalidConfig,
+					h.payloadType, h.command)
+			}
+		}
+	}
+	return nil
 }
 
 // Participant runs saga commands idempotently. For each command, the
@@ -120,56 +250,61 @@ type ParticipantConfig struct {
 // commits: the other's inbox insert fails on the first's entry, its
 // transaction rolls back, and it is run again alone, finding the stored
 // reply.
+//
+// The participanttest package runs a participant's handlers without Kafka
+// and checks these properties against the handlers' real effects.
 type Participant struct {
 	cfg      ParticipantConfig
+	pool     *pgxpool.Pool
+	writer   *outbox.Writer
+	codec    *outbox.Codec
+	brokers  []string
 	log      *slog.Logger
 	handlers map[string]HandlerFunc
 	decoder  *outbox.Decoder
 	batch    *batcher[*Command]
+	started  atomic.Bool
 }
 
-// NewParticipant checks the configuration.
-func NewParticipant(cfg ParticipantConfig) (*Participant, error) {
-	switch {
-	case cfg.Name == "":
-		return nil, fmt.Errorf("%w: ParticipantConfig.Name is required", ErrInvalidConfig)
-	case cfg.Pool == nil:
-		return nil, fmt.Errorf("%w: ParticipantConfig.Pool is required", ErrInvalidConfig)
-	case cfg.Writer == nil:
-		return nil, fmt.Errorf("%w: ParticipantConfig.Writer is required", ErrInvalidConfig)
+// NewParticipant checks cfg, fills its defaults and attaches the
+// participant's Run to rt, as "saga.participant." + Name, so that the
+// client runs it. Tests may call Run (or Process) themselves instead.
+func NewParticipant(rt Runtime, cfg ParticipantConfig) (*Participant, error) {
+	if rt == nil {
+		return nil, fmt.Errorf("%w: NewParticipant needs a Runtime (a sagabox.Client)", ErrInvalidConfig)
 	}
-	if err := checkCodec(cfg.Codec, "ParticipantConfig.Codec"); err != nil {
+	cfg = cfg.WithDefaults()
+	if rt.Pool() == nil {
+		return nil, fmt.Errorf("%w: the Runtime has no Pool", ErrInvalidConfig)
+	}
+	if rt.Writer() == nil {
+		return nil, fmt.Errorf("%w: the Runtime has no Writer", ErrInvalidConfig)
+	}
+	if err := checkCodec(rt.Codec(), "the Runtime's Codec"); err != nil {
 		return nil, err
 	}
-	if cfg.ConsumerGroup == "" {
-		cfg.ConsumerGroup = "sagabox-participant-" + cfg.Name
+	if err := cfg.validate(rt.Codec()); err != nil {
+		return nil, err
 	}
-	if cfg.DeadLetterTopic == "" && cfg.CommandTopic != "" {
-		cfg.DeadLetterTopic = cfg.CommandTopic + ".dlq"
+	log := rt.Logger()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
+	p := &Participant{cfg: cfg, pool: rt.Pool(), writer: rt.Writer(), codec: rt.Codec(), brokers: rt.Brokers(),
+		handlers: make(map[string]HandlerFunc, len(cfg.Handlers)),
+		log:      log.With("component", "saga.participant", "participant", cfg.Name)}
+	for _, h := range cfg.Handlers {
+		p.handlers[h.command] = h.fn
 	}
-	if cfg.Batch <= 0 {
-		cfg.Batch = DefaultReplyBatch
+	if reg := rt.Registry(); reg != nil {
+		p.decoder = outbox.NewDecoder(reg, p.codec)
 	}
-	if cfg.Retention == 0 {
-		cfg.Retention = DefaultRetention
-	}
-	if cfg.CleanupInterval <= 0 {
-		cfg.CleanupInterval = DefaultCleanupInterval
-	}
-	p := &Participant{cfg: cfg, handlers: map[string]HandlerFunc{},
-		log: cfg.Logger.With("component", "saga.participant", "participant", cfg.Name)}
-	if cfg.Registry != nil {
-		p.decoder = outbox.NewDecoder(cfg.Registry, cfg.Codec)
+	p.batch = newBatcher(batchWorkers, cfg.Batch, p.processBatch)
+	if err := rt.Attach("saga.participant."+cfg.Name, p.Run); err != nil {
+		return nil, fmt.Errorf("saga: participant %s: %w", cfg.Name, err)
 	}
 	return p, nil
 }
-
-// Handle registers the handler of a command (an action or a compensation).
-// Call it before Run.
-func (p *Participant) Handle(command string, h HandlerFunc) { p.handlers[command] = h }
 
 // Process runs one command: see Participant. It returns an error only when
 // the database failed; then nothing was written and the command should be
@@ -294,7 +429,7 @@ func (p *Participant) runBatch(ctx context.Context, cmds []*Command, eager bool)
 	first := &pgx.Batch{}
 	first.BeginTx(pgx.TxOptions{})
 	first.Queue(selectInboxSQL, p.cfg.Name, keys)
-	ptx, br, err := beginPipe(ctx, p.cfg.Pool, func(c *pgx.Conn) error { return prepareStatements(ctx, c) }, first)
+	ptx, br, err := beginPipe(ctx, p.pool, func(c *pgx.Conn) error { return prepareStatements(ctx, c) }, first)
 	if err != nil {
 		return fmt.Errorf("saga: inbox: %w (did you run saga.Migrate?)", err)
 	}
@@ -310,7 +445,7 @@ func (p *Participant) runBatch(ctx context.Context, cmds []*Command, eager bool)
 	var entries inboxEntries
 	msgs := make([]outbox.Message, 0, len(cmds))
 	for _, cmd := range cmds {
-		cmd.codec = p.cfg.Codec
+		cmd.codec = p.codec
 		reply, err := p.decide(ctx, htx, cmd, stored, &entries, eager)
 		if err != nil {
 			ptx.abort(ctx)
@@ -323,7 +458,7 @@ func (p *Participant) runBatch(ctx context.Context, cmds []*Command, eager bool)
 		sort.Sort(&entries)
 		b.Queue(insertInboxSQL, p.cfg.Name, entries.keys, entries.outcomes, entries.reasons, entries.types, entries.payloads)
 	}
-	if err := p.cfg.Writer.Queue(ctx, b, msgs...); err != nil {
+	if err := p.writer.Queue(ctx, b, msgs...); err != nil {
 		ptx.abort(ctx)
 		return err
 	}
@@ -442,14 +577,35 @@ func (p *Participant) run(ctx context.Context, htx *handlerTx, cmd *Command) (*r
 		return &replyEnvelope{Outcome: wireError, Reason: herr.Error()}, false, nil
 	}
 	r := &replyEnvelope{Outcome: wireSuccess, Payload: []byte{}}
-	if res != nil && res.Type != "" {
-		var err error
-		r.PayloadType = res.Type
-		if r.Payload, err = encodePayload(p.cfg.Codec, res.Type, res.Value); err != nil {
-			return nil, false, fmt.Errorf("saga: %s reply payload: %w", cmd.Name, err)
+	typ, value := replyPayload(res)
+	if value != nil {
+		s, b, err := p.codec.Encode(typ, value)
+		if err != nil {
+			return nil, false, fmt.Errorf("saga: %s reply payload (return a generated type, or a saga.Payload naming its schema): %w", cmd.Name, err)
 		}
+		r.PayloadType, r.Payload = s.Name, b
 	}
 	return r, true, nil
+}
+
+// replyPayload is a handler's reply value and the name of its schema ("" to
+// let the codec read it from the value); a nil value is no payload.
+func replyPayload(res any) (string, any) {
+	switch v := res.(type) {
+	case nil:
+		return "", nil
+	case Payload:
+		return v.Type, v.Value
+	case *Payload:
+		if v == nil {
+			return "", nil
+		}
+		return v.Type, v.Value
+	}
+	if rv := reflect.ValueOf(res); rv.Kind() == reflect.Pointer && rv.IsNil() {
+		return "", nil // a typed nil: no payload
+	}
+	return "", res
 }
 
 func (p *Participant) replyMessage(cmd *Command, r *replyEnvelope) outbox.Message {
@@ -464,8 +620,13 @@ func (p *Participant) replyMessage(cmd *Command, r *replyEnvelope) outbox.Messag
 // HandleMessage is the watermill handler for the command topic: it decodes
 // the command and processes it. Undecodable commands are dead-lettered; a
 // registry or database outage makes it return the error, so the command is
-// delivered again.
+// delivered again. Run does the same, batching the commands of concurrent
+// partitions.
 func (p *Participant) HandleMessage(msg *message.Message) error {
+	return p.handleMessage(msg, p.Process)
+}
+
+func (p *Participant) handleMessage(msg *message.Message, process func(context.Context, *Command) error) error {
 	ctx := msg.Context()
 	cmd, err := p.decodeCommand(msg)
 	if err != nil {
@@ -473,50 +634,41 @@ func (p *Participant) HandleMessage(msg *message.Message) error {
 			return err
 		}
 		p.log.WarnContext(ctx, "saga: dead-lettering command", "message_id", msg.UUID, "error", err)
-		return writeDeadLetter(ctx, p.cfg.Pool, p.cfg.Writer, p.cfg.DeadLetterTopic, msg, err)
+		return writeDeadLetter(ctx, p.pool, p.writer, p.cfg.DeadLetterTopic, msg, err)
 	}
-	if p.batch != nil {
-		return p.batch.do(ctx, cmd)
-	}
-	return p.Process(ctx, cmd)
+	return process(ctx, cmd)
 }
 
 func (p *Participant) decodeCommand(msg *message.Message) (*Command, error) {
-	if p.decoder == nil {
-		return nil, fmt.Errorf("%w: ParticipantConfig.Registry is required to decode commands", ErrInvalidConfig)
-	}
 	var env commandEnvelope
-	name, err := p.decoder.Decode(msg.Payload, &env)
+	id, err := decodeEnvelope(p.decoder, msg.Payload, CommandType, &env)
 	if err != nil {
 		return nil, err
-	}
-	if name != CommandType {
-		return nil, fmt.Errorf("%w: got a %s on the command topic", errNotEnvelope, name)
-	}
-	id, err := uuid.Parse(env.SagaID)
-	if err != nil {
-		return nil, fmt.Errorf("%w: saga_id %q: %v", errNotEnvelope, env.SagaID, err)
 	}
 	return &Command{SagaID: id, SagaType: env.SagaType, Step: env.Step, StepName: env.StepName, Attempt: env.Attempt,
 		Compensation: env.Compensation, Name: env.Command, ReplyTopic: env.ReplyTopic, PayloadType: env.PayloadType,
 		Payload: env.Payload, MessageID: msg.UUID, CorrelationID: msg.Metadata.Get(outbox.HeaderCorrelationID)}, nil
 }
 
-// Run consumes CommandTopic until ctx is done. It needs Brokers, Registry
-// and CommandTopic.
+// Run consumes CommandTopic until ctx is done, then lets the commands in
+// flight finish and returns nil. It needs the Runtime's Brokers and
+// Registry, and CommandTopic. A participant runs once: a second Run
+// returns an error.
 func (p *Participant) Run(ctx context.Context) error {
-	if len(p.cfg.Brokers) == 0 || p.decoder == nil || p.cfg.CommandTopic == "" {
-		return fmt.Errorf("%w: Participant.Run needs Brokers, Registry and CommandTopic", ErrInvalidConfig)
+	if len(p.brokers) == 0 || p.decoder == nil || p.cfg.CommandTopic == "" {
+		return fmt.Errorf("%w: Participant.Run needs the Runtime's Brokers and Registry, and ParticipantConfig.CommandTopic", ErrInvalidConfig)
 	}
-	p.batch = newBatcher(batchWorkers, p.cfg.Batch, p.processBatch)
+	if !p.started.CompareAndSwap(false, true) {
+		return fmt.Errorf("saga: participant %s: Run was called twice", p.cfg.Name)
+	}
 	stop := p.batch.start(ctx, batchWorkers)
 	defer stop() // after the router: its handlers wait on the batcher
-	if p.cfg.Retention > 0 {
+	if !p.cfg.DisableCleanup {
 		var wg sync.WaitGroup
 		defer wg.Wait()
-		wg.Go(func() { runCleaner(ctx, p.cfg.Pool, p.cfg.Retention, p.cfg.CleanupInterval, p.log) })
+		wg.Go(func() { runCleaner(ctx, p.pool, p.cfg.Retention, p.cfg.CleanupInterval, p.log) })
 	}
-	return runRouter(ctx, consumeConfig{Brokers: p.cfg.Brokers, ConsumerGroup: p.cfg.ConsumerGroup, Topic: p.cfg.CommandTopic,
-		Sarama: p.cfg.OverwriteSaramaConfig, NackResendSleep: DefaultNackResendSleep, Logger: p.cfg.Logger,
-		Name: "saga_commands_" + p.cfg.Name}, p.HandleMessage)
+	return runRouter(ctx, consumeConfig{Brokers: p.brokers, ConsumerGroup: p.cfg.ConsumerGroup, Topic: p.cfg.CommandTopic,
+		Sarama: p.cfg.OverwriteSaramaConfig, NackResendSleep: p.cfg.NackResendSleep, Logger: p.log,
+		Name: "saga_commands_" + p.cfg.Name}, func(msg *message.Message) error { return p.handleMessage(msg, p.batch.do) })
 }

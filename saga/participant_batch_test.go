@@ -74,9 +74,9 @@ func (w *world) tracedPool() (*pgxpool.Pool, *sqlLog) {
 	return w.onePool(log), log
 }
 
-func (w *world) participant(name string, pool *pgxpool.Pool) *saga.Participant {
+func (w *world) participant(name string, pool *pgxpool.Pool, handlers ...saga.Handler) *saga.Participant {
 	w.t.Helper()
-	p, err := saga.NewParticipant(saga.ParticipantConfig{Name: name, Pool: pool, Writer: w.writer, Codec: w.codec, Logger: testLogger(w.t)})
+	p, err := saga.NewParticipant(w.runtime(pool), saga.ParticipantConfig{Name: name, Handlers: handlers})
 	testkit.Must(w.t, err, "participant")
 	return p
 }
@@ -126,12 +126,11 @@ func TestParticipantBatchMixedOutcomes(t *testing.T) {
 	w := newWorld(t, 0)
 	w.seed("book", 10, "ann", 0)
 	pool, log := w.tracedPool()
-	p := w.participant("mixed", pool)
 	var n calls
 	// Each handler has its own statement, so that the first round has
 	// statements pgx has not prepared yet, after an aborted one.
 	write := func(what string, ret func() error) saga.HandlerFunc {
-		return func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (*saga.Result, error) {
+		return func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (any, error) {
 			n.inc(cmd.SagaID)
 			if _, err := tx.Exec(ctx, `INSERT INTO effects (saga_id, what) VALUES ($1, $2) -- `+what, cmd.SagaID, what); err != nil {
 				return nil, err
@@ -139,26 +138,27 @@ func TestParticipantBatchMixedOutcomes(t *testing.T) {
 			return nil, ret()
 		}
 	}
-	p.Handle("ok", write("ok", func() error { return nil }))
-	p.Handle("ok2", write("ok2", func() error { return nil }))
-	p.Handle("refuse", write("refuse", func() error { return saga.Reject("no") }))
-	p.Handle("flaky", write("flaky", func() error { return errors.New("warehouse down") }))
-	p.Handle("undo", write("undo", func() error { return nil }))
-	// Both violate the CHECK, which aborts the transaction: one as its
-	// first statement, one after a write.
-	p.Handle("sqlerr", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (*saga.Result, error) {
-		n.inc(cmd.SagaID)
-		_, err := tx.Exec(ctx, `UPDATE stock SET qty = qty - $2 WHERE item = $1`, "book", 1000)
-		return nil, err
-	})
-	p.Handle("sqlerr2", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (*saga.Result, error) {
-		n.inc(cmd.SagaID)
-		if err := effect(ctx, tx, cmd, "sqlerr2"); err != nil {
+	p := w.participant("mixed", pool,
+		saga.HandleFunc("ok", write("ok", func() error { return nil })),
+		saga.HandleFunc("ok2", write("ok2", func() error { return nil })),
+		saga.HandleFunc("refuse", write("refuse", func() error { return saga.Reject("no") })),
+		saga.HandleFunc("flaky", write("flaky", func() error { return errors.New("warehouse down") })),
+		saga.HandleFunc("undo", write("undo", func() error { return nil })),
+		// Both violate the CHECK, which aborts the transaction: one as its
+		// first statement, one after a write.
+		saga.HandleFunc("sqlerr", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (any, error) {
+			n.inc(cmd.SagaID)
+			_, err := tx.Exec(ctx, `UPDATE stock SET qty = qty - $2 WHERE item = $1`, "book", 1000)
 			return nil, err
-		}
-		_, err := tx.Exec(ctx, `UPDATE stock SET qty = qty - $2 WHERE item = $1`, "book", 1000)
-		return nil, err
-	})
+		}),
+		saga.HandleFunc("sqlerr2", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (any, error) {
+			n.inc(cmd.SagaID)
+			if err := effect(ctx, tx, cmd, "sqlerr2"); err != nil {
+				return nil, err
+			}
+			_, err := tx.Exec(ctx, `UPDATE stock SET qty = qty - $2 WHERE item = $1`, "book", 1000)
+			return nil, err
+		}))
 
 	for round := range 2 {
 		ids := map[string]uuid.UUID{}
@@ -263,9 +263,8 @@ func TestParticipantBatchMixedOutcomes(t *testing.T) {
 func TestParticipantHandlerConnAndCopyFromRolledBack(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, 0)
-	p := w.participant("bypass", w.pool)
 	viaConn := func(fail error) saga.HandlerFunc {
-		return func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (*saga.Result, error) {
+		return func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (any, error) {
 			if _, err := tx.Conn().Exec(ctx, `INSERT INTO effects (saga_id, what) VALUES ($1, 'conn')`, cmd.SagaID); err != nil {
 				return nil, err
 			}
@@ -273,7 +272,7 @@ func TestParticipantHandlerConnAndCopyFromRolledBack(t *testing.T) {
 		}
 	}
 	viaCopy := func(fail error) saga.HandlerFunc {
-		return func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (*saga.Result, error) {
+		return func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (any, error) {
 			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"effects"}, []string{"saga_id", "what"},
 				pgx.CopyFromRows([][]any{{cmd.SagaID, "copy"}})); err != nil {
 				return nil, err
@@ -281,12 +280,13 @@ func TestParticipantHandlerConnAndCopyFromRolledBack(t *testing.T) {
 			return nil, fail
 		}
 	}
-	p.Handle("conn_fails", viaConn(errors.New("down")))
-	p.Handle("conn_rejects", viaConn(saga.Reject("no")))
-	p.Handle("conn_ok", viaConn(nil))
-	p.Handle("copy_fails", viaCopy(errors.New("down")))
-	p.Handle("copy_rejects", viaCopy(saga.Reject("no")))
-	p.Handle("copy_ok", viaCopy(nil))
+	p := w.participant("bypass", w.pool,
+		saga.HandleFunc("conn_fails", viaConn(errors.New("down"))),
+		saga.HandleFunc("conn_rejects", viaConn(saga.Reject("no"))),
+		saga.HandleFunc("conn_ok", viaConn(nil)),
+		saga.HandleFunc("copy_fails", viaCopy(errors.New("down"))),
+		saga.HandleFunc("copy_rejects", viaCopy(saga.Reject("no"))),
+		saga.HandleFunc("copy_ok", viaCopy(nil)))
 	names := []string{"conn_fails", "copy_ok", "conn_rejects", "copy_fails", "conn_ok", "copy_rejects"}
 	want := map[string]string{"conn_fails": "[]", "conn_rejects": "[]", "conn_ok": "[conn]",
 		"copy_fails": "[]", "copy_rejects": "[]", "copy_ok": "[copy]"}
@@ -327,18 +327,18 @@ func TestParticipantBatchRoundTrips(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, 0)
 	pool, log := w.tracedPool()
-	p := w.participant("trips", pool)
-	p.Handle("pure", func(context.Context, pgx.Tx, *saga.Command) (*saga.Result, error) { return nil, nil })
-	p.Handle("pure_fails", func(context.Context, pgx.Tx, *saga.Command) (*saga.Result, error) {
-		return nil, errors.New("down")
-	})
-	p.Handle("two", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (*saga.Result, error) {
-		if err := effect(ctx, tx, cmd, "one"); err != nil {
-			return nil, err
-		}
-		var n int
-		return nil, tx.QueryRow(ctx, `SELECT count(*) FROM effects WHERE saga_id = $1`, cmd.SagaID).Scan(&n)
-	})
+	p := w.participant("trips", pool,
+		saga.HandleFunc("pure", func(context.Context, pgx.Tx, *saga.Command) (any, error) { return nil, nil }),
+		saga.HandleFunc("pure_fails", func(context.Context, pgx.Tx, *saga.Command) (any, error) {
+			return nil, errors.New("down")
+		}),
+		saga.HandleFunc("two", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (any, error) {
+			if err := effect(ctx, tx, cmd, "one"); err != nil {
+				return nil, err
+			}
+			var n int
+			return nil, tx.QueryRow(ctx, `SELECT count(*) FROM effects WHERE saga_id = $1`, cmd.SagaID).Scan(&n)
+		}))
 	batch := func(names ...string) []*saga.Command {
 		var cmds []*saga.Command
 		for _, name := range names {
@@ -383,8 +383,7 @@ func TestParticipantConcurrentDeliveriesTwoInstances(t *testing.T) {
 	w := newWorld(t, 0)
 	var n calls
 	mk := func() *saga.Participant {
-		p := w.participant("twin", w.pool)
-		p.Handle("apply", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (*saga.Result, error) {
+		return w.participant("twin", w.pool, saga.HandleFunc("apply", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (any, error) {
 			n.inc(cmd.SagaID)
 			if err := effect(ctx, tx, cmd, "apply"); err != nil {
 				return nil, err
@@ -394,8 +393,7 @@ func TestParticipantConcurrentDeliveriesTwoInstances(t *testing.T) {
 				return nil, saga.Reject("step 1 is refused")
 			}
 			return nil, nil
-		})
-		return p
+		}))
 	}
 	a, b := mk(), mk()
 	for round := range 6 {

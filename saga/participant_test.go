@@ -1,8 +1,10 @@
 package saga_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -312,5 +314,90 @@ func TestAttemptStartedBeforeMigration003EndsInItsOwnRow(t *testing.T) {
 	}
 	if a := info.History[0]; a.FinishedAt == nil || !a.StartedAt.Before(*a.FinishedAt) {
 		t.Fatalf("ended attempt: %+v", a)
+	}
+}
+
+// Invariant (conventions): NewParticipant validates its config and names
+// the field; zero is the default, a negative value or a command registered
+// twice is ErrInvalidConfig; it attaches its Run to the runtime; a second
+// Run is an error.
+func TestNewParticipantConfig(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, 0)
+	ok := saga.HandleFunc("a", func(context.Context, pgx.Tx, *saga.Command) (any, error) { return nil, nil })
+	for _, tc := range []struct {
+		cfg  saga.ParticipantConfig
+		want string
+	}{
+		{saga.ParticipantConfig{Handlers: []saga.Handler{ok}}, "Name is required"},
+		{saga.ParticipantConfig{Name: "p"}, "Handlers is empty"},
+		{saga.ParticipantConfig{Name: "p", Handlers: []saga.Handler{{}}}, "Handlers[0] is empty"},
+		{saga.ParticipantConfig{Name: "p", Handlers: []saga.Handler{ok, ok}}, `command "a" has two handlers`},
+		{saga.ParticipantConfig{Name: "p", Handlers: []saga.Handler{ok}, Retention: -1}, "Retention is negative"},
+		{saga.ParticipantConfig{Name: "p", Handlers: []saga.Handler{ok}, Batch: -1}, "Batch is negative"},
+		{saga.ParticipantConfig{Name: "p", Handlers: []saga.Handler{ok}, CleanupInterval: -1}, "CleanupInterval is negative"},
+		{saga.ParticipantConfig{Name: "p", Handlers: []saga.Handler{ok}, NackResendSleep: -1}, "NackResendSleep is negative"},
+	} {
+		_, err := saga.NewParticipant(w.runtime(nil), tc.cfg)
+		if !errors.Is(err, saga.ErrInvalidConfig) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want ErrInvalidConfig saying %q", tc.cfg, err, tc.want)
+		}
+	}
+	if _, err := saga.NewParticipant(nil, saga.ParticipantConfig{Name: "p", Handlers: []saga.Handler{ok}}); !errors.Is(err, saga.ErrInvalidConfig) {
+		t.Errorf("no runtime: %v", err)
+	}
+	d := saga.ParticipantConfig{Name: "p", CommandTopic: "t"}.WithDefaults()
+	if d.ConsumerGroup != "sagabox-participant-p" || d.DeadLetterTopic != "t.dlq" || d.Batch != saga.DefaultParticipantBatch ||
+		d.Retention != saga.DefaultRetention || d.CleanupInterval != saga.DefaultCleanupInterval || d.NackResendSleep != saga.DefaultNackResendSleep {
+		t.Errorf("defaults: %+v", d)
+	}
+	rt := w.runtime(nil)
+	p, err := saga.NewParticipant(rt, saga.ParticipantConfig{Name: "p", Handlers: []saga.Handler{ok}})
+	testkit.Must(t, err, "participant")
+	if rt.attached.Load() != 1 {
+		t.Fatalf("NewParticipant attached %d parts, want 1", rt.attached.Load())
+	}
+	if err := p.Run(w.ctx); !errors.Is(err, saga.ErrInvalidConfig) {
+		t.Fatalf("Run without Kafka: %v", err)
+	}
+}
+
+// Invariant: a second Run of one participant returns an error at once,
+// while the first goes on.
+func TestParticipantRunTwice(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, 1)
+	catalog, _ := w.participants("twice")
+	ctx, cancel := context.WithCancel(w.ctx)
+	defer cancel()
+	done := make(chan error, 2)
+	for range 2 {
+		go func() { done <- catalog.Run(ctx) }()
+	}
+	// Whichever started second returns at once; the other runs until ctx
+	// is done.
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "Run was called twice") {
+		t.Fatalf("second Run: %v", err)
+	}
+	cancel()
+	testkit.Must(t, <-done, "first Run")
+}
+
+// Invariant: HandleCommand rejects, with a reason naming the command, a
+// payload that does not decode or whose schema is not the handler's type.
+func TestHandleCommandRejectsABadPayload(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, 0)
+	var calls int
+	p := w.participant("typed", w.pool, saga.HandleCommand("reserve_stock",
+		func(context.Context, pgx.Tx, *saga.Command, reserveStock) (any, error) { calls++; return nil, nil }))
+	cut := command(uuid.New(), "reserve_stock", 1, false)
+	cut.Payload = cut.Payload[:1]
+	testkit.Must(t, p.Process(w.ctx, cut), "process")
+	if got := w.inbox("typed", cut.SagaID.String()+"/0/action"); !strings.HasPrefix(got, "REJECTED:reserve_stock: the payload does not decode") {
+		t.Fatalf("inbox %q", got)
+	}
+	if calls != 0 {
+		t.Fatal("the handler ran on a payload that does not decode")
 	}
 }

@@ -58,8 +58,8 @@ func TestInboxLookupStaysOnThePrimaryKeyAsTheInboxGrows(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, 0)
 	pool := w.onePool(nil)
-	p := w.participant("catalog", pool)
-	p.Handle("reserve_stock", func(context.Context, pgx.Tx, *saga.Command) (*saga.Result, error) { return nil, nil })
+	p := w.participant("catalog", pool,
+		saga.HandleFunc("reserve_stock", func(context.Context, pgx.Tx, *saga.Command) (any, error) { return nil, nil }))
 	for range 8 { // past the plan cache's five custom plans
 		testkit.Must(t, p.Process(w.ctx, command(uuid.New(), "reserve_stock", 1, false)), "process")
 	}

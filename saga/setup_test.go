@@ -271,72 +271,85 @@ func effect(ctx context.Context, tx pgx.Tx, cmd *saga.Command, what string) erro
 	return err
 }
 
+// testRuntime is the saga.Runtime of the tests: the world's database (or
+// another pool on it), writer, codec, Kafka and registry. Attach only
+// counts: the tests run each part themselves, with their own relay.
+type testRuntime struct {
+	w        *world
+	pool     *pgxpool.Pool
+	attached atomic.Int32
+}
+
+func (r *testRuntime) Pool() *pgxpool.Pool                      { return r.pool }
+func (r *testRuntime) Writer() *outbox.Writer                   { return r.w.writer }
+func (r *testRuntime) Codec() *outbox.Codec                     { return r.w.codec }
+func (r *testRuntime) Brokers() []string                        { return r.w.brokers }
+func (r *testRuntime) Registry() srclient.ISchemaRegistryClient { return r.w.registryClient() }
+func (r *testRuntime) Logger() *slog.Logger                     { return testLogger(r.w.t) }
+func (r *testRuntime) Registerer() prometheus.Registerer        { return nil }
+func (r *testRuntime) Attach(string, func(context.Context) error) error {
+	r.attached.Add(1)
+	return nil
+}
+
+// runtime is a Runtime on pool (nil: the world's pool).
+func (w *world) runtime(pool *pgxpool.Pool) *testRuntime {
+	if pool == nil {
+		pool = w.pool
+	}
+	return &testRuntime{w: w, pool: pool}
+}
+
 // catalog and users are the participants, with real business rules: a
 // conditional UPDATE refuses to oversell or overdraw.
 func (w *world) participants(group string) (catalog, users *saga.Participant) {
 	w.t.Helper()
-	mk := func(name, topic string) *saga.Participant {
-		p, err := saga.NewParticipant(saga.ParticipantConfig{Name: name, Pool: w.pool, Writer: w.writer, Codec: w.codec,
-			Brokers: w.brokers, Registry: w.registryClient(), CommandTopic: topic, Logger: testLogger(w.t),
-			ConsumerGroup: name + "-" + group})
+	mk := func(name, topic string, handlers ...saga.Handler) *saga.Participant {
+		p, err := saga.NewParticipant(w.runtime(nil), saga.ParticipantConfig{Name: name, CommandTopic: topic,
+			ConsumerGroup: name + "-" + group, Handlers: handlers})
 		testkit.Must(w.t, err, "participant %s", name)
 		return p
 	}
-	catalog, users = mk("catalog", catalogTopic), mk("users", usersTopic)
-	catalog.Handle("reserve_stock", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (*saga.Result, error) {
-		var r reserveStock
-		if err := cmd.Decode(&r); err != nil {
-			return nil, saga.Reject(err.Error())
-		}
-		tag, err := tx.Exec(ctx, `UPDATE stock SET qty = qty - $2 WHERE item = $1 AND qty >= $2`, r.Item, r.Qty)
-		if err != nil {
-			return nil, err
-		}
-		if tag.RowsAffected() == 0 {
-			return nil, saga.Reject("out of stock")
-		}
-		if err := effect(ctx, tx, cmd, "reserve"); err != nil {
-			return nil, err
-		}
-		return &saga.Result{Type: "test.catalog.StockReserved", Value: stockReserved{ReservationID: "res-" + cmd.SagaID.String()[:8]}}, nil
-	})
-	catalog.Handle("release_stock", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (*saga.Result, error) {
-		if fault(ctx, tx, "release_fails") {
-			return nil, fmt.Errorf("release: warehouse system down")
-		}
-		var r reserveStock
-		if err := cmd.Decode(&r); err != nil {
-			return nil, err
-		}
-		if _, err := tx.Exec(ctx, `UPDATE stock SET qty = qty + $2 WHERE item = $1`, r.Item, r.Qty); err != nil {
-			return nil, err
-		}
-		return nil, effect(ctx, tx, cmd, "release")
-	})
-	users.Handle("debit_credit", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (*saga.Result, error) {
-		var d debitCredit
-		if err := cmd.Decode(&d); err != nil {
-			return nil, saga.Reject(err.Error())
-		}
-		tag, err := tx.Exec(ctx, `UPDATE credit SET balance = balance - $2 WHERE username = $1 AND balance >= $2`, d.User, d.Amount)
-		if err != nil {
-			return nil, err
-		}
-		if tag.RowsAffected() == 0 {
-			return nil, saga.Reject("insufficient credit")
-		}
-		return nil, effect(ctx, tx, cmd, "debit")
-	})
-	users.Handle("refund_credit", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (*saga.Result, error) {
-		var d debitCredit
-		if err := cmd.Decode(&d); err != nil {
-			return nil, err
-		}
-		if _, err := tx.Exec(ctx, `UPDATE credit SET balance = balance + $2 WHERE username = $1`, d.User, d.Amount); err != nil {
-			return nil, err
-		}
-		return nil, effect(ctx, tx, cmd, "refund")
-	})
+	catalog = mk("catalog", catalogTopic,
+		saga.HandleCommand("reserve_stock", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command, r reserveStock) (any, error) {
+			tag, err := tx.Exec(ctx, `UPDATE stock SET qty = qty - $2 WHERE item = $1 AND qty >= $2`, r.Item, r.Qty)
+			if err != nil {
+				return nil, err
+			}
+			if tag.RowsAffected() == 0 {
+				return nil, saga.Reject("out of stock")
+			}
+			if err := effect(ctx, tx, cmd, "reserve"); err != nil {
+				return nil, err
+			}
+			return saga.Payload{Type: "test.catalog.StockReserved", Value: stockReserved{ReservationID: "res-" + cmd.SagaID.String()[:8]}}, nil
+		}),
+		saga.HandleCommand("release_stock", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command, r reserveStock) (any, error) {
+			if fault(ctx, tx, "release_fails") {
+				return nil, fmt.Errorf("release: warehouse system down")
+			}
+			if _, err := tx.Exec(ctx, `UPDATE stock SET qty = qty + $2 WHERE item = $1`, r.Item, r.Qty); err != nil {
+				return nil, err
+			}
+			return nil, effect(ctx, tx, cmd, "release")
+		}))
+	users = mk("users", usersTopic,
+		saga.HandleCommand("debit_credit", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command, d debitCredit) (any, error) {
+			tag, err := tx.Exec(ctx, `UPDATE credit SET balance = balance - $2 WHERE username = $1 AND balance >= $2`, d.User, d.Amount)
+			if err != nil {
+				return nil, err
+			}
+			if tag.RowsAffected() == 0 {
+				return nil, saga.Reject("insufficient credit")
+			}
+			return nil, effect(ctx, tx, cmd, "debit")
+		}),
+		saga.HandleCommand("refund_credit", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command, d debitCredit) (any, error) {
+			if _, err := tx.Exec(ctx, `UPDATE credit SET balance = balance + $2 WHERE username = $1`, d.User, d.Amount); err != nil {
+				return nil, err
+			}
+			return nil, effect(ctx, tx, cmd, "refund")
+		}))
 	return catalog, users
 }
 

@@ -11,80 +11,85 @@ import (
 	"github.com/sagabox/sagabox/internal/platform/messaging"
 	"github.com/sagabox/sagabox/internal/testkit"
 	"github.com/sagabox/sagabox/outbox"
-	"github.com/sagabox/sagabox/outbox/outboxtest"
 	"github.com/sagabox/sagabox/saga"
+	"github.com/sagabox/sagabox/saga/participanttest"
 	"github.com/sagabox/sagabox/schemas"
 	"github.com/sagabox/sagabox/userservice"
 	"github.com/sagabox/sagabox/userservice/adapters"
 	"github.com/sagabox/sagabox/userservice/app"
+	"github.com/sagabox/sagabox/userservice/ports"
 )
 
 const replyTopic = "order.saga.replies"
 
-// command builds a saga command as the orchestrator sends it.
-func (b bundle) command(t *testing.T, sagaID uuid.UUID, step int, compensation bool, name, payloadType string, payload any) *saga.Command {
-	t.Helper()
-	_, raw, err := b.svc.Messaging().Codec.Encode(payloadType, payload)
-	testkit.Must(t, err, "encode %s", payloadType)
-	return &saga.Command{SagaID: sagaID, SagaType: "order", Step: step, StepName: name, Attempt: 1, Compensation: compensation,
-		Name: name, ReplyTopic: replyTopic, PayloadType: payloadType, Payload: raw, MessageID: uuid.NewString()}
+// harness runs the service's saga handlers on its database.
+func (b bundle) harness(t *testing.T) *participanttest.Harness {
+	return participanttest.New(t, b.db.Pool, b.svc.Messaging().Codec,
+		saga.ParticipantConfig{Name: userservice.Name, Handlers: ports.SagaHandlers(b.svc.App())})
 }
 
-// lastReply reads the newest reply the participant wrote to the outbox.
-func (b bundle) lastReply(t *testing.T) (outcome, reason string, payload map[string]any) {
-	t.Helper()
-	m := outboxtest.Last(t, b.db.Pool, b.svc.Messaging().Codec, outboxtest.Topic(replyTopic), outboxtest.Type(saga.ReplyType))
-	var r struct {
-		Outcome     string `avro:"outcome"`
-		Reason      string `avro:"reason"`
-		PayloadType string `avro:"payload_type"`
-	}
-	testkit.Must(t, m.Decode(&r), "decode reply")
-	if r.PayloadType != "" {
-		testkit.Must(t, m.DecodePayload(&payload), "decode payload")
-	}
-	return r.Outcome, r.Reason, payload
-}
-
-// The credit commands work through the saga participant helper: the
-// business change, the inbox row and the reply commit together.
+// The credit commands work through the saga participant: the business
+// change, the inbox row and the reply commit together.
 func TestCreditCommandsThroughTheSagaParticipant(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	ctx := context.Background()
 	user := b.signUp(t, "ann@example.com")
-	order, sagaID := uuid.NewString(), uuid.New()
-	p := b.svc.Participant()
+	order := uuid.NewString()
+	h := b.harness(t)
 
-	debit := b.command(t, sagaID, 1, false, schemas.CommandDebitCredit, schemas.NameDebitCredit,
-		&schemas.DebitCredit{OrderID: order, UserID: user, AmountCents: 2500})
-	testkit.Must(t, p.Process(ctx, debit), "debit")
-	outcome, _, payload := b.lastReply(t)
-	if outcome != "SUCCESS" || payload["balance_cents"] != int64(7500) || b.balance(t, user) != 7500 {
-		t.Fatalf("debit reply %s %v, balance %d", outcome, payload, b.balance(t, user))
+	debit := h.Command(schemas.CommandDebitCredit, &schemas.DebitCredit{OrderID: order, UserID: user, AmountCents: 2500})
+	r := h.Deliver(debit)
+	var debited schemas.CreditDebited
+	testkit.Must(t, r.Decode(&debited), "decode %v", r)
+	if r.Outcome != saga.OutcomeSucceeded || debited.BalanceCents != 7500 || b.balance(t, user) != 7500 {
+		t.Fatalf("debit reply %v %+v, balance %d", r, debited, b.balance(t, user))
 	}
-	testkit.Must(t, p.Process(ctx, debit), "redelivered debit")
+	h.Deliver(debit)
 	if b.balance(t, user) != 7500 {
 		t.Fatalf("a redelivered debit took credit again: %d", b.balance(t, user))
 	}
 
-	poor := b.command(t, uuid.New(), 1, false, schemas.CommandDebitCredit, schemas.NameDebitCredit,
-		&schemas.DebitCredit{OrderID: uuid.NewString(), UserID: user, AmountCents: 1_000_000})
-	testkit.Must(t, p.Process(ctx, poor), "poor debit")
-	if outcome, reason, _ := b.lastReply(t); outcome != "REJECTED" || reason != "insufficient credit" {
-		t.Fatalf("insufficient credit: %s %q", outcome, reason)
+	poor := h.Command(schemas.CommandDebitCredit, &schemas.DebitCredit{OrderID: uuid.NewString(), UserID: user, AmountCents: 1_000_000})
+	if r := h.Deliver(poor); r.Outcome != saga.OutcomeRejected || r.Reason != "insufficient credit" {
+		t.Fatalf("insufficient credit: %v", r)
 	}
 
-	refund := b.command(t, sagaID, 1, true, schemas.CommandRefundCredit, schemas.NameRefundCredit,
-		&schemas.RefundCredit{OrderID: order, UserID: user, AmountCents: 2500})
-	testkit.Must(t, p.Process(ctx, refund), "refund")
-	if outcome, _, _ := b.lastReply(t); outcome != "SUCCESS" || b.balance(t, user) != 10000 {
-		t.Fatalf("refund: %s, balance %d", outcome, b.balance(t, user))
+	refund := h.Compensation(debit, schemas.CommandRefundCredit, &schemas.RefundCredit{OrderID: order, UserID: user, AmountCents: 2500})
+	if r := h.Deliver(refund); r.Outcome != saga.OutcomeSucceeded || b.balance(t, user) != 10000 {
+		t.Fatalf("refund: %v, balance %d", r, b.balance(t, user))
 	}
-	testkit.Must(t, p.Process(ctx, refund), "redelivered refund")
+	h.Deliver(refund)
 	if b.balance(t, user) != 10000 {
 		t.Fatalf("a redelivered refund gave credit again: %d", b.balance(t, user))
 	}
+}
+
+// creditState is what the credit commands change: the balance and the
+// order's charge.
+type creditState struct {
+	Balance int64
+	Charge  string
+}
+
+// The saga barrier (participanttest's suite) on the real credit handlers.
+func TestCreditHandlersIdempotencySuite(t *testing.T) {
+	t.Parallel()
+	participanttest.RunIdempotencySuite(t, func(t *testing.T) participanttest.Subject[creditState] {
+		b := setup(t)
+		user := b.signUp(t, "ann@example.com")
+		h := b.harness(t)
+		order := uuid.NewString()
+		debit := h.Command(schemas.CommandDebitCredit, &schemas.DebitCredit{OrderID: order, UserID: user, AmountCents: 2500})
+		return participanttest.Subject[creditState]{Harness: h, Action: debit,
+			Compensation: h.Compensation(debit, schemas.CommandRefundCredit,
+				&schemas.RefundCredit{OrderID: order, UserID: user, AmountCents: 2500}),
+			State: func(ctx context.Context) (creditState, error) {
+				s := creditState{Balance: b.balance(t, user)}
+				err := b.db.Pool.QueryRow(ctx, `SELECT coalesce((SELECT status FROM credit_charges WHERE order_id = $1), '')`,
+					order).Scan(&s.Charge)
+				return s, err
+			}}
+	})
 }
 
 // End to end on Kafka (kfake) and a Schema Registry (srfake): a debit_credit

@@ -242,12 +242,12 @@ func (s *Service) init(ctx context.Context) error {
 	}
 	// The saga participant: debit_credit and refund_credit commands arrive
 	// on user.commands; replies leave through the outbox.
-	s.part, err = saga.NewParticipant(saga.ParticipantConfig{Name: Name, Pool: s.pool, Writer: s.msg.Writer, Codec: s.msg.Codec,
-		Brokers: cfg.Messaging.Brokers, Registry: s.msg.Registry, CommandTopic: schemas.TopicUserCommands, Logger: s.log})
+	rt := &messaging.Runtime{DB: s.pool, Messaging: s.msg, Config: cfg.Messaging, Log: s.log, Metrics: metrics.Registry}
+	s.part, err = saga.NewParticipant(rt, saga.ParticipantConfig{Name: Name, CommandTopic: schemas.TopicUserCommands,
+		Handlers: ports.SagaHandlers(s.app)})
 	if err != nil {
 		return err
 	}
-	ports.RegisterSagaHandlers(s.part, s.app)
 	s.health = httpx.NewHealth()
 	s.health.Add("postgres", repo.Ping)
 	s.handler = ports.NewHTTP(ports.HTTPConfig{

@@ -27,7 +27,7 @@ func Example() {
 	}
 	codec := outbox.MustCodec(`{"type": "record", "name": "OrderPlaced", "namespace": "shop",
 		"fields": [{"name": "order_id", "type": "string"}, {"name": "total_cents", "type": "long"}]}`)
-	writer, err := outbox.NewWriter(ctx, db.Pool, outbox.WriterConfig{Codec: codec})
+	writer, err := outbox.NewWriter(outbox.WriterConfig{Codec: codec})
 	if err != nil {
 		panic(err)
 	}

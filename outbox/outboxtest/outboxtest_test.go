@@ -44,7 +44,7 @@ func setup(t *testing.T, schemas ...string) bundle {
 	pool := testkit.DB(t)
 	testkit.Must(t, outbox.Migrate(t.Context(), pool), "migrate")
 	codec := outbox.MustCodec(append([]string{placedV1, stockSchema}, append(saga.Schemas(), schemas...)...)...)
-	w, err := outbox.NewWriter(t.Context(), pool, outbox.WriterConfig{Codec: codec})
+	w, err := outbox.NewWriter(outbox.WriterConfig{Codec: codec})
 	testkit.Must(t, err, "writer")
 	return bundle{pool: pool, codec: codec, writer: w}
 }
