@@ -556,13 +556,17 @@ func (o *Orchestrator[D]) fireOne(ctx context.Context) (bool, error) {
 	did := false
 	err := pgx.BeginFunc(ctx, o.cfg.Pool, func(tx pgx.Tx) error {
 		e = &txEnv[D]{tx: tx}
-		s, raw, err := loadDue(ctx, tx, o.def.name, e.now())
+		s, raw, req, err := loadDue(ctx, tx, o.def.name, e.now())
 		if err != nil || s == nil {
 			return err
 		}
 		data := new(D)
 		if err := json.Unmarshal(raw, data); err != nil {
 			return fmt.Errorf("saga %s: data: %w", s.ID, err)
+		}
+		if req != nil { // an operator's request (admin.go) comes before the timers
+			did = true
+			return o.carryOut(ctx, e, s, data, req)
 		}
 		if did, err = o.m.onDue(ctx, e, s, data); err != nil || !did {
 			return err
@@ -576,7 +580,7 @@ func (o *Orchestrator[D]) fireOne(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-// runCleaner calls Cleanup every interval until ctx is done.
+// runCleaner calls Admin.Cleanup every interval until ctx is done.
 func runCleaner(ctx context.Context, db Querier, retention, interval time.Duration, log *slog.Logger) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -586,7 +590,7 @@ func runCleaner(ctx context.Context, db Querier, retention, interval time.Durati
 			return
 		case <-t.C:
 		}
-		if _, err := Cleanup(ctx, db, retention); err != nil && ctx.Err() == nil {
+		if _, err := cleanup(ctx, db, retention); err != nil && ctx.Err() == nil {
 			log.ErrorContext(ctx, "saga: cleanup", "error", err)
 		}
 	}
