@@ -323,3 +323,28 @@ func TestAdminCounts(t *testing.T) {
 		t.Fatalf("counts %v, want %v", counts, want)
 	}
 }
+
+// A reply that the saga awaited arrives after an operator's abort request
+// and before the timer poll: the reply is applied (the saga moves to its
+// next step), the saga stays due, and the poll then aborts it from there.
+func TestAdminRequestSurvivesAReplyBeforeThePoll(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, 0)
+	o := w.orchestrator(orderDefinition(tuning{}), nil)
+	id := uuid.MustParse(w.placeOrder(o, order{OrderID: "o1", Item: "book", Qty: 1}))
+	testkit.Must(t, saga.NewAdmin(w.pool).Abort(w.ctx, id, "changed my mind"), "abort")
+	_, payload, err := testCodec().Encode("test.catalog.StockReserved", stockReserved{ReservationID: "r"})
+	testkit.Must(t, err, "payload")
+	testkit.Must(t, errors.Join(o.HandleReplies(w.ctx, []*saga.Reply{{SagaID: id, Step: 0, Attempt: 1, Outcome: saga.OutcomeSucceeded,
+		PayloadType: "test.catalog.StockReserved", Payload: payload}})...), "reply")
+	info, err := saga.NewAdmin(w.pool).Get(w.ctx, id)
+	testkit.Must(t, err, "get")
+	if info.Step != 1 || info.Request == nil || info.NextRetryAt == nil {
+		t.Fatalf("after the reply: step %d, request %+v, due %v; want step 1, still requested and due", info.Step, info.Request, info.NextRetryAt)
+	}
+	w.wg.Go(func() { o.RunTimers(w.ctx) })
+	info = w.waitStatus(id, saga.StatusCompensating)
+	if got, want := fmt.Sprint(trace(info)), "[reserve_stock:succeeded debit_credit:aborted undo debit_credit:]"; got != want {
+		t.Fatalf("history %s, want %s", got, want)
+	}
+}

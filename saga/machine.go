@@ -25,7 +25,7 @@ const (
 	StatusCompensated Status = "compensated"
 	// StatusFailed: a compensation (or a step past the pivot) kept failing
 	// after its retries. The saga is stuck half done and needs an operator
-	// (Orchestrator.Retry); it is never reported as compensated.
+	// (Admin.Retry, Orchestrator.Retry); it is never reported as compensated.
 	StatusFailed Status = "failed"
 )
 
