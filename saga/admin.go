@@ -269,7 +269,7 @@ func (a *Admin) request(ctx context.Context, id uuid.UUID, act Action, check fun
 		if pending != nil {
 			var p Action
 			_ = json.Unmarshal(pending, &p)
-			return fmt.Errorf("%w: saga %s already has a %s request waiting for its orchestrator", ErrWrongState, id, p.Action)
+			return fmt.Errorf("%w: saga %s already has a request (%s) waiting for its orchestrator", ErrWrongState, id, p.Action)
 		}
 		if err := check(s); err != nil {
 			return err
@@ -331,17 +331,27 @@ func (o *Orchestrator[D]) carryOut(ctx context.Context, e *txEnv[D], s *state, d
 	case err != nil:
 		return err
 	}
-	entry, err := json.Marshal(done)
-	if err != nil {
-		return err
-	}
 	// Before the row's update, which keeps the saga due while a request
 	// is pending.
-	if _, err := e.tx.Exec(ctx, `UPDATE sagabox.sagas SET admin_request = NULL,
-	admin_log = coalesce(admin_log, '[]'::jsonb) || jsonb_build_array($2::jsonb) WHERE id = $1`, [16]byte(s.ID), string(entry)); err != nil {
-		return fmt.Errorf("saga %s: operator request: %w", s.ID, err)
+	if err := logAction(ctx, e.tx, s.ID, done, true); err != nil {
+		return err
 	}
 	o.log.InfoContext(ctx, "saga: operator request", "saga_id", s.ID, "action", req.Action, "result", done.Result,
 		"actor", req.Actor, "reason", req.Reason, "error", done.Error)
 	return e.flush(ctx, o.cfg.Writer, s, data, false, "")
+}
+
+// logAction appends act to the saga's actions, clearing its pending
+// request if clear.
+func logAction(ctx context.Context, tx pgx.Tx, id uuid.UUID, act Action, clear bool) error {
+	entry, err := json.Marshal(act)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `UPDATE sagabox.sagas SET admin_request = CASE WHEN $3 THEN NULL ELSE admin_request END,
+	admin_log = coalesce(admin_log, '[]'::jsonb) || jsonb_build_array($2::jsonb) WHERE id = $1`, [16]byte(id), string(entry), clear)
+	if err != nil {
+		return fmt.Errorf("saga %s: record %s: %w", id, act.Action, err)
+	}
+	return nil
 }

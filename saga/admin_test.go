@@ -163,7 +163,7 @@ func TestAdminRefusesWrongStateAndUnknownSagas(t *testing.T) {
 	}
 	testkit.Must(t, admin.Abort(w.ctx, id, "first"), "abort")
 	pending := w.sagaRow(id)
-	if err := admin.Abort(w.ctx, id, "second"); !errors.Is(err, saga.ErrWrongState) || !strings.Contains(err.Error(), "already has a abort request") {
+	if err := admin.Abort(w.ctx, id, "second"); !errors.Is(err, saga.ErrWrongState) || !strings.Contains(err.Error(), "already has a request (abort)") {
 		t.Fatalf("second abort: %v, want ErrWrongState (pending)", err)
 	}
 	if after := w.sagaRow(id); after != pending {

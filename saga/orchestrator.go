@@ -597,18 +597,20 @@ func runCleaner(ctx context.Context, db Querier, retention, interval time.Durati
 }
 
 // Retry restarts a failed saga where it failed (the compensation, or the
-// step past the pivot) with fresh attempts.
+// step past the pivot) with fresh attempts, at once (Admin.Retry is the
+// untyped form). It is recorded in the saga's Actions.
 func (o *Orchestrator[D]) Retry(ctx context.Context, id uuid.UUID) error {
-	return o.operate(ctx, id, func(e *txEnv[D], s *state, data *D) error { return o.m.retry(ctx, e, s, data) })
+	return o.operate(ctx, id, Action{Action: ActionRetry}, func(e *txEnv[D], s *state, data *D) error { return o.m.retry(ctx, e, s, data) })
 }
 
 // Abort stops a running saga that has not passed its pivot and compensates
-// what it did, including the step in flight.
+// what it did, including the step in flight, at once (Admin.Abort is the
+// untyped form). It is recorded in the saga's Actions.
 func (o *Orchestrator[D]) Abort(ctx context.Context, id uuid.UUID, reason string) error {
-	return o.operate(ctx, id, func(e *txEnv[D], s *state, data *D) error { return o.m.abort(ctx, e, s, data, reason) })
+	return o.operate(ctx, id, Action{Action: ActionAbort, Reason: reason}, func(e *txEnv[D], s *state, data *D) error { return o.m.abort(ctx, e, s, data, reason) })
 }
 
-func (o *Orchestrator[D]) operate(ctx context.Context, id uuid.UUID, fn func(*txEnv[D], *state, *D) error) error {
+func (o *Orchestrator[D]) operate(ctx context.Context, id uuid.UUID, act Action, fn func(*txEnv[D], *state, *D) error) error {
 	var e *txEnv[D]
 	err := pgx.BeginFunc(ctx, o.cfg.Pool, func(tx pgx.Tx) error {
 		s, raw, err := loadForUpdate(ctx, tx, o.def.name, id)
@@ -621,6 +623,10 @@ func (o *Orchestrator[D]) operate(ctx context.Context, id uuid.UUID, fn func(*tx
 		}
 		e = &txEnv[D]{tx: tx}
 		if err := fn(e, s, data); err != nil {
+			return err
+		}
+		act.Result, act.At = ResultDone, e.now().UTC()
+		if err := logAction(ctx, tx, s.ID, act, false); err != nil {
 			return err
 		}
 		return e.flush(ctx, o.cfg.Writer, s, data, false, "")

@@ -266,6 +266,9 @@ func TestAbort(t *testing.T) {
 	if got, want := fmt.Sprint(trace(info)), "[reserve_stock:aborted undo reserve_stock:]"; got != want {
 		t.Fatalf("history %s, want %s", got, want)
 	}
+	if got, want := fmt.Sprint(actions(info)), "[abort:done::customer cancelled]"; got != want {
+		t.Fatalf("actions %s, want %s", got, want)
+	}
 	var cmds int
 	testkit.Must(t, w.pool.QueryRow(w.ctx, `SELECT count(*) FROM sagabox.outbox WHERE saga_id = $1 AND message_type = $2`, id.String(), saga.CommandType).Scan(&cmds), "count")
 	if cmds != 2 {
