@@ -25,7 +25,7 @@
 //     unknown SKU), but the saga's reservation stays the authority on stock
 //     and on the price charged.
 //   - Observable sagas: GET /orders/{id} shows the saga's state and every
-//     attempt of every step (saga.Get), so a customer and an operator see
+//     attempt of every step (saga.Admin.Get), so a customer and an operator see
 //     why an order was cancelled.
 //
 // One order, approved:

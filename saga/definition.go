@@ -253,6 +253,20 @@ func MustDefinition[D any](name string, version int, steps ...Step[D]) *Definiti
 	return d
 }
 
+// stepKind is a step's name and kind, what checkAbort needs.
+type stepKind struct {
+	Name string
+	Kind StepKind
+}
+
+func (d *Definition[D]) stepKinds() []stepKind {
+	ks := make([]stepKind, len(d.steps))
+	for i, st := range d.steps {
+		ks[i] = stepKind{Name: st.Name, Kind: st.Kind}
+	}
+	return ks
+}
+
 // Name returns the saga type name.
 func (d *Definition[D]) Name() string { return d.name }
 

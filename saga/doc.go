@@ -13,7 +13,8 @@
 // a row: it sends a command to a participant, awaits the reply, and decides
 // the next step. This package orchestrates: the definition is Go code you can
 // read top to bottom, render as a diagram (Definition.Mermaid) and unit-test
-// (package sagatest), and a saga's state can be queried (Get, List).
+// (package sagatest), and a saga's state can be queried and acted on by
+// operators from any process (Admin).
 //
 // # Compensation, and the pivot
 //
@@ -40,8 +41,9 @@
 // it to operators.
 //
 // A compensation can fail too. It is retried with backoff and, if it keeps
-// failing, the saga ends StatusFailed: half done, listed by List for an
-// operator, who can fix the cause and call Orchestrator.Retry. A failed saga
+// failing, the saga ends StatusFailed: half done, listed by Admin.List for an
+// operator, who can fix the cause and call Admin.Retry (or, with the
+// definition's Go type, Orchestrator.Retry). A failed saga
 // is never reported as compensated.
 //
 //	stateDiagram-v2

@@ -25,3 +25,7 @@ var (
 	// transaction is rolled back and the message retried.
 	ErrConcurrentUpdate = errors.New("saga: concurrent update")
 )
+
+// ErrInvalidCursor means ListOptions.After is not a cursor that Admin.List
+// returned.
+var ErrInvalidCursor = errors.New("saga: invalid list cursor")

@@ -67,7 +67,7 @@ func TestCompensationSeesTheFailureFromTheRow(t *testing.T) {
 	a, b := w.orchestrator(def, nil), w.orchestrator(def, nil)
 	rejected := w.placeOrder(a, order{OrderID: "o1", Item: "none"})
 	timedOut := w.placeOrder(b, order{OrderID: "o2", Item: "tea"})
-	info, err := saga.Get(w.ctx, w.pool, uuid.MustParse(rejected))
+	info, err := saga.NewAdmin(w.pool).Get(w.ctx, uuid.MustParse(rejected))
 	testkit.Must(t, err, "get")
 	if info.Status != saga.StatusCompensating || info.Failure == nil || info.Failure.StepName != "check_stock" {
 		t.Fatalf("after the rejection: %+v", info)
@@ -91,12 +91,12 @@ func TestCompensationSeesTheFailureFromTheRow(t *testing.T) {
 			t.Errorf("order %s: status %q, want %q", order, status, want)
 		}
 	}
-	info, err = saga.Get(w.ctx, w.pool, uuid.MustParse(rejected))
+	info, err = saga.NewAdmin(w.pool).Get(w.ctx, uuid.MustParse(rejected))
 	testkit.Must(t, err, "get")
 	if f := info.Failure; f == nil || !f.Rejected() || f.Step != 1 || f.Attempts != 1 {
 		t.Errorf("stored failure of the rejection %+v", info.Failure)
 	}
-	info, err = saga.Get(w.ctx, w.pool, uuid.MustParse(timedOut))
+	info, err = saga.NewAdmin(w.pool).Get(w.ctx, uuid.MustParse(timedOut))
 	testkit.Must(t, err, "get")
 	if f := info.Failure; f == nil || f.Rejected() || !f.TimedOut() || f.Step != 2 || f.Attempts != 2 {
 		t.Errorf("stored failure of the timeout %+v", info.Failure)

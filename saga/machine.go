@@ -25,7 +25,7 @@ const (
 	StatusCompensated Status = "compensated"
 	// StatusFailed: a compensation (or a step past the pivot) kept failing
 	// after its retries. The saga is stuck half done and needs an operator
-	// (Orchestrator.Retry); it is never reported as compensated.
+	// (Admin.Retry, Orchestrator.Retry); it is never reported as compensated.
 	StatusFailed Status = "failed"
 )
 
@@ -352,8 +352,8 @@ func (m *machine[D]) onDue(ctx context.Context, e env[D], s *state, data *D) (bo
 
 // retry restarts a failed saga where it failed, with fresh attempts.
 func (m *machine[D]) retry(ctx context.Context, e env[D], s *state, data *D) error {
-	if s.Status != StatusFailed {
-		return fmt.Errorf("%w: saga %s is %s; only failed sagas can be retried", ErrWrongState, s.ID, s.Status)
+	if err := checkRetry(s); err != nil {
+		return err
 	}
 	s.Status = StatusRunning
 	if s.Compensation {
@@ -366,13 +366,8 @@ func (m *machine[D]) retry(ctx context.Context, e env[D], s *state, data *D) err
 
 // abort starts compensating a running saga that has not passed its pivot.
 func (m *machine[D]) abort(ctx context.Context, e env[D], s *state, data *D, reason string) error {
-	if s.Status != StatusRunning {
-		return fmt.Errorf("%w: saga %s is %s; only running sagas can be aborted", ErrWrongState, s.ID, s.Status)
-	}
-	for i := 0; i < s.Step && i < len(m.def.steps); i++ {
-		if m.def.steps[i].Kind != Compensatable {
-			return fmt.Errorf("%w: saga %s is past its pivot (%s) and can only go forward", ErrWrongState, s.ID, m.def.steps[i].Name)
-		}
+	if err := checkAbort(s, m.def.stepKinds()); err != nil {
+		return err
 	}
 	clean := true
 	if s.awaiting() {
@@ -388,6 +383,31 @@ func (m *machine[D]) abort(ctx context.Context, e env[D], s *state, data *D, rea
 	}
 	m.compensateFrom(s, clean, Failure{Step: s.Step, StepName: name, Outcome: OutcomeAborted, Reason: reason, Attempts: s.Attempt})
 	return m.advance(ctx, e, s, data)
+}
+
+// checkRetry is what Orchestrator.Retry and Admin.Retry check: only a
+// failed saga can be retried.
+func checkRetry(s *state) error {
+	if s.Status != StatusFailed {
+		return fmt.Errorf("%w: saga %s is %s; only failed sagas can be retried", ErrWrongState, s.ID, s.Status)
+	}
+	return nil
+}
+
+// checkAbort is what Orchestrator.Abort and Admin.Abort check: only a
+// running saga that has not passed its pivot can be aborted. steps are the
+// kinds and names of the saga's definition; nil skips the pivot check (an
+// Admin that does not know the definition leaves it to the orchestrator).
+func checkAbort(s *state, steps []stepKind) error {
+	if s.Status != StatusRunning {
+		return fmt.Errorf("%w: saga %s is %s; only running sagas can be aborted", ErrWrongState, s.ID, s.Status)
+	}
+	for i := 0; i < s.Step && i < len(steps); i++ {
+		if steps[i].Kind != Compensatable {
+			return fmt.Errorf("%w: saga %s is past its pivot (%s) and can only go forward", ErrWrongState, s.ID, steps[i].Name)
+		}
+	}
+	return nil
 }
 
 // clone deep-copies data through JSON, the form it is stored in, so that a

@@ -41,6 +41,11 @@ type Info struct {
 	// History has one entry per attempt of a step or compensation, in
 	// order. Only Get fills it.
 	History []Attempt
+	// Actions are what operators did to the saga, oldest first (see
+	// Admin); Request is the request waiting for an orchestrator, if any.
+	// Only Get fills them.
+	Actions []Action
+	Request *Action
 }
 
 // Attempt is one attempt of a step or of its compensation.
@@ -73,17 +78,29 @@ func scanInfo(row pgx.Row, extra ...any) (Info, error) {
 	return i, err
 }
 
-// Get returns a saga with its step history.
-func Get(ctx context.Context, db Querier, id uuid.UUID) (*Info, error) {
+// get is Admin.Get.
+func get(ctx context.Context, db Querier, id uuid.UUID) (*Info, error) {
 	var inFlight Attempt
 	var stepStarted *time.Time
-	i, err := scanInfo(db.QueryRow(ctx, `SELECT `+infoColumns+`, step_started_at, step_name FROM sagabox.sagas WHERE id = $1`, [16]byte(id)),
-		&stepStarted, &inFlight.Name)
+	var request, log []byte
+	i, err := scanInfo(db.QueryRow(ctx, `SELECT `+infoColumns+`, step_started_at, step_name, admin_request, admin_log FROM sagabox.sagas WHERE id = $1`, [16]byte(id)),
+		&stepStarted, &inFlight.Name, &request, &log)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("saga: get %s: %w", id, err)
+	}
+	if request != nil {
+		i.Request = &Action{}
+		if err := json.Unmarshal(request, i.Request); err != nil {
+			return nil, fmt.Errorf("saga: get %s: request: %w", id, err)
+		}
+	}
+	if log != nil {
+		if err := json.Unmarshal(log, &i.Actions); err != nil {
+			return nil, fmt.Errorf("saga: get %s: actions: %w", id, err)
+		}
 	}
 	rows, err := db.Query(ctx, `SELECT step, name, compensation, attempt, started_at, finished_at, coalesce(outcome, ''), error
 FROM sagabox.saga_steps WHERE saga_id = $1 ORDER BY started_at, compensation, step, attempt`, id)
@@ -111,48 +128,8 @@ FROM sagabox.saga_steps WHERE saga_id = $1 ORDER BY started_at, compensation, st
 	return &i, nil
 }
 
-// ListOptions selects sagas for List. The conditions combine with OR
-// (failed, or stuck); Type narrows them.
-type ListOptions struct {
-	// Type, when set, lists only sagas of that definition.
-	Type string
-	// Failed lists failed sagas.
-	Failed bool
-	// StuckFor lists unfinished sagas whose state has not changed for at
-	// least this long (0: not listed).
-	StuckFor time.Duration
-	// Limit defaults to 100.
-	Limit int
-}
-
-// List returns failed and stuck sagas, oldest change first, without their
-// history.
-func List(ctx context.Context, db Querier, opt ListOptions) ([]Info, error) {
-	if opt.Limit <= 0 {
-		opt.Limit = 100
-	}
-	stuck := any(nil)
-	if opt.StuckFor > 0 {
-		stuck = time.Now().Add(-opt.StuckFor)
-	}
-	rows, err := db.Query(ctx, `SELECT `+infoColumns+` FROM sagabox.sagas
-WHERE (finished_at IS NULL OR status = 'failed')
-  AND (($1 AND status = 'failed') OR (status <> 'failed' AND updated_at <= $2))
-  AND ($3 = '' OR saga_type = $3)
-ORDER BY updated_at LIMIT $4`, opt.Failed, stuck, opt.Type, opt.Limit)
-	if err != nil {
-		return nil, fmt.Errorf("saga: list: %w", err)
-	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Info, error) { return scanInfo(r) })
-}
-
-// Cleanup deletes, in batches of DefaultCleanupBatch, the sagas that
-// succeeded or were compensated more than retention ago (with their
-// history) and the inbox entries older than retention. Failed sagas stay
-// until an operator retries them. Orchestrator.Run calls it every
-// Config.CleanupInterval, Participant.Run every ParticipantConfig.CleanupInterval. It
-// returns how many rows it deleted.
-func Cleanup(ctx context.Context, db Querier, retention time.Duration) (int64, error) {
+// cleanup is Admin.Cleanup.
+func cleanup(ctx context.Context, db Querier, retention time.Duration) (int64, error) {
 	before := time.Now().Add(-retention)
 	var total int64
 	for _, q := range []string{

@@ -549,13 +549,17 @@ func (o *Orchestrator[D]) fireOne(ctx context.Context) (bool, error) {
 	did := false
 	err := pgx.BeginFunc(ctx, o.cfg.Pool, func(tx pgx.Tx) error {
 		e = &txEnv[D]{tx: tx}
-		s, raw, err := loadDue(ctx, tx, o.def.name, e.now())
+		s, raw, req, err := loadDue(ctx, tx, o.def.name, e.now())
 		if err != nil || s == nil {
 			return err
 		}
 		data := new(D)
 		if err := json.Unmarshal(raw, data); err != nil {
 			return fmt.Errorf("saga %s: data: %w", s.ID, err)
+		}
+		if req != nil { // an operator's request (admin.go) comes before the timers
+			did = true
+			return o.carryOut(ctx, e, s, data, req)
 		}
 		if did, err = o.m.onDue(ctx, e, s, data); err != nil || !did {
 			return err
@@ -569,7 +573,7 @@ func (o *Orchestrator[D]) fireOne(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-// runCleaner calls Cleanup every interval until ctx is done.
+// runCleaner calls Admin.Cleanup every interval until ctx is done.
 func runCleaner(ctx context.Context, db Querier, retention, interval time.Duration, log *slog.Logger) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -579,25 +583,27 @@ func runCleaner(ctx context.Context, db Querier, retention, interval time.Durati
 			return
 		case <-t.C:
 		}
-		if _, err := Cleanup(ctx, db, retention); err != nil && ctx.Err() == nil {
+		if _, err := cleanup(ctx, db, retention); err != nil && ctx.Err() == nil {
 			log.ErrorContext(ctx, "saga: cleanup", "error", err)
 		}
 	}
 }
 
 // Retry restarts a failed saga where it failed (the compensation, or the
-// step past the pivot) with fresh attempts.
+// step past the pivot) with fresh attempts, at once (Admin.Retry is the
+// untyped form). It is recorded in the saga's Actions.
 func (o *Orchestrator[D]) Retry(ctx context.Context, id uuid.UUID) error {
-	return o.operate(ctx, id, func(e *txEnv[D], s *state, data *D) error { return o.m.retry(ctx, e, s, data) })
+	return o.operate(ctx, id, Action{Action: ActionRetry}, func(e *txEnv[D], s *state, data *D) error { return o.m.retry(ctx, e, s, data) })
 }
 
 // Abort stops a running saga that has not passed its pivot and compensates
-// what it did, including the step in flight.
+// what it did, including the step in flight, at once (Admin.Abort is the
+// untyped form). It is recorded in the saga's Actions.
 func (o *Orchestrator[D]) Abort(ctx context.Context, id uuid.UUID, reason string) error {
-	return o.operate(ctx, id, func(e *txEnv[D], s *state, data *D) error { return o.m.abort(ctx, e, s, data, reason) })
+	return o.operate(ctx, id, Action{Action: ActionAbort, Reason: reason}, func(e *txEnv[D], s *state, data *D) error { return o.m.abort(ctx, e, s, data, reason) })
 }
 
-func (o *Orchestrator[D]) operate(ctx context.Context, id uuid.UUID, fn func(*txEnv[D], *state, *D) error) error {
+func (o *Orchestrator[D]) operate(ctx context.Context, id uuid.UUID, act Action, fn func(*txEnv[D], *state, *D) error) error {
 	var e *txEnv[D]
 	err := pgx.BeginFunc(ctx, o.cfg.Pool, func(tx pgx.Tx) error {
 		s, raw, err := loadForUpdate(ctx, tx, o.def.name, id)
@@ -610,6 +616,10 @@ func (o *Orchestrator[D]) operate(ctx context.Context, id uuid.UUID, fn func(*tx
 		}
 		e = &txEnv[D]{tx: tx}
 		if err := fn(e, s, data); err != nil {
+			return err
+		}
+		act.Result, act.At = ResultDone, e.now().UTC()
+		if err := logAction(ctx, tx, s.ID, act, false); err != nil {
 			return err
 		}
 		return e.flush(ctx, o.cfg.Writer, s, data, false, "")

@@ -214,7 +214,7 @@ func TestCleanup(t *testing.T) {
 	testkit.Must(t, err, "age sagas")
 	_, err = w.pool.Exec(w.ctx, `INSERT INTO sagabox.saga_inbox (consumer, key, processed_at) VALUES ('c', 'old', now() - interval '2 hours'), ('c', 'new', now())`)
 	testkit.Must(t, err, "inbox")
-	n, err := saga.Cleanup(w.ctx, w.pool, time.Hour)
+	n, err := saga.NewAdmin(w.pool).Cleanup(w.ctx, time.Hour)
 	testkit.Must(t, err, "cleanup")
 	var left []string
 	rows, _ := w.pool.Query(w.ctx, `SELECT id::text FROM sagabox.sagas ORDER BY id`)
@@ -227,10 +227,10 @@ func TestCleanup(t *testing.T) {
 	if n != 3 || len(left) != 2 || inbox != 1 || steps != 0 {
 		t.Fatalf("deleted %d; left sagas %v, inbox %d, history of deleted %d", n, left, inbox, steps)
 	}
-	if _, err := saga.Get(w.ctx, w.pool, uuid.MustParse(ids[2])); err != nil {
+	if _, err := saga.NewAdmin(w.pool).Get(w.ctx, uuid.MustParse(ids[2])); err != nil {
 		t.Fatalf("failed saga deleted: %v", err)
 	}
-	if _, err := saga.Get(w.ctx, w.pool, uuid.MustParse(ids[0])); !errors.Is(err, saga.ErrNotFound) {
+	if _, err := saga.NewAdmin(w.pool).Get(w.ctx, uuid.MustParse(ids[0])); !errors.Is(err, saga.ErrNotFound) {
 		t.Fatalf("finished saga kept: %v", err)
 	}
 }
@@ -244,7 +244,8 @@ func TestListStuck(t *testing.T) {
 	w.placeOrder(o, order{OrderID: "o2", Item: "book"})
 	_, err := w.pool.Exec(w.ctx, `UPDATE sagabox.sagas SET updated_at = now() - interval '1 hour' WHERE id = $1`, old)
 	testkit.Must(t, err, "age")
-	list, err := saga.List(w.ctx, w.pool, saga.ListOptions{StuckFor: 10 * time.Minute, Type: "create_order"})
+	page, err := saga.NewAdmin(w.pool).List(w.ctx, saga.ListOptions{StuckFor: 10 * time.Minute, Type: "create_order"})
+	list := page.Sagas
 	testkit.Must(t, err, "list")
 	if len(list) != 1 || list[0].ID.String() != old {
 		t.Fatalf("stuck: %+v", list)
@@ -259,13 +260,16 @@ func TestAbort(t *testing.T) {
 	o := w.orchestrator(orderDefinition(tuning{}), nil)
 	id := uuid.MustParse(w.placeOrder(o, order{OrderID: "o1", Item: "book", Qty: 1}))
 	testkit.Must(t, o.Abort(w.ctx, id, "customer cancelled"), "abort")
-	info, err := saga.Get(w.ctx, w.pool, id)
+	info, err := saga.NewAdmin(w.pool).Get(w.ctx, id)
 	testkit.Must(t, err, "get")
 	if info.Status != saga.StatusCompensating || info.Step != 0 || !info.Compensation || info.Deadline == nil {
 		t.Fatalf("after abort: %+v", info)
 	}
 	if got, want := fmt.Sprint(trace(info)), "[reserve_stock:aborted undo reserve_stock:]"; got != want {
 		t.Fatalf("history %s, want %s", got, want)
+	}
+	if got, want := fmt.Sprint(actions(info)), "[abort:done::customer cancelled]"; got != want {
+		t.Fatalf("actions %s, want %s", got, want)
 	}
 	var cmds int
 	testkit.Must(t, w.pool.QueryRow(w.ctx, `SELECT count(*) FROM sagabox.outbox WHERE saga_id = $1 AND message_type = $2`, id.String(), saga.CommandType).Scan(&cmds), "count")
@@ -292,7 +296,7 @@ func TestAttemptStartedBeforeMigration003EndsInItsOwnRow(t *testing.T) {
 	w := newWorld(t, 0)
 	o := w.orchestrator(orderDefinition(tuning{}), nil)
 	id := uuid.MustParse(w.placeOrder(o, order{OrderID: "o1", Item: "book", Qty: 1}))
-	info, err := saga.Get(w.ctx, w.pool, id)
+	info, err := saga.NewAdmin(w.pool).Get(w.ctx, id)
 	testkit.Must(t, err, "get")
 	if got, want := fmt.Sprint(trace(info)), "[reserve_stock:]"; got != want {
 		t.Fatalf("history of the running saga %s, want %s (the attempt in flight)", got, want)
@@ -307,7 +311,7 @@ func TestAttemptStartedBeforeMigration003EndsInItsOwnRow(t *testing.T) {
 		SELECT id, 0, false, 1, 'reserve_stock', step_started_at FROM sagabox.sagas WHERE id = $1`, id)
 	testkit.Must(t, err, "old-style row")
 	testkit.Must(t, o.Abort(w.ctx, id, "customer cancelled"), "abort")
-	info, err = saga.Get(w.ctx, w.pool, id)
+	info, err = saga.NewAdmin(w.pool).Get(w.ctx, id)
 	testkit.Must(t, err, "get")
 	if got, want := fmt.Sprint(trace(info)), "[reserve_stock:aborted undo reserve_stock:]"; got != want {
 		t.Fatalf("history %s, want %s", got, want)

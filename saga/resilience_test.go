@@ -154,7 +154,7 @@ func TestParticipantThatNeverAnswersTimesOutAcrossRestart(t *testing.T) {
 	var info *saga.Info
 	testkit.Eventually(t, 30*time.Second, "the saga to wait on the fraud check", func() bool {
 		var err error
-		info, err = saga.Get(w.ctx, w.pool, sid)
+		info, err = saga.NewAdmin(w.pool).Get(w.ctx, sid)
 		return err == nil && info.Step == 1 && info.Deadline != nil
 	})
 	stopA() // the orchestrator goes away while the saga waits
@@ -167,7 +167,7 @@ func TestParticipantThatNeverAnswersTimesOutAcrossRestart(t *testing.T) {
 	if st != saga.StatusCompensated {
 		t.Fatalf("status %s, want compensated", st)
 	}
-	info, err := saga.Get(w.ctx, w.pool, sid)
+	info, err := saga.NewAdmin(w.pool).Get(w.ctx, sid)
 	testkit.Must(t, err, "get")
 	want := []string{"reserve_stock:succeeded", "fraud_check:timed_out", "fraud_check:timed_out", "undo reserve_stock:succeeded"}
 	if got := trace(info); !slices.Equal(got, want) {
@@ -322,12 +322,13 @@ func TestCompensationThatKeepsFailingEndsFailed(t *testing.T) {
 	if st := w.waitFinished([]string{id}, 30*time.Second)[id]; st != saga.StatusFailed {
 		t.Fatalf("status %s, want failed", st)
 	}
-	list, err := saga.List(w.ctx, w.pool, saga.ListOptions{Failed: true})
+	page, err := saga.NewAdmin(w.pool).List(w.ctx, saga.ListOptions{Failed: true})
+	list := page.Sagas
 	testkit.Must(t, err, "list")
 	if len(list) != 1 || list[0].ID.String() != id || !strings.Contains(list[0].LastError, "warehouse system down") {
 		t.Fatalf("failed list: %+v", list)
 	}
-	info, err := saga.Get(w.ctx, w.pool, list[0].ID)
+	info, err := saga.NewAdmin(w.pool).Get(w.ctx, list[0].ID)
 	testkit.Must(t, err, "get")
 	want := []string{"reserve_stock:succeeded", "debit_credit:rejected", "undo reserve_stock:error", "undo reserve_stock:error", "undo reserve_stock:error"}
 	if got := trace(info); !slices.Equal(got, want) {
@@ -348,7 +349,8 @@ func TestCompensationThatKeepsFailingEndsFailed(t *testing.T) {
 	if stock != 10 {
 		t.Fatalf("stock %d after compensation, want 10", stock)
 	}
-	list, err = saga.List(w.ctx, w.pool, saga.ListOptions{Failed: true})
+	page, err = saga.NewAdmin(w.pool).List(w.ctx, saga.ListOptions{Failed: true})
+	list = page.Sagas
 	testkit.Must(t, err, "list")
 	if len(list) != 0 {
 		t.Fatalf("still listed as failed: %+v", list)
@@ -424,7 +426,7 @@ func TestUndecodableRepliesAreDeadLetteredRegistryOutageIsRetried(t *testing.T) 
 	before := refused.Load()
 	id2 := w.placeOrder(o2, order{OrderID: "o2", Item: "book", Qty: 1, User: "ann", Amount: 1})
 	testkit.Eventually(t, 30*time.Second, "the orchestrator to retry the registry", func() bool { return refused.Load() > before+3 })
-	info, err := saga.Get(w.ctx, w.pool, uuid.MustParse(id2))
+	info, err := saga.NewAdmin(w.pool).Get(w.ctx, uuid.MustParse(id2))
 	testkit.Must(t, err, "get")
 	if info.Status.Finished() {
 		t.Fatalf("saga finished while no reply could be decoded: %s", info.Status)

@@ -55,7 +55,7 @@ func TestHappyPath(t *testing.T) {
 	if stock != 100-2*n || balance != 1000-10*n || approved != n {
 		t.Fatalf("stock %d balance %d approved %d; want %d %d %d", stock, balance, approved, 100-2*n, 1000-10*n, n)
 	}
-	info, err := saga.Get(w.ctx, w.pool, uuid.MustParse(ids[0]))
+	info, err := saga.NewAdmin(w.pool).Get(w.ctx, uuid.MustParse(ids[0]))
 	testkit.Must(t, err, "get")
 	var data order
 	testkit.Must(t, jsonUnmarshal(info.Data, &data), "data")
@@ -153,7 +153,7 @@ func TestFailureAtEachStepCompensatesInReverse(t *testing.T) {
 		if !slices.Equal(eff[id], c.effects) {
 			t.Errorf("%s: effects %v, want %v", c.name, eff[id], c.effects)
 		}
-		info, err := saga.Get(w.ctx, w.pool, uuid.MustParse(id))
+		info, err := saga.NewAdmin(w.pool).Get(w.ctx, uuid.MustParse(id))
 		testkit.Must(t, err, "get")
 		if got := trace(info); !slices.Equal(got, c.trace) {
 			t.Errorf("%s: history %v, want %v", c.name, got, c.trace)
@@ -214,7 +214,7 @@ func TestQueueStartsTheSagaInTheCallersBatch(t *testing.T) {
 	if sagas != 1 || cmds != 1 {
 		t.Fatalf("after the batch: %d sagas, %d commands; want 1 and 1", sagas, cmds)
 	}
-	info, err := saga.Get(w.ctx, w.pool, id)
+	info, err := saga.NewAdmin(w.pool).Get(w.ctx, id)
 	testkit.Must(t, err, "get")
 	if got, want := fmt.Sprint(trace(info)), "[reserve_stock:]"; info.Status != saga.StatusRunning || got != want {
 		t.Fatalf("saga %s, history %s; want running, %s", info.Status, got, want)

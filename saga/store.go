@@ -26,12 +26,12 @@ type Querier interface {
 const stateColumns = `id, saga_type, definition_version, status, step, attempt, compensation,
 	deadline, next_retry_at, step_started_at, step_name, last_error, version, correlation_id, failure, data`
 
-func scanState(row pgx.Row, s *state, data *[]byte) error {
+func scanState(row pgx.Row, s *state, data *[]byte, extra ...any) error {
 	var status string
 	var deadline, retry, started *time.Time
 	var failure []byte
-	err := row.Scan(&s.ID, &s.Type, &s.DefVersion, &status, &s.Step, &s.Attempt, &s.Compensation,
-		&deadline, &retry, &started, &s.StepName, &s.LastError, &s.Version, &s.CorrelationID, &failure, data)
+	err := row.Scan(append([]any{&s.ID, &s.Type, &s.DefVersion, &status, &s.Step, &s.Attempt, &s.Compensation,
+		&deadline, &retry, &started, &s.StepName, &s.LastError, &s.Version, &s.CorrelationID, &failure, data}, extra...)...)
 	s.Status = Status(status)
 	s.Deadline, s.NextRetryAt, s.StepStartedAt = derefTime(deadline), derefTime(retry), derefTime(started)
 	if err == nil {
@@ -158,9 +158,12 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, CASE WHEN $
 
 // The row lock taken at load makes the version check redundant, but it
 // costs nothing and turns any mistake into an error instead of a lost update.
+// While an operator request (admin_request, see admin.go) waits, the saga
+// stays due (next_retry_at now) whatever a reply did to it, so that the
+// timer poll carries the request out; the poll clears the request first.
 const updateSagaSQL = `
 UPDATE sagabox.sagas SET status = $3, step = $4, attempt = $5, compensation = $6, data = $7,
-	deadline = $8, next_retry_at = $9, step_started_at = $10, step_name = $11, last_error = $12,
+	deadline = $8, next_retry_at = CASE WHEN admin_request IS NULL THEN $9 ELSE now() END, step_started_at = $10, step_name = $11, last_error = $12,
 	version = version + 1, updated_at = now(), finished_at = CASE WHEN $13 THEN now() END,
 	failure = $14::jsonb
 WHERE id = $1 AND version = $2`
@@ -410,7 +413,7 @@ func loadForUpdate(ctx context.Context, tx pgx.Tx, typ string, id uuid.UUID) (*s
 // the generic plan Postgres settled on for the prepared statement while
 // the table was empty was a sequential scan, kept as the table grew, of
 // every saga, finished ones included, twice a second per poll worker.
-const loadDueSQL = `SELECT ` + stateColumns + ` FROM sagabox.sagas
+const loadDueSQL = `SELECT ` + stateColumns + `, admin_request FROM sagabox.sagas
 WHERE %[1]s <= $2 AND saga_type = $1 ORDER BY %[1]s LIMIT 1 FOR UPDATE SKIP LOCKED`
 
 var (
@@ -419,19 +422,18 @@ var (
 )
 
 // loadDue locks one saga of typ whose deadline or retry time has come, or
-// returns nil.
-func loadDue(ctx context.Context, tx pgx.Tx, typ string, now time.Time) (*state, []byte, error) {
+// returns nil. req is the saga's pending operator request (nil if none).
+func loadDue(ctx context.Context, tx pgx.Tx, typ string, now time.Time) (s *state, data []byte, req []byte, err error) {
 	for _, sql := range []string{loadDeadlineSQL, loadRetrySQL} {
-		s := &state{}
-		var data []byte
-		err := scanState(tx.QueryRow(ctx, sql, pgx.QueryExecModeExec, typ, now), s, &data)
+		s = &state{}
+		err := scanState(tx.QueryRow(ctx, sql, pgx.QueryExecModeExec, typ, now), s, &data, &req)
 		if errors.Is(err, pgx.ErrNoRows) {
 			continue
 		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("saga: poll: %w", err)
+			return nil, nil, nil, fmt.Errorf("saga: poll: %w", err)
 		}
-		return s, data, nil
+		return s, data, req, nil
 	}
-	return nil, nil, nil
+	return nil, nil, nil, nil
 }

@@ -207,7 +207,7 @@ func (r *Orders) Update(ctx context.Context, tx pgx.Tx, id uuid.UUID, fn func(*d
 // Saga returns the state and step history of the order's saga (it has the
 // order's ID), or an error wrapping saga.ErrNotFound once it is cleaned up.
 func (r *Orders) Saga(ctx context.Context, orderID uuid.UUID) (*saga.Info, error) {
-	return saga.Get(ctx, r.pool, orderID)
+	return saga.NewAdmin(r.pool).Get(ctx, orderID)
 }
 
 func orderCreated(o *domain.Order) outbox.Message {
