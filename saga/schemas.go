@@ -78,17 +78,6 @@ const (
 	wireError    = "ERROR"
 )
 
-// wireOutcome is o as the reply envelope carries it.
-func wireOutcome(o Outcome) string {
-	switch o {
-	case OutcomeSucceeded:
-		return wireSuccess
-	case OutcomeRejected:
-		return wireRejected
-	}
-	return wireError
-}
-
 // outcomeFromWire is the reply envelope's outcome as an Outcome; an unknown
 // symbol is an error reply.
 func outcomeFromWire(s string) Outcome {

@@ -1,0 +1,159 @@
+package saga
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sagabox/sagabox/outbox"
+)
+
+// DefaultConsumerNackResendSleep is how long a Consumer waits before an
+// event whose handler failed is handled again.
+const DefaultConsumerNackResendSleep = 500 * time.Millisecond
+
+// Event is one record a Consumer handles, as the outbox relay published it.
+type Event struct {
+	// ID is the message's stable ID (the outbox's message_id header): the
+	// same on every redelivery.
+	ID    string
+	Topic string
+	Key   string
+	// Type is the Avro full name of the value's schema.
+	Type string
+	// Headers are the record's headers (correlation, causation, saga ID,
+	// trace context and the application's own).
+	Headers map[string]string
+	// Value is the Confluent-framed Avro value; read it with Decode.
+	Value []byte
+
+	decoder *outbox.Decoder
+}
+
+// Decode decodes the value into v (a pointer to a generated type, or to a
+// struct with avro tags). An error wrapping outbox.ErrRegistryUnavailable
+// is transient: return it, and the event comes again. Any other error will
+// not go away.
+func (e *Event) Decode(v any) error {
+	_, err := e.decoder.Decode(e.Value, v)
+	return err
+}
+
+// EventHandler handles one event in tx, the transaction that also records
+// the event's ID in the consumer's inbox: the handler's writes and the
+// record commit together, so a redelivered event is skipped before it gets
+// here. Return an error to roll back and have the event delivered again
+// after ConsumerConfig.NackResendSleep.
+type EventHandler func(ctx context.Context, tx pgx.Tx, e *Event) error
+
+// ConsumerConfig configures a Consumer.
+type ConsumerConfig struct {
+	// Name identifies the consumer in the inbox (its deduplication key
+	// space) and the logs. Two consumers of one topic must have different
+	// names. Required.
+	Name string
+	// Topic is what to consume. Required.
+	Topic string
+	// Handler handles each event. Required.
+	Handler EventHandler
+	// ConsumerGroup defaults to Name.
+	ConsumerGroup string
+	// NackResendSleep defaults to DefaultConsumerNackResendSleep.
+	NackResendSleep time.Duration
+	// OverwriteSaramaConfig replaces SaramaConfig().
+	OverwriteSaramaConfig *sarama.Config
+}
+
+// WithDefaults returns a copy of c with every unset field defaulted.
+func (c ConsumerConfig) WithDefaults() ConsumerConfig {
+	if c.ConsumerGroup == "" {
+		c.ConsumerGroup = c.Name
+	}
+	if c.NackResendSleep == 0 {
+		c.NackResendSleep = DefaultConsumerNackResendSleep
+	}
+	return c
+}
+
+func (c ConsumerConfig) validate() error {
+	switch {
+	case c.Name == "":
+		return fmt.Errorf("%w: ConsumerConfig.Name is required", ErrInvalidConfig)
+	case c.Topic == "":
+		return fmt.Errorf("%w: ConsumerConfig.Topic is required", ErrInvalidConfig)
+	case c.Handler == nil:
+		return fmt.Errorf("%w: ConsumerConfig.Handler is required", ErrInvalidConfig)
+	case c.NackResendSleep < 0:
+		return fmt.Errorf("%w: ConsumerConfig.NackResendSleep must not be negative", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// Consumer is an idempotent event consumer: each event is handled in a
+// transaction that also records its ID in the inbox (sagabox.saga_inbox),
+// so redeliveries have no second effect. Use it for everything a service
+// consumes that is not a saga command or reply, such as the events that
+// feed a read model.
+type Consumer struct {
+	cfg     ConsumerConfig
+	rt      Runtime
+	inbox   *Inbox
+	decoder *outbox.Decoder
+	once    runOnce
+}
+
+// NewConsumer checks cfg and attaches the consumer to rt, whose Run runs
+// it. Without brokers it is built but not attached: there is nothing to
+// consume.
+func NewConsumer(rt Runtime, cfg ConsumerConfig) (*Consumer, error) {
+	if rt == nil {
+		return nil, fmt.Errorf("%w: NewConsumer needs a Runtime (a sagabox.Client)", ErrInvalidConfig)
+	}
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	c := &Consumer{cfg: cfg, rt: rt, inbox: NewInbox(rt.Pool(), cfg.Name)}
+	if reg := rt.Registry(); reg != nil {
+		c.decoder = outbox.NewDecoder(reg, rt.Codec())
+	}
+	if len(rt.Brokers()) > 0 {
+		if err := rt.Attach("saga.consumer."+cfg.Name, c.Run); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// Run consumes until ctx is done, then waits for the event in flight and
+// returns nil. It can be called once; a Runtime's Run calls it.
+func (c *Consumer) Run(ctx context.Context) error {
+	if err := c.once.start("saga.Consumer " + c.cfg.Name); err != nil {
+		return err
+	}
+	if len(c.rt.Brokers()) == 0 || c.decoder == nil {
+		return fmt.Errorf("%w: Consumer %s: Run needs the runtime's brokers and registry", ErrInvalidConfig, c.cfg.Name)
+	}
+	h := c.inbox.Middleware(func(msg *message.Message) ([]*message.Message, error) {
+		ctx := msg.Context()
+		tx, _ := Tx(ctx)
+		return nil, c.cfg.Handler(ctx, tx, c.event(msg))
+	})
+	return runRouter(ctx, consumeConfig{Brokers: c.rt.Brokers(), ConsumerGroup: c.cfg.ConsumerGroup, Topic: c.cfg.Topic,
+		Sarama: c.cfg.OverwriteSaramaConfig, NackResendSleep: c.cfg.NackResendSleep, Logger: c.rt.Logger(),
+		Name: "consumer_" + c.cfg.Name}, func(msg *message.Message) error { _, err := h(msg); return err })
+}
+
+func (c *Consumer) event(msg *message.Message) *Event {
+	md := msg.Metadata
+	headers := make(map[string]string, len(md))
+	for k, v := range md {
+		headers[k] = v
+	}
+	return &Event{ID: msg.UUID, Topic: md.Get(outbox.MetadataTopic), Key: md.Get(outbox.MetadataKey),
+		Type: md.Get(outbox.HeaderType), Headers: headers, Value: msg.Payload, decoder: c.decoder}
+}
