@@ -71,8 +71,7 @@ type Config struct {
 	// in the outbox until a relay runs.
 	Messaging messaging.Config
 	// Saga tunes the order saga's orchestrator (poll interval, retention...).
-	// Pool, Writer, Codec, ReplyTopic, Brokers, Registry, Logger and
-	// Registerer are set by the service.
+	// ReplyTopic is set by the service.
 	Saga saga.Config
 	// Logger defaults to a logger that discards everything. ConfigFromEnv
 	// sets a JSON logger at LOG_LEVEL (default info).
@@ -201,9 +200,9 @@ func (s *Service) init(ctx context.Context) error {
 	// transaction; Run consumes the participants' replies on ReplyTopic and
 	// fires the timeouts and retries stored in the database.
 	sc := s.cfg.Saga
-	sc.Pool, sc.Writer, sc.Codec, sc.ReplyTopic = s.pool, s.msg.Writer, s.msg.Codec, ReplyTopic
-	sc.Brokers, sc.Registry, sc.Logger, sc.Registerer = s.cfg.Messaging.Brokers, s.msg.Registry, s.log, metrics.Registry
-	s.orch, err = saga.NewOrchestrator(app.OrderSaga(repo), sc)
+	sc.ReplyTopic = ReplyTopic
+	rt := &messaging.Runtime{DB: s.pool, Messaging: s.msg, Config: s.cfg.Messaging, Log: s.log, Metrics: metrics.Registry}
+	s.orch, err = saga.NewOrchestrator(rt, sc, app.OrderSaga(repo))
 	if err != nil {
 		return fmt.Errorf("orderservice: %w", err)
 	}

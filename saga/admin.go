@@ -301,7 +301,7 @@ func (a *Admin) Cleanup(ctx context.Context, retention time.Duration) (int64, er
 // saga the timer poll loaded: it clears the request, records the result in
 // the saga's actions and runs the machine. A request the saga's state no
 // longer allows is refused (recorded, nothing else changes).
-func (o *Orchestrator[D]) carryOut(ctx context.Context, e *txEnv[D], s *state, data *D, raw []byte) error {
+func (o *Orchestrator[D]) carryOut(ctx context.Context, e *txEnv[D], m *machine[D], s *state, data *D, raw []byte) error {
 	var req Action
 	if err := json.Unmarshal(raw, &req); err != nil {
 		return fmt.Errorf("saga %s: operator request: %w", s.ID, err)
@@ -313,9 +313,9 @@ func (o *Orchestrator[D]) carryOut(ctx context.Context, e *txEnv[D], s *state, d
 	var err error
 	switch req.Action {
 	case ActionRetry:
-		err = o.m.retry(ctx, e, s, data)
+		err = m.retry(ctx, e, s, data)
 	case ActionAbort:
-		err = o.m.abort(ctx, e, s, data, reason)
+		err = m.abort(ctx, e, s, data, reason)
 	default:
 		err = fmt.Errorf("%w: unknown operator request %q", ErrWrongState, req.Action)
 	}
@@ -338,7 +338,7 @@ func (o *Orchestrator[D]) carryOut(ctx context.Context, e *txEnv[D], s *state, d
 	}
 	o.log.InfoContext(ctx, "saga: operator request", "saga_id", s.ID, "action", req.Action, "result", done.Result,
 		"actor", req.Actor, "reason", req.Reason, "error", done.Error)
-	return e.flush(ctx, o.cfg.Writer, s, data, false, "")
+	return nil
 }
 
 // logAction appends act to the saga's actions, clearing its pending

@@ -39,6 +39,10 @@ type consumeConfig struct {
 	Name            string
 }
 
+// routerCloseTimeout bounds how long a stopping consumer waits for the
+// message in flight.
+const routerCloseTimeout = 30 * time.Second
+
 // runRouter consumes topic with a watermill router until ctx is done, then
 // closes the router, which waits for the handler in flight.
 func runRouter(ctx context.Context, c consumeConfig, h message.NoPublishHandlerFunc) error {
@@ -58,7 +62,7 @@ func runRouter(ctx context.Context, c consumeConfig, h message.NoPublishHandlerF
 	if err != nil {
 		return fmt.Errorf("saga: %s: subscriber: %w", c.Name, err)
 	}
-	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 30 * time.Second}, wlog)
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: routerCloseTimeout}, wlog)
 	if err != nil {
 		return fmt.Errorf("saga: %s: router: %w", c.Name, err)
 	}
@@ -72,6 +76,18 @@ func runRouter(ctx context.Context, c consumeConfig, h message.NoPublishHandlerF
 			return fmt.Errorf("saga: %s: router: %w", c.Name, err)
 		}
 		return errors.New("saga: " + c.Name + ": router stopped")
+	}
+	// A router closed before it is running never lets its Run return (a
+	// service stopped right after it started would hang): let it start
+	// first, for as long as a close may take.
+	select {
+	case <-router.Running():
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("saga: %s: router: %w", c.Name, err)
+		}
+		return nil
+	case <-time.After(routerCloseTimeout):
 	}
 	closeErr := router.Close()
 	if err := <-done; err != nil {

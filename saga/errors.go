@@ -20,6 +20,10 @@ var (
 	// current status, such as retrying a saga that has not failed, or
 	// aborting one past its pivot.
 	ErrWrongState = errors.New("saga: operation does not apply in the saga's current state")
+	// ErrUnknownVersion means a saga started on a definition version the
+	// orchestrator was not given: it is left alone, never run on another
+	// version's steps. Run an orchestrator that has the version.
+	ErrUnknownVersion = errors.New("saga: definition version not registered")
 	// ErrConcurrentUpdate means the saga's version changed under a state
 	// change. It should not happen while the row lock is held; the
 	// transaction is rolled back and the message retried.

@@ -14,6 +14,9 @@ type metrics struct {
 	stepLatency prometheus.Observer
 	inFlight    prometheus.Gauge
 	ignored     prometheus.Counter
+	// unknownVersion counts sagas met whose definition version the
+	// orchestrator does not have.
+	unknownVersion prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, sagaType string) (*metrics, error) {
@@ -29,8 +32,13 @@ func newMetrics(reg prometheus.Registerer, sagaType string) (*metrics, error) {
 		Name: "in_flight", Help: "Sagas running or compensating, as last counted in the database."}, []string{"saga_type"})
 	ignored := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sagabox", Subsystem: "saga",
 		Name: "replies_ignored_total", Help: "Late or duplicate replies ignored."}, []string{"saga_type"})
+	unknown := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sagabox", Subsystem: "saga",
+		Name: "unknown_version_total", Help: "Replies and timers of sagas whose definition version this orchestrator does not have (left alone)."}, []string{"saga_type"})
 	if reg != nil {
 		var err error
+		if unknown, err = register(reg, unknown); err != nil {
+			return nil, err
+		}
 		if started, err = register(reg, started); err != nil {
 			return nil, err
 		}
@@ -47,7 +55,13 @@ func newMetrics(reg prometheus.Registerer, sagaType string) (*metrics, error) {
 			return nil, err
 		}
 	}
+	// Every series exists from the start, at 0, so that an alert on it
+	// reads 0 and not "no data".
+	for _, st := range []Status{StatusSucceeded, StatusCompensated, StatusFailed} {
+		finished.MustCurryWith(labels).WithLabelValues(string(st))
+	}
 	return &metrics{
+		unknownVersion: unknown.With(labels),
 		started:     started.With(labels),
 		finished:    finished.MustCurryWith(labels),
 		stepLatency: latency.With(labels),

@@ -16,8 +16,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/riferrei/srclient"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -32,25 +30,13 @@ const (
 	DefaultReplyBatch      = 64
 )
 
-// Config configures an Orchestrator.
+// Config configures an Orchestrator. The database, the outbox writer, the
+// codec, Kafka, the logger and the metrics come from the Runtime given to
+// NewOrchestrator (a sagabox.Client).
 type Config struct {
-	// Pool is the orchestrator's database, holding the saga and outbox
-	// tables (saga.Migrate, outbox.Migrate). Required.
-	Pool *pgxpool.Pool
-	// Writer writes the commands into the outbox. Required.
-	Writer *outbox.Writer
-	// Codec encodes command payloads and decodes reply payloads. It must
-	// know saga.Schemas() and every payload type. Required.
-	Codec *outbox.Codec
 	// ReplyTopic is where participants send their replies. Required.
 	ReplyTopic string
-
-	// Brokers, to consume ReplyTopic. Required by Run.
-	Brokers []string
-	// Registry resolves the schema IDs of replies. Required by Run.
-	Registry srclient.ISchemaRegistryClient
-	// ConsumerGroup defaults to "sagabox-saga-" + the definition's name
-	// (set by NewOrchestrator).
+	// ConsumerGroup defaults to "sagabox-saga-" + the definitions' name.
 	ConsumerGroup string
 	// DeadLetterTopic receives replies that cannot be decoded (not Avro,
 	// unknown schema ID, not a reply) with the reason, so that they do not
@@ -70,81 +56,93 @@ type Config struct {
 	// DefaultReplyBatch.
 	ReplyBatch int
 
-	// PollInterval is how often Run looks for expired deadlines and due
-	// retries. Defaults to DefaultPollInterval.
+	// PollInterval is how often Run looks for expired deadlines, due
+	// retries and operator requests. Defaults to DefaultPollInterval.
 	PollInterval time.Duration
 	// PollWorkers is how many due sagas Run handles at once. Defaults to
 	// DefaultPollWorkers.
 	PollWorkers int
 	// Retention is how long finished (succeeded or compensated) sagas and
 	// inbox entries are kept; failed sagas are kept until an operator acts.
-	// Negative disables the cleanup. Defaults to DefaultRetention.
+	// Defaults to DefaultRetention.
 	Retention time.Duration
+	// DisableCleanup keeps everything: Run deletes nothing.
+	DisableCleanup bool
 	// CleanupInterval defaults to DefaultCleanupInterval.
 	CleanupInterval time.Duration
-
-	// Logger defaults to a logger that discards everything.
-	Logger *slog.Logger
-	// Registerer, when set, gets the Prometheus metrics. Several
-	// orchestrators may share one.
-	Registerer prometheus.Registerer
 }
 
-// WithDefaults returns a copy of c with the defaults filled in, but for
-// ConsumerGroup, whose default names the definition: NewOrchestrator fills
-// it in.
+// WithDefaults returns a copy of c with every unset field defaulted, but
+// for ConsumerGroup, whose default names the definition: NewOrchestrator
+// fills it in.
 func (c Config) WithDefaults() Config {
 	if c.DeadLetterTopic == "" && c.ReplyTopic != "" {
 		c.DeadLetterTopic = c.ReplyTopic + ".dlq"
 	}
-	if c.NackResendSleep <= 0 {
+	if c.NackResendSleep == 0 {
 		c.NackResendSleep = DefaultNackResendSleep
 	}
-	if c.ReplyBatch <= 0 {
+	if c.ReplyBatch == 0 {
 		c.ReplyBatch = DefaultReplyBatch
 	}
-	if c.PollInterval <= 0 {
+	if c.PollInterval == 0 {
 		c.PollInterval = DefaultPollInterval
 	}
-	if c.PollWorkers <= 0 {
+	if c.PollWorkers == 0 {
 		c.PollWorkers = DefaultPollWorkers
 	}
 	if c.Retention == 0 {
 		c.Retention = DefaultRetention
 	}
-	if c.CleanupInterval <= 0 {
+	if c.CleanupInterval == 0 {
 		c.CleanupInterval = DefaultCleanupInterval
-	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c
 }
 
 func (c Config) validate() error {
 	switch {
-	case c.Pool == nil:
-		return fmt.Errorf("%w: Config.Pool is required", ErrInvalidConfig)
-	case c.Writer == nil:
-		return fmt.Errorf("%w: Config.Writer is required", ErrInvalidConfig)
 	case c.ReplyTopic == "":
 		return fmt.Errorf("%w: Config.ReplyTopic is required", ErrInvalidConfig)
+	case c.NackResendSleep < 0:
+		return fmt.Errorf("%w: Config.NackResendSleep is negative", ErrInvalidConfig)
+	case c.ReplyBatch < 0:
+		return fmt.Errorf("%w: Config.ReplyBatch is negative", ErrInvalidConfig)
+	case c.PollInterval < 0:
+		return fmt.Errorf("%w: Config.PollInterval is negative", ErrInvalidConfig)
+	case c.PollWorkers < 0:
+		return fmt.Errorf("%w: Config.PollWorkers is negative", ErrInvalidConfig)
+	case c.Retention < 0:
+		return fmt.Errorf("%w: Config.Retention is negative: set DisableCleanup to keep everything", ErrInvalidConfig)
+	case c.CleanupInterval < 0:
+		return fmt.Errorf("%w: Config.CleanupInterval is negative", ErrInvalidConfig)
 	}
-	return checkCodec(c.Codec, "Config.Codec")
+	return nil
 }
 
-// Orchestrator runs the sagas of one definition: Start begins one inside the
-// caller's transaction, Run consumes the replies and fires the timeouts and
-// retries. Several orchestrators of the same definition may run at once, in
-// one process or many.
+// Orchestrator runs the sagas of one saga type: Start begins one inside
+// the caller's transaction, Run consumes the replies and fires the
+// timeouts, retries and operator requests. Several orchestrators of the
+// same type may run at once, in one process or many.
+//
+// An orchestrator may drive several versions of its definition at once:
+// each saga runs on the steps of the version it started with, new sagas
+// start on the newest. Deploy a new version next to the old one, and drop
+// the old one once Admin.List shows none of its sagas unfinished.
 type Orchestrator[D any] struct {
-	def     *Definition[D]
-	cfg     Config
-	log     *slog.Logger
-	m       *machine[D]
-	metrics *metrics
-	decoder *outbox.Decoder
-	batch   *batcher[replyItem]
+	def      *Definition[D] // the newest version: Start and Queue use it
+	versions []int          // registered versions, ascending
+	machines map[int]*machine[D]
+	cfg      Config
+	pool     *pgxpool.Pool
+	writer   *outbox.Writer
+	codec    *outbox.Codec
+	brokers  []string
+	log      *slog.Logger
+	metrics  *metrics
+	decoder  *outbox.Decoder
+	batch    *batcher[replyItem]
+	once     runOnce
 }
 
 type replyItem struct {
@@ -152,43 +150,102 @@ type replyItem struct {
 	causation string
 }
 
-// NewOrchestrator checks the configuration. It does not touch the network.
-func NewOrchestrator[D any](def *Definition[D], cfg Config) (*Orchestrator[D], error) {
-	if def == nil {
-		return nil, fmt.Errorf("%w: nil definition", ErrInvalidConfig)
+// NewOrchestrator checks cfg and the definitions, and attaches the
+// orchestrator to rt, whose Run runs it (without brokers it is built but
+// not attached: Start still works, its commands wait in the outbox). It
+// does not touch the network.
+//
+// defs are the versions of one saga type (same Name, distinct Version, all
+// of them registered at once): the newest starts new sagas, and every saga
+// runs on the version it started with. A saga whose version is not among
+// defs is never run on another version's steps: its replies are not
+// applied here (the error log and the metric
+// sagabox_saga_unknown_version_total say so, and its last_error names the
+// versions registered), and its timers are left to an orchestrator that
+// has its version. Its step's deadline is kept, so once such an
+// orchestrator runs, the timeout re-sends the command and the participant's
+// inbox answers with the reply it stored: nothing is lost.
+func NewOrchestrator[D any](rt Runtime, cfg Config, defs ...*Definition[D]) (*Orchestrator[D], error) {
+	if rt == nil {
+		return nil, fmt.Errorf("%w: NewOrchestrator needs a Runtime (a sagabox.Client)", ErrInvalidConfig)
+	}
+	if len(defs) == 0 {
+		return nil, fmt.Errorf("%w: NewOrchestrator needs at least one definition", ErrInvalidConfig)
 	}
 	cfg = cfg.WithDefaults()
-	if cfg.ConsumerGroup == "" {
-		cfg.ConsumerGroup = "sagabox-saga-" + def.name
-	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	for _, st := range def.steps {
-		for _, inv := range []*Invocation[D]{st.Invoke, st.Compensate} {
-			if inv != nil && inv.Type != "" {
-				if _, ok := cfg.Codec.Schema(inv.Type); !ok {
-					return nil, fmt.Errorf("%w: step %q: the codec does not know payload type %s", ErrInvalidConfig, st.Name, inv.Type)
+	if rt.Pool() == nil || rt.Writer() == nil {
+		return nil, fmt.Errorf("%w: the Runtime has no Pool or Writer", ErrInvalidConfig)
+	}
+	codec := rt.Codec()
+	if err := checkCodec(codec, "the Runtime's Codec"); err != nil {
+		return nil, err
+	}
+	o := &Orchestrator[D]{cfg: cfg, machines: map[int]*machine[D]{}, pool: rt.Pool(), writer: rt.Writer(),
+		codec: codec, brokers: rt.Brokers()}
+	for i, def := range defs {
+		switch {
+		case def == nil:
+			return nil, fmt.Errorf("%w: definition %d is nil", ErrInvalidConfig, i)
+		case def.name != defs[0].name:
+			return nil, fmt.Errorf("%w: the definitions are of two saga types, %q and %q: one orchestrator per type", ErrInvalidConfig, defs[0].name, def.name)
+		case o.machines[def.version] != nil:
+			return nil, fmt.Errorf("%w: saga %s version %d is given twice", ErrInvalidConfig, def.name, def.version)
+		}
+		for _, st := range def.steps {
+			for _, inv := range []*Invocation[D]{st.Invoke, st.Compensate} {
+				if inv != nil && inv.Type != "" {
+					if _, ok := codec.Schema(inv.Type); !ok {
+						return nil, fmt.Errorf("%w: %s version %d, step %q: the codec does not know payload type %s", ErrInvalidConfig,
+							def.name, def.version, st.Name, inv.Type)
+					}
 				}
 			}
 		}
+		o.machines[def.version] = &machine[D]{def: def, replyTopic: cfg.ReplyTopic, encode: func(typ string, v any) ([]byte, error) {
+			return encodePayload(codec, typ, v)
+		}}
+		o.versions = append(o.versions, def.version)
+		if o.def == nil || def.version > o.def.version {
+			o.def = def
+		}
 	}
-	met, err := newMetrics(cfg.Registerer, def.name)
+	slices.Sort(o.versions)
+	if o.cfg.ConsumerGroup == "" {
+		o.cfg.ConsumerGroup = "sagabox-saga-" + o.def.name
+	}
+	met, err := newMetrics(rt.Registerer(), o.def.name)
 	if err != nil {
 		return nil, fmt.Errorf("saga: register metrics: %w", err)
 	}
-	o := &Orchestrator[D]{def: def, cfg: cfg, metrics: met,
-		log: cfg.Logger.With("component", "saga.orchestrator", "saga_type", def.name)}
-	o.m = &machine[D]{def: def, replyTopic: cfg.ReplyTopic, encode: func(typ string, v any) ([]byte, error) {
-		return encodePayload(cfg.Codec, typ, v)
-	}}
-	if cfg.Registry != nil {
-		o.decoder = outbox.NewDecoder(cfg.Registry, cfg.Codec)
+	o.metrics = met
+	o.log = rt.Logger().With("component", "saga.orchestrator", "saga_type", o.def.name)
+	if reg := rt.Registry(); reg != nil {
+		o.decoder = outbox.NewDecoder(reg, codec)
+	}
+	o.batch = newBatcher(batchWorkers, cfg.ReplyBatch, o.handleReplies)
+	if len(o.brokers) > 0 {
+		if err := rt.Attach("saga.orchestrator."+o.def.name, o.Run); err != nil {
+			return nil, err
+		}
 	}
 	return o, nil
 }
 
-// Definition returns the orchestrator's definition.
+// machineFor is the machine of s's definition version, or an error
+// wrapping ErrUnknownVersion.
+func (o *Orchestrator[D]) machineFor(s *state) (*machine[D], error) {
+	if m := o.machines[s.DefVersion]; m != nil {
+		return m, nil
+	}
+	return nil, fmt.Errorf("%w: saga %s (%s) started on version %d; this orchestrator has versions %v: run one that has it",
+		ErrUnknownVersion, s.ID, s.Type, s.DefVersion, o.versions)
+}
+
+// Definition returns the newest of the orchestrator's definitions, the one
+// Start and Queue use.
 func (o *Orchestrator[D]) Definition() *Definition[D] { return o.def }
 
 // StartOptions are optional settings of one saga.
@@ -210,10 +267,10 @@ func (o *Orchestrator[D]) Start(ctx context.Context, tx pgx.Tx, data D, opts ...
 		return uuid.Nil, err
 	}
 	e := &txEnv[D]{tx: tx}
-	if err := o.m.advance(ctx, e, s, &data); err != nil {
+	if err := o.machines[o.def.version].advance(ctx, e, s, &data); err != nil {
 		return uuid.Nil, err
 	}
-	if err := e.flush(ctx, o.cfg.Writer, s, &data, true, ""); err != nil {
+	if err := e.flush(ctx, o.writer, s, &data, true, ""); err != nil {
 		return uuid.Nil, err
 	}
 	o.metrics.started.Inc()
@@ -249,10 +306,10 @@ func (o *Orchestrator[D]) Queue(ctx context.Context, b *pgx.Batch, data D, opts 
 		return uuid.Nil, err
 	}
 	e := &txEnv[D]{}
-	if err := o.m.advance(ctx, e, s, &data); err != nil {
+	if err := o.machines[o.def.version].advance(ctx, e, s, &data); err != nil {
 		return uuid.Nil, err
 	}
-	if err := e.queue(ctx, b, o.cfg.Writer, s, &data, true, ""); err != nil {
+	if err := e.queue(ctx, b, o.writer, s, &data, true, ""); err != nil {
 		return uuid.Nil, err
 	}
 	o.metrics.started.Inc()
@@ -280,19 +337,26 @@ func (o *Orchestrator[D]) newState(opts []StartOptions) (*state, error) {
 		CorrelationID: opt.CorrelationID}, nil
 }
 
-// handleReply applies one reply in its own transaction: lock the saga, check
-// that the reply is the one awaited, apply it, write the next command and
-// the new state. It returns whether the reply was used.
-func (o *Orchestrator[D]) handleReply(ctx context.Context, r *Reply, causation string) (bool, error) {
-	r.codec = o.cfg.Codec
+// inSaga runs fn on one saga in a transaction of its own: load locks the
+// saga's row, fn runs its version's machine, and what fn changed (the row,
+// the history, the commands) is written before the commit. fn returns
+// false when it changed nothing. A saga of a version this orchestrator
+// does not have is reported and left alone (ErrUnknownVersion). This is
+// the one path of a reply handled alone, a timer, an operator request and
+// a typed Retry or Abort.
+func (o *Orchestrator[D]) inSaga(ctx context.Context, load func(pgx.Tx) (*state, []byte, error), causation string,
+	fn func(e *txEnv[D], m *machine[D], s *state, data *D) (bool, error)) (bool, error) {
 	var e *txEnv[D]
-	used := false
-	err := pgx.BeginFunc(ctx, o.cfg.Pool, func(tx pgx.Tx) error {
-		s, raw, err := loadForUpdate(ctx, tx, o.def.name, r.SagaID)
-		if errors.Is(err, ErrNotFound) {
-			return nil // cleaned up, or another definition's saga
+	changed := false
+	var unknown *state
+	err := pgx.BeginFunc(ctx, o.pool, func(tx pgx.Tx) error {
+		s, raw, err := load(tx)
+		if err != nil || s == nil {
+			return err
 		}
+		m, err := o.machineFor(s)
 		if err != nil {
+			unknown = s
 			return err
 		}
 		data := new(D)
@@ -300,21 +364,63 @@ func (o *Orchestrator[D]) handleReply(ctx context.Context, r *Reply, causation s
 			return fmt.Errorf("saga %s: data: %w", s.ID, err)
 		}
 		e = &txEnv[D]{tx: tx}
-		if used, err = o.m.onReply(ctx, e, s, data, r); err != nil || !used {
+		if changed, err = fn(e, m, s, data); err != nil || !changed {
 			return err
 		}
-		return e.flush(ctx, o.cfg.Writer, s, data, false, causation)
+		return e.flush(ctx, o.writer, s, data, false, causation)
 	})
+	if unknown != nil {
+		o.reportUnknownVersion(ctx, unknown)
+	}
+	if err != nil || !changed {
+		return false, err
+	}
+	o.metrics.record(e.finishes, e.hist)
+	return true, nil
+}
+
+// reportUnknownVersion says that s is of a version this orchestrator does
+// not have: in the log, the metric and the saga's last_error (outside the
+// transaction that found it, which rolled back), where operators look.
+func (o *Orchestrator[D]) reportUnknownVersion(ctx context.Context, s *state) {
+	_, err := o.machineFor(s)
+	o.metrics.unknownVersion.Inc()
+	o.log.ErrorContext(ctx, "saga: definition version not registered: not running the saga", "saga_id", s.ID,
+		"version", s.DefVersion, "registered", o.versions)
+	if _, uerr := o.pool.Exec(context.WithoutCancel(ctx), `UPDATE sagabox.sagas SET last_error = $2 WHERE id = $1 AND finished_at IS NULL`,
+		[16]byte(s.ID), err.Error()); uerr != nil {
+		o.log.ErrorContext(ctx, "saga: record unknown version", "saga_id", s.ID, "error", uerr)
+	}
+}
+
+// handleReply applies one reply in its own transaction: lock the saga, check
+// that the reply is the one awaited, apply it, write the next command and
+// the new state. It returns whether the reply was used.
+func (o *Orchestrator[D]) handleReply(ctx context.Context, r *Reply, causation string) (bool, error) {
+	r.codec = o.codec
+	used, err := o.inSaga(ctx, func(tx pgx.Tx) (*state, []byte, error) {
+		s, raw, err := loadForUpdate(ctx, tx, o.def.name, r.SagaID)
+		if errors.Is(err, ErrNotFound) {
+			return nil, nil, nil // cleaned up, or another definition's saga
+		}
+		return s, raw, err
+	}, causation, func(e *txEnv[D], m *machine[D], s *state, data *D) (bool, error) {
+		return m.onReply(ctx, e, s, data, r)
+	})
+	if errors.Is(err, ErrUnknownVersion) {
+		// Not applied here, and not retried: the step's deadline stays, so
+		// an orchestrator with the version re-asks, and the participant's
+		// inbox answers again.
+		err = nil
+	}
 	if err != nil {
 		return false, err
 	}
 	if !used {
 		o.metrics.ignored.Inc()
 		o.log.DebugContext(ctx, "saga: ignored reply", "saga_id", r.SagaID, "step", r.Step, "attempt", r.Attempt)
-		return false, nil
 	}
-	o.metrics.record(e.finishes, e.hist)
-	return true, nil
+	return used, nil
 }
 
 // handleReplies applies a batch of replies in one transaction, locking
@@ -326,7 +432,7 @@ func (o *Orchestrator[D]) handleReplies(ctx context.Context, items []replyItem) 
 	errs := make([]error, len(items))
 	envs, ignored, err := o.applyReplies(ctx, items)
 	if err != nil {
-		if len(items) == 1 {
+		if len(items) == 1 && !errors.Is(err, ErrUnknownVersion) {
 			errs[0] = err
 			return errs
 		}
@@ -355,7 +461,7 @@ func (o *Orchestrator[D]) applyReplies(ctx context.Context, items []replyItem) (
 	first := &pgx.Batch{}
 	first.BeginTx(pgx.TxOptions{})
 	first.Queue(loadManySQL, sortedKeys(ids), o.def.name)
-	ptx, br, err := beginPipe(ctx, o.cfg.Pool, nil, first)
+	ptx, br, err := beginPipe(ctx, o.pool, nil, first)
 	if err != nil {
 		return nil, 0, fmt.Errorf("saga: load: %w", err)
 	}
@@ -379,7 +485,7 @@ func (o *Orchestrator[D]) applyReplies(ctx context.Context, items []replyItem) (
 	}
 	b, read := &pgx.Batch{}, func(pgx.BatchResults) error { return nil }
 	if len(saved) > 0 {
-		if b, read, err = queueMany(ctx, o.cfg.Writer, saved); err != nil {
+		if b, read, err = queueMany(ctx, o.writer, saved); err != nil {
 			ptx.abort(ctx)
 			return nil, 0, err
 		}
@@ -409,6 +515,12 @@ func (o *Orchestrator[D]) runReplies(ctx context.Context, tx pgx.Tx, items []rep
 			ignored++ // cleaned up, or another definition's saga
 			continue
 		}
+		if o.machines[s.DefVersion] == nil {
+			// Fails the batch: its replies are then handled one by one,
+			// where this one is reported and left alone (handleReply).
+			_, err := o.machineFor(s)
+			return nil, 0, nil, err
+		}
 		if datas[id] == nil {
 			datas[id] = new(D)
 			if err := json.Unmarshal(raws[id], datas[id]); err != nil {
@@ -416,8 +528,8 @@ func (o *Orchestrator[D]) runReplies(ctx context.Context, tx pgx.Tx, items []rep
 			}
 			envs[id] = &txEnv[D]{tx: tx}
 		}
-		it.r.codec = o.cfg.Codec
-		used, err := o.m.onReply(ctx, envs[id], s, datas[id], it.r)
+		it.r.codec = o.codec
+		used, err := o.machines[s.DefVersion].onReply(ctx, envs[id], s, datas[id], it.r)
 		if err != nil {
 			return nil, 0, nil, err
 		}
@@ -448,7 +560,7 @@ func (o *Orchestrator[D]) handleMessage(msg *message.Message) error {
 			return err
 		}
 		o.log.WarnContext(ctx, "saga: dead-lettering reply", "message_id", msg.UUID, "topic", o.cfg.DeadLetterTopic, "error", err)
-		return writeDeadLetter(ctx, o.cfg.Pool, o.cfg.Writer, o.cfg.DeadLetterTopic, msg, err)
+		return writeDeadLetter(ctx, o.pool, o.writer, o.cfg.DeadLetterTopic, msg, err)
 	}
 	if o.batch != nil {
 		err = o.batch.do(ctx, replyItem{r: r, causation: msg.UUID})
@@ -471,29 +583,32 @@ func (o *Orchestrator[D]) decodeReply(msg *message.Message) (*Reply, error) {
 		Outcome: outcomeFromWire(env.Outcome), Reason: env.Reason, PayloadType: env.PayloadType, Payload: env.Payload}, nil
 }
 
-// Run consumes replies and fires deadlines and retries until ctx is done.
-// Then it stops consuming, lets the reply and the timers in flight finish,
-// and returns nil. It needs Brokers and Registry.
+// Run consumes replies and fires deadlines, retries and operator requests
+// until ctx is done. Then it stops consuming, lets the reply and the timers
+// in flight finish, and returns nil. It needs the Runtime's brokers and
+// registry, and can be called once (the Runtime's Run calls it).
 func (o *Orchestrator[D]) Run(ctx context.Context) error {
-	if len(o.cfg.Brokers) == 0 || o.decoder == nil {
-		return fmt.Errorf("%w: Run needs Config.Brokers and Config.Registry", ErrInvalidConfig)
+	if err := o.once.start("saga.Orchestrator " + o.def.name); err != nil {
+		return err
+	}
+	if len(o.brokers) == 0 || o.decoder == nil {
+		return fmt.Errorf("%w: Orchestrator.Run needs the Runtime's brokers and registry", ErrInvalidConfig)
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 1)
-	o.batch = newBatcher(batchWorkers, o.cfg.ReplyBatch, o.handleReplies)
 	stopBatch := o.batch.start(ctx, batchWorkers)
 	wg.Go(func() {
 		defer stopBatch() // after the router: its handlers wait on the batcher
-		err := runRouter(ctx, consumeConfig{Brokers: o.cfg.Brokers, ConsumerGroup: o.cfg.ConsumerGroup,
+		err := runRouter(ctx, consumeConfig{Brokers: o.brokers, ConsumerGroup: o.cfg.ConsumerGroup,
 			Topic: o.cfg.ReplyTopic, Sarama: o.cfg.OverwriteSaramaConfig, NackResendSleep: o.cfg.NackResendSleep,
-			Logger: o.cfg.Logger, Name: "saga_replies_" + o.def.name}, o.handleMessage)
+			Logger: o.log, Name: "saga_replies_" + o.def.name}, o.handleMessage)
 		if err != nil {
 			errs <- err
 		}
 	})
 	wg.Go(func() { o.RunTimers(ctx) })
-	if o.cfg.Retention > 0 {
-		wg.Go(func() { runCleaner(ctx, o.cfg.Pool, o.cfg.Retention, o.cfg.CleanupInterval, o.log) })
+	if !o.cfg.DisableCleanup {
+		wg.Go(func() { runCleaner(ctx, o.pool, o.cfg.Retention, o.cfg.CleanupInterval, o.log) })
 	}
 	wg.Wait()
 	select {
@@ -531,7 +646,7 @@ func (o *Orchestrator[D]) RunTimers(ctx context.Context) {
 		if time.Since(lastCount) > 5*time.Second {
 			lastCount = time.Now()
 			var n int64
-			if err := o.cfg.Pool.QueryRow(ctx, `SELECT count(*) FROM sagabox.sagas WHERE saga_type = $1 AND finished_at IS NULL AND status <> 'failed'`, o.def.name).Scan(&n); err == nil {
+			if err := o.pool.QueryRow(ctx, `SELECT count(*) FROM sagabox.sagas WHERE saga_type = $1 AND finished_at IS NULL AND status <> 'failed'`, o.def.name).Scan(&n); err == nil {
 				o.metrics.inFlight.Set(float64(n))
 			}
 		}
@@ -543,34 +658,19 @@ func (o *Orchestrator[D]) RunTimers(ctx context.Context) {
 	}
 }
 
-// fireOne handles one saga whose deadline expired or whose retry is due.
+// fireOne handles one saga of a registered version whose deadline
+// expired, whose retry is due, or that has an operator's request.
 func (o *Orchestrator[D]) fireOne(ctx context.Context) (bool, error) {
-	var e *txEnv[D]
-	did := false
-	err := pgx.BeginFunc(ctx, o.cfg.Pool, func(tx pgx.Tx) error {
-		e = &txEnv[D]{tx: tx}
-		s, raw, req, err := loadDue(ctx, tx, o.def.name, e.now())
-		if err != nil || s == nil {
-			return err
-		}
-		data := new(D)
-		if err := json.Unmarshal(raw, data); err != nil {
-			return fmt.Errorf("saga %s: data: %w", s.ID, err)
-		}
+	var req []byte
+	return o.inSaga(ctx, func(tx pgx.Tx) (s *state, raw []byte, err error) {
+		s, raw, req, err = loadDue(ctx, tx, o.def.name, o.versions, time.Now())
+		return s, raw, err
+	}, "", func(e *txEnv[D], m *machine[D], s *state, data *D) (bool, error) {
 		if req != nil { // an operator's request (admin.go) comes before the timers
-			did = true
-			return o.carryOut(ctx, e, s, data, req)
+			return true, o.carryOut(ctx, e, m, s, data, req)
 		}
-		if did, err = o.m.onDue(ctx, e, s, data); err != nil || !did {
-			return err
-		}
-		return e.flush(ctx, o.cfg.Writer, s, data, false, "")
+		return m.onDue(ctx, e, s, data)
 	})
-	if err != nil || !did {
-		return false, err
-	}
-	o.metrics.record(e.finishes, e.hist)
-	return true, nil
 }
 
 // runCleaner calls Admin.Cleanup every interval until ctx is done.
@@ -593,39 +693,29 @@ func runCleaner(ctx context.Context, db Querier, retention, interval time.Durati
 // step past the pivot) with fresh attempts, at once (Admin.Retry is the
 // untyped form). It is recorded in the saga's Actions.
 func (o *Orchestrator[D]) Retry(ctx context.Context, id uuid.UUID) error {
-	return o.operate(ctx, id, Action{Action: ActionRetry}, func(e *txEnv[D], s *state, data *D) error { return o.m.retry(ctx, e, s, data) })
+	return o.operate(ctx, id, Action{Action: ActionRetry}, func(e *txEnv[D], m *machine[D], s *state, data *D) error {
+		return m.retry(ctx, e, s, data)
+	})
 }
 
 // Abort stops a running saga that has not passed its pivot and compensates
 // what it did, including the step in flight, at once (Admin.Abort is the
 // untyped form). It is recorded in the saga's Actions.
 func (o *Orchestrator[D]) Abort(ctx context.Context, id uuid.UUID, reason string) error {
-	return o.operate(ctx, id, Action{Action: ActionAbort, Reason: reason}, func(e *txEnv[D], s *state, data *D) error { return o.m.abort(ctx, e, s, data, reason) })
+	return o.operate(ctx, id, Action{Action: ActionAbort, Reason: reason}, func(e *txEnv[D], m *machine[D], s *state, data *D) error {
+		return m.abort(ctx, e, s, data, reason)
+	})
 }
 
-func (o *Orchestrator[D]) operate(ctx context.Context, id uuid.UUID, act Action, fn func(*txEnv[D], *state, *D) error) error {
-	var e *txEnv[D]
-	err := pgx.BeginFunc(ctx, o.cfg.Pool, func(tx pgx.Tx) error {
-		s, raw, err := loadForUpdate(ctx, tx, o.def.name, id)
-		if err != nil {
-			return err
-		}
-		data := new(D)
-		if err := json.Unmarshal(raw, data); err != nil {
-			return fmt.Errorf("saga %s: data: %w", s.ID, err)
-		}
-		e = &txEnv[D]{tx: tx}
-		if err := fn(e, s, data); err != nil {
-			return err
+func (o *Orchestrator[D]) operate(ctx context.Context, id uuid.UUID, act Action, fn func(*txEnv[D], *machine[D], *state, *D) error) error {
+	_, err := o.inSaga(ctx, func(tx pgx.Tx) (*state, []byte, error) {
+		return loadForUpdate(ctx, tx, o.def.name, id)
+	}, "", func(e *txEnv[D], m *machine[D], s *state, data *D) (bool, error) {
+		if err := fn(e, m, s, data); err != nil {
+			return false, err
 		}
 		act.Result, act.At = ResultDone, e.now().UTC()
-		if err := logAction(ctx, tx, s.ID, act, false); err != nil {
-			return err
-		}
-		return e.flush(ctx, o.cfg.Writer, s, data, false, "")
+		return true, logAction(ctx, e.tx, s.ID, act, false)
 	})
-	if err == nil {
-		o.metrics.record(e.finishes, e.hist)
-	}
 	return err
 }

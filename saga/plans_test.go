@@ -79,8 +79,8 @@ func TestTimerPollStaysOnItsIndexAsSagasAccumulate(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, 0)
 	pool := w.onePool(nil)
-	o := w.orchestrator(orderDefinition(tuning{}), func(c *saga.Config) {
-		c.Pool = pool
+	o := w.orchestrator(orderDefinition(tuning{}), func(c *saga.Config, rt *testRuntime) {
+		rt.pool = pool
 		c.PollInterval = 5 * time.Millisecond
 	})
 	runTimers := func() (stop func()) {
@@ -113,7 +113,7 @@ func TestReplyBatchLoadsStayOnThePrimaryKeyAsSagasAccumulate(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, 0)
 	pool := w.onePool(nil)
-	o := w.orchestrator(orderDefinition(tuning{}), func(c *saga.Config) { c.Pool = pool })
+	o := w.orchestrator(orderDefinition(tuning{}), func(c *saga.Config, rt *testRuntime) { rt.pool = pool })
 	_, payload, err := testCodec().Encode("test.catalog.StockReserved", stockReserved{ReservationID: "r"})
 	testkit.Must(t, err, "payload")
 	reply := func(id string) *saga.Reply {

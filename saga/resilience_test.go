@@ -88,7 +88,7 @@ func TestDuplicateCommandsAndRepliesHaveOneEffect(t *testing.T) {
 	w.runParticipants("g1")
 	w.runParticipants("g2")
 	reg := prometheus.NewRegistry()
-	o := w.orchestrator(orderDefinition(tuning{}), func(c *saga.Config) { c.Registerer = reg })
+	o := w.orchestrator(orderDefinition(tuning{}), func(c *saga.Config, rt *testRuntime) { rt.registerer = reg })
 	w.startOrchestrator(o)
 	const n = 20
 	var ids []string
@@ -211,7 +211,7 @@ func TestOrchestratorKilledMidSagaAndRestarted(t *testing.T) {
 	w.runParticipants("g")
 	def := orderDefinition(tuning{Timeout: 5 * time.Second})
 	poolA, kill := crashablePool(t, w, "orchestrator_a")
-	a := w.orchestrator(def, func(c *saga.Config) { c.Pool = poolA })
+	a := w.orchestrator(def, func(c *saga.Config, rt *testRuntime) { rt.pool = poolA })
 	stopA := w.startOrchestrator(a)
 	const n = 40
 	var ids []string
@@ -251,8 +251,8 @@ func TestTwoOrchestratorsOnTheSameSagas(t *testing.T) {
 	w.runParticipants("g")
 	reg := prometheus.NewRegistry()
 	def := orderDefinition(tuning{Timeout: 10 * time.Second})
-	a := w.orchestrator(def, func(c *saga.Config) { c.Registerer = reg; c.ConsumerGroup = "orch-a" })
-	b := w.orchestrator(def, func(c *saga.Config) { c.Registerer = reg; c.ConsumerGroup = "orch-b" })
+	a := w.orchestrator(def, func(c *saga.Config, rt *testRuntime) { rt.registerer = reg; c.ConsumerGroup = "orch-a" })
+	b := w.orchestrator(def, func(c *saga.Config, rt *testRuntime) { rt.registerer = reg; c.ConsumerGroup = "orch-b" })
 	w.startOrchestrator(a)
 	w.startOrchestrator(b)
 	const n = 30
@@ -387,7 +387,7 @@ func TestUndecodableRepliesAreDeadLetteredRegistryOutageIsRetried(t *testing.T) 
 	w.seed("book", 10, "ann", 100)
 	w.runParticipants("g")
 	regURL, down, refused := flakyRegistry(t, w.registry.URL())
-	o := w.orchestrator(orderDefinition(tuning{}), func(c *saga.Config) { c.Registry = srclient.NewSchemaRegistryClient(regURL) })
+	o := w.orchestrator(orderDefinition(tuning{}), func(c *saga.Config, rt *testRuntime) { rt.registry = srclient.NewSchemaRegistryClient(regURL) })
 
 	producer, err := kgo.NewClient(kgo.SeedBrokers(w.brokers...), kgo.AllowAutoTopicCreation())
 	testkit.Must(t, err, "producer")
@@ -421,7 +421,7 @@ func TestUndecodableRepliesAreDeadLetteredRegistryOutageIsRetried(t *testing.T) 
 	// instance has no schema cached.
 	stopO()
 	down.Store(true)
-	o2 := w.orchestrator(orderDefinition(tuning{}), func(c *saga.Config) { c.Registry = srclient.NewSchemaRegistryClient(regURL) })
+	o2 := w.orchestrator(orderDefinition(tuning{}), func(c *saga.Config, rt *testRuntime) { rt.registry = srclient.NewSchemaRegistryClient(regURL) })
 	w.startOrchestrator(o2)
 	before := refused.Load()
 	id2 := w.placeOrder(o2, order{OrderID: "o2", Item: "book", Qty: 1, User: "ann", Amount: 1})
@@ -455,7 +455,7 @@ func TestRepliesRacingTimeouts(t *testing.T) {
 	w.runParticipants("g")
 	reg := prometheus.NewRegistry()
 	def := orderDefinition(tuning{Timeout: 40 * time.Millisecond, Attempts: 4, CompTimeout: 10 * time.Second})
-	o := w.orchestrator(def, func(c *saga.Config) { c.Registerer = reg; c.PollInterval = 5 * time.Millisecond })
+	o := w.orchestrator(def, func(c *saga.Config, rt *testRuntime) { rt.registerer = reg; c.PollInterval = 5 * time.Millisecond })
 	w.startOrchestrator(o)
 	const n = 30
 	var ids []string

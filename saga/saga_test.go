@@ -232,7 +232,7 @@ func TestQueueStartsTheSagaInTheCallersBatch(t *testing.T) {
 
 	local := saga.MustDefinition("local_first", 1, saga.Step[order]{Name: "note",
 		Local: func(context.Context, pgx.Tx, *order) error { return nil }})
-	lo, err := saga.NewOrchestrator(local, w.orchestratorConfig())
+	lo, err := saga.NewOrchestrator(w.runtime(nil), w.orchestratorConfig(), local)
 	testkit.Must(t, err, "orchestrator")
 	if _, err := lo.Queue(w.ctx, &pgx.Batch{}, order{}); !errors.Is(err, saga.ErrInvalidConfig) {
 		t.Fatalf("Queue of a saga starting with a local step: %v, want ErrInvalidConfig", err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -75,6 +76,10 @@ type tuning struct {
 	// UsersTopic replaces the users participant's topic (a topic nobody
 	// consumes makes a participant that never answers).
 	UsersTopic string
+	// Version defaults to 3; NoDebit leaves the debit_credit step out (an
+	// older version of the saga).
+	Version int
+	NoDebit bool
 }
 
 func orderDefinition(tn tuning) *saga.Definition[order] {
@@ -84,10 +89,13 @@ func orderDefinition(tn tuning) *saga.Definition[order] {
 	if tn.UsersTopic == "" {
 		tn.UsersTopic = usersTopic
 	}
+	if tn.Version == 0 {
+		tn.Version = 3
+	}
 	retry := saga.RetryPolicy{MaxAttempts: tn.Attempts, InitialBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}
 	compRetry := saga.RetryPolicy{MaxAttempts: tn.CompAttempt, InitialBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}
-	return saga.MustDefinition("create_order", 3,
-		saga.Step[order]{
+	steps := []saga.Step[order]{
+		{
 			Name: "reserve_stock",
 			Invoke: &saga.Invocation[order]{Topic: catalogTopic, Command: "reserve_stock", Type: "test.catalog.ReserveStock",
 				Payload: func(o *order) (any, error) { return reserveStock{Item: o.Item, Qty: o.Qty}, nil },
@@ -103,7 +111,7 @@ func orderDefinition(tn tuning) *saga.Definition[order] {
 				Payload: func(o *order) (any, error) { return reserveStock{Item: o.Item, Qty: o.Qty}, nil }},
 			Timeout: tn.Timeout, Retry: retry, CompensationRetry: compRetry, CompensationTimeout: tn.CompTimeout,
 		},
-		saga.Step[order]{
+		{
 			Name: "debit_credit",
 			Invoke: &saga.Invocation[order]{Topic: tn.UsersTopic, Command: "debit_credit", Type: "test.users.DebitCredit",
 				Payload: func(o *order) (any, error) { return debitCredit{User: o.User, Amount: o.Amount}, nil }},
@@ -111,7 +119,7 @@ func orderDefinition(tn tuning) *saga.Definition[order] {
 				Payload: func(o *order) (any, error) { return debitCredit{User: o.User, Amount: o.Amount}, nil }},
 			Timeout: tn.Timeout, Retry: retry, CompensationRetry: compRetry, CompensationTimeout: tn.CompTimeout,
 		},
-		saga.Step[order]{
+		{
 			Name: "approve_order", Kind: saga.Pivot,
 			// The pivot: a business rule checked in the orchestrator's own
 			// transaction. Orders for "vetoed" items are refused.
@@ -127,7 +135,11 @@ func orderDefinition(tn tuning) *saga.Definition[order] {
 				return nil
 			},
 		},
-	)
+	}
+	if tn.NoDebit {
+		steps = slices.Delete(steps, 1, 2)
+	}
+	return saga.MustDefinition("create_order", tn.Version, steps...)
 }
 
 // world is one test's infrastructure: its database, Kafka, registry, relay.
@@ -220,18 +232,18 @@ func (w *world) registryClient() srclient.ISchemaRegistryClient {
 }
 
 func (w *world) orchestratorConfig() saga.Config {
-	return saga.Config{Pool: w.pool, Writer: w.writer, Codec: w.codec, ReplyTopic: replyTopic,
-		Brokers: w.brokers, Registry: w.registryClient(), Registerer: prometheus.NewRegistry(), PollInterval: 20 * time.Millisecond,
-		NackResendSleep: 20 * time.Millisecond, Logger: testLogger(w.t)}
+	return saga.Config{ReplyTopic: replyTopic, PollInterval: 20 * time.Millisecond, NackResendSleep: 20 * time.Millisecond}
 }
 
-func (w *world) orchestrator(def *saga.Definition[order], mod func(*saga.Config)) *saga.Orchestrator[order] {
+// orchestrator builds an orchestrator of defs (the newest starts sagas);
+// mod may change its config and runtime (pool, registry, registerer).
+func (w *world) orchestrator(def *saga.Definition[order], mod func(*saga.Config, *testRuntime), more ...*saga.Definition[order]) *saga.Orchestrator[order] {
 	w.t.Helper()
-	cfg := w.orchestratorConfig()
+	cfg, rt := w.orchestratorConfig(), w.runtime(nil)
 	if mod != nil {
-		mod(&cfg)
+		mod(&cfg, rt)
 	}
-	o, err := saga.NewOrchestrator(def, cfg)
+	o, err := saga.NewOrchestrator(rt, cfg, append([]*saga.Definition[order]{def}, more...)...)
 	testkit.Must(w.t, err, "orchestrator")
 	return o
 }
@@ -275,18 +287,25 @@ func effect(ctx context.Context, tx pgx.Tx, cmd *saga.Command, what string) erro
 // another pool on it), writer, codec, Kafka and registry. Attach only
 // counts: the tests run each part themselves, with their own relay.
 type testRuntime struct {
-	w        *world
-	pool     *pgxpool.Pool
-	attached atomic.Int32
+	w          *world
+	pool       *pgxpool.Pool
+	registry   srclient.ISchemaRegistryClient // nil: the world's
+	registerer prometheus.Registerer
+	attached   atomic.Int32
 }
 
-func (r *testRuntime) Pool() *pgxpool.Pool                      { return r.pool }
-func (r *testRuntime) Writer() *outbox.Writer                   { return r.w.writer }
-func (r *testRuntime) Codec() *outbox.Codec                     { return r.w.codec }
-func (r *testRuntime) Brokers() []string                        { return r.w.brokers }
-func (r *testRuntime) Registry() srclient.ISchemaRegistryClient { return r.w.registryClient() }
-func (r *testRuntime) Logger() *slog.Logger                     { return testLogger(r.w.t) }
-func (r *testRuntime) Registerer() prometheus.Registerer        { return nil }
+func (r *testRuntime) Pool() *pgxpool.Pool    { return r.pool }
+func (r *testRuntime) Writer() *outbox.Writer { return r.w.writer }
+func (r *testRuntime) Codec() *outbox.Codec   { return r.w.codec }
+func (r *testRuntime) Brokers() []string      { return r.w.brokers }
+func (r *testRuntime) Registry() srclient.ISchemaRegistryClient {
+	if r.registry != nil {
+		return r.registry
+	}
+	return r.w.registryClient()
+}
+func (r *testRuntime) Logger() *slog.Logger              { return testLogger(r.w.t) }
+func (r *testRuntime) Registerer() prometheus.Registerer { return r.registerer }
 func (r *testRuntime) Attach(string, func(context.Context) error) error {
 	r.attached.Add(1)
 	return nil

@@ -414,19 +414,22 @@ func loadForUpdate(ctx context.Context, tx pgx.Tx, typ string, id uuid.UUID) (*s
 // the table was empty was a sequential scan, kept as the table grew, of
 // every saga, finished ones included, twice a second per poll worker.
 const loadDueSQL = `SELECT ` + stateColumns + `, admin_request FROM sagabox.sagas
-WHERE %[1]s <= $2 AND saga_type = $1 ORDER BY %[1]s LIMIT 1 FOR UPDATE SKIP LOCKED`
+WHERE %[1]s <= $2 AND saga_type = $1 AND definition_version = ANY($3::int4[])
+ORDER BY %[1]s LIMIT 1 FOR UPDATE SKIP LOCKED`
 
 var (
 	loadDeadlineSQL = fmt.Sprintf(loadDueSQL, "deadline")
 	loadRetrySQL    = fmt.Sprintf(loadDueSQL, "next_retry_at")
 )
 
-// loadDue locks one saga of typ whose deadline or retry time has come, or
-// returns nil. req is the saga's pending operator request (nil if none).
-func loadDue(ctx context.Context, tx pgx.Tx, typ string, now time.Time) (s *state, data []byte, req []byte, err error) {
+// loadDue locks one saga of typ, of one of versions, whose deadline or
+// retry time has come, or returns nil. req is the saga's pending operator
+// request (nil if none). Sagas of other versions are left to an
+// orchestrator that has theirs.
+func loadDue(ctx context.Context, tx pgx.Tx, typ string, versions []int, now time.Time) (s *state, data []byte, req []byte, err error) {
 	for _, sql := range []string{loadDeadlineSQL, loadRetrySQL} {
 		s = &state{}
-		err := scanState(tx.QueryRow(ctx, sql, pgx.QueryExecModeExec, typ, now), s, &data, &req)
+		err := scanState(tx.QueryRow(ctx, sql, pgx.QueryExecModeExec, typ, now, versions), s, &data, &req)
 		if errors.Is(err, pgx.ErrNoRows) {
 			continue
 		}

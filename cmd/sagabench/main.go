@@ -197,8 +197,8 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 	def := saga.MustDefinition("bench_order", 1, step("reserve_stock"), step("debit_credit"), step("ship"))
-	orch, err := saga.NewOrchestrator(def, saga.Config{Pool: orchPool, Writer: writer, Codec: codec,
-		ReplyTopic: "orders.replies", Brokers: brokers, Registry: srclient.NewSchemaRegistryClient(reg.URL()), Logger: log})
+	orch, err := saga.NewOrchestrator(&benchRuntime{pool: orchPool, writer: writer, codec: codec, brokers: brokers,
+		registry: srclient.NewSchemaRegistryClient(reg.URL()), log: log}, saga.Config{ReplyTopic: "orders.replies"}, def)
 	if err != nil {
 		return err
 	}
@@ -486,8 +486,8 @@ func cpuTimes(ctx context.Context, pool *pgxpool.Pool) (cpuSnapshot, error) {
 // clockTicks is USER_HZ, the unit of /proc/<pid>/stat times: 100 on Linux.
 const clockTicks = 100
 
-// benchRuntime is the saga.Runtime of a participant on its own pool; the
-// benchmark runs every part itself.
+// benchRuntime is the saga.Runtime of a component on its own pool (so that
+// its Postgres CPU is counted apart); the benchmark runs every part itself.
 type benchRuntime struct {
 	pool     *pgxpool.Pool
 	writer   *outbox.Writer
