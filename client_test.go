@@ -58,7 +58,7 @@ func TestNewClientRefusesBadConfig(t *testing.T) {
 	t.Parallel()
 	pool := testkit.NewDatabase(t).Pool
 	for name, cfg := range map[string]sagabox.Config{
-		"brokers without a registry": {Brokers: []string{"127.0.0.1:1"}},
+		"brokers without a registry":   {Brokers: []string{"127.0.0.1:1"}},
 		"a schema that does not parse": {Schemas: []string{`{"type": "record"`}},
 		"publishes an unknown schema":  {Schemas: []string{noteSchema}, Publishes: map[string][]string{"t": {"test.client.Nope"}}},
 	} {
@@ -82,8 +82,9 @@ func TestRunStopsAttachedPartsBeforeTheRelayDrains(t *testing.T) {
 	testkit.Must(t, c.Attach("writer-on-stop", func(ctx context.Context) error {
 		<-ctx.Done()
 		// The last thing a consumer does: write its reply.
-		err := pgx.BeginFunc(context.WithoutCancel(ctx), c.Pool(), func(tx pgx.Tx) error {
-			return c.Writer().Write(ctx, tx, outbox.Message{Topic: "notes", Key: "k", Value: &note{Text: "last words"}})
+		wctx := context.WithoutCancel(ctx)
+		err := pgx.BeginFunc(wctx, c.Pool(), func(tx pgx.Tx) error {
+			return c.Writer().Write(wctx, tx, outbox.Message{Topic: "notes", Key: "k", Type: "test.client.Note", Value: &note{Text: "last words"}})
 		})
 		stopped.Store(true)
 		return err
@@ -137,7 +138,7 @@ func TestClientWithoutBrokersRunsItsPartsAndKeepsMessagesPending(t *testing.T) {
 	go func() { done <- c.Run(runCtx) }()
 	<-ran
 	testkit.Must(t, pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
-		return c.Writer().Write(ctx, tx, outbox.Message{Topic: "notes", Value: &note{Text: "waits"}})
+		return c.Writer().Write(ctx, tx, outbox.Message{Topic: "notes", Type: "test.client.Note", Value: &note{Text: "waits"}})
 	}), "write")
 	cancel()
 	testkit.Must(t, <-done, "Run")

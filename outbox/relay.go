@@ -293,10 +293,17 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer r.running.Store(false)
 
 	client, conf, err := r.connect(ctx)
-	if err != nil {
-		if ctx.Err() != nil {
+	if err != nil && ctx.Err() != nil {
+		// Stopped before Kafka answered: one bounded try more, for the
+		// last pass (drain) over what is already waiting.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
+		client, conf, err = r.connect(cctx)
+		cancel()
+		if err != nil {
 			return nil
 		}
+	}
+	if err != nil {
 		return err
 	}
 	// One producer (one Kafka producer ID, its own sequence numbers) per
@@ -376,6 +383,10 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 	}
 
+	// A last pass over the shards it owns: what the parts that stop before
+	// the relay (consumers, HTTP handlers) wrote while stopping, their last
+	// replies and events, is published now rather than at the next start.
+	r.drain(ctx, producers)
 	stopHousekeeping()
 	relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -385,6 +396,37 @@ func (r *Relay) Run(ctx context.Context) error {
 	r.m.ownedShards.Sub(float64(ownedReported))
 	r.log.Info("outbox relay: stopped")
 	return nil
+}
+
+// drainTimeout bounds the relay's last pass at shutdown.
+const drainTimeout = 10 * time.Second
+
+// drain publishes what is pending in the owned shards, batch after batch,
+// until a batch comes back short, one fails, the leases are about to
+// expire or drainTimeout has passed.
+func (r *Relay) drain(ctx context.Context, producers []*batchProducer) {
+	until := time.Now().Add(drainTimeout)
+	if r.leases.lastTick.IsZero() { // stopped before the first lease tick
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.LeaseTTL)
+		err := r.leases.tick(tctx)
+		cancel()
+		if err != nil {
+			r.log.Warn("outbox relay: no leases for the last pass at shutdown", "err", err)
+			return
+		}
+	}
+	for time.Now().Before(until) && len(r.leases.owned) > 0 && time.Until(r.leases.deadline) >= 2*r.cfg.ProduceTimeout {
+		work, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*r.cfg.ProduceTimeout)
+		n, err := r.round(work, producers)
+		cancel()
+		if err != nil {
+			r.log.Warn("outbox relay: last pass at shutdown failed; the rest waits for the next relay", "err", err)
+			return
+		}
+		if n < r.cfg.BatchSize {
+			return
+		}
+	}
 }
 
 func (r *Relay) wait(ctx context.Context, d time.Duration) {

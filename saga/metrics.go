@@ -62,11 +62,11 @@ func newMetrics(reg prometheus.Registerer, sagaType string) (*metrics, error) {
 	}
 	return &metrics{
 		unknownVersion: unknown.With(labels),
-		started:     started.With(labels),
-		finished:    finished.MustCurryWith(labels),
-		stepLatency: latency.With(labels),
-		inFlight:    inFlight.With(labels),
-		ignored:     ignored.With(labels),
+		started:        started.With(labels),
+		finished:       finished.MustCurryWith(labels),
+		stepLatency:    latency.With(labels),
+		inFlight:       inFlight.With(labels),
+		ignored:        ignored.With(labels),
 	}, nil
 }
 

@@ -120,7 +120,7 @@ func run(ctx context.Context, databaseURL string, out io.Writer) error {
 			saga.HandleCommand("issue_stamp", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command, p IssueStamp) (any, error) {
 				next++
 				fmt.Fprintf(out, "participant: issue_stamp for %s -> %d\n", p.MemberID, next)
-				return &StampIssued{Number: next}, nil
+				return saga.Payload{Type: "quickstart.StampIssued", Value: &StampIssued{Number: next}}, nil
 			}),
 		},
 	}); err != nil {
@@ -180,7 +180,7 @@ func run(ctx context.Context, databaseURL string, out io.Writer) error {
 			return err
 		}
 		if err := client.Writer().Write(ctx, tx, outbox.Message{Topic: "member.events", Key: memberID,
-			Value: &MemberJoined{MemberID: memberID, Name: "Ada"}}); err != nil {
+			Type: "quickstart.MemberJoined", Value: &MemberJoined{MemberID: memberID, Name: "Ada"}}); err != nil {
 			return err
 		}
 		id, err := orch.Start(ctx, tx, welcome{MemberID: memberID})
