@@ -177,8 +177,10 @@ type Definition[D any] struct {
 // NewDefinition checks the steps and returns a definition. name identifies
 // the kind of saga (it is stored with each instance and labels metrics);
 // version is recorded with each instance, so that you can tell which
-// definition an old saga started with. Change the version when you change
-// the steps, and keep the old definition running until its sagas finish.
+// definition a saga started with, and each saga runs on that version's
+// steps. Change the version when you change the steps, and give both
+// versions to one orchestrator (NewOrchestrator(rt, cfg, v1, v2)) until
+// Admin.List shows no unfinished saga of the old one.
 func NewDefinition[D any](name string, version int, steps ...Step[D]) (*Definition[D], error) {
 	bad := func(format string, a ...any) (*Definition[D], error) {
 		return nil, fmt.Errorf("%w: %s: %s", ErrInvalidDefinition, name, fmt.Sprintf(format, a...))

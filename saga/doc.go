@@ -102,6 +102,23 @@
 // decoded go to a dead-letter topic (through the outbox) with the reason;
 // a registry outage is retried instead.
 //
+// # Changing a saga: versions
+//
+// A saga may run for minutes or days, longer than a deployment. Its steps
+// are code, so a saga started before a deployment must finish on the steps
+// it started with: a new step inserted before the pivot, run on an old
+// saga, would compensate something it never did. Each saga records its
+// definition's version; an orchestrator is given every version still
+// running (NewOrchestrator(rt, cfg, v1, v2)) and drives each saga with its
+// own, starting new ones on the newest. A saga whose version the
+// orchestrator does not have is never run on another version's steps: its
+// reply is not applied (ErrUnknownVersion, logged, counted, written to its
+// last_error) and its timers are left to an orchestrator that has it; its
+// deadline stays, so that orchestrator re-sends the command and the
+// participant's inbox answers with the stored reply. Temporal solves the
+// same problem with workflow versioning (GetVersion) inside the code; dtm
+// stores the whole branch list with each transaction.
+//
 // # What a saga costs
 //
 // Each step is a command and a reply through two outboxes and Kafka, and a
