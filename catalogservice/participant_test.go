@@ -11,7 +11,7 @@ import (
 	"github.com/sagabox/sagabox/catalogservice"
 	"github.com/sagabox/sagabox/catalogservice/ports"
 	"github.com/sagabox/sagabox/internal/platform/auth"
-	"github.com/sagabox/sagabox/internal/platform/messaging"
+	"github.com/sagabox/sagabox/internal/platform/config"
 	"github.com/sagabox/sagabox/internal/testkit"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/saga"
@@ -33,7 +33,7 @@ func decodeReply(t *testing.T, codec *outbox.Codec, value []byte) (outcome, reas
 
 // harness runs the service's saga handlers on its database.
 func (b bundle) harness(t *testing.T) *participanttest.Harness {
-	return participanttest.New(t, b.db.Pool, b.svc.Messaging().Codec,
+	return participanttest.New(t, b.db.Pool, b.svc.Client().Codec(),
 		saga.ParticipantConfig{Name: catalogservice.Name, Handlers: ports.SagaHandlers(b.svc.App())})
 }
 
@@ -116,7 +116,7 @@ func TestOnKafka(t *testing.T) {
 		Issuer: catalogservice.DefaultIssuer, Audience: catalogservice.DefaultAudience})
 	testkit.Must(t, err, "verifier")
 	svc, err := catalogservice.New(testkit.Ctx(t), catalogservice.Config{Pool: db.Pool, Verifier: verifier, Addr: "127.0.0.1:0",
-		Messaging: messaging.Config{Brokers: cluster.ListenAddrs(), RegistryURL: registry.URL()}})
+		Messaging: config.Kafka{Brokers: cluster.ListenAddrs(), RegistryURL: registry.URL()}})
 	testkit.Must(t, err, "new catalogservice")
 	defer svc.Close()
 	_, err = svc.App().AddProduct(context.Background(), "A", "Apple", 50, 10)
@@ -135,7 +135,7 @@ func TestOnKafka(t *testing.T) {
 	sagaID := uuid.NewString()
 	tx, err := db.Pool.Begin(context.Background())
 	testkit.Must(t, err, "begin")
-	testkit.Must(t, svc.Messaging().Writer.Write(context.Background(), tx,
+	testkit.Must(t, svc.Client().Writer().Write(context.Background(), tx,
 		outbox.Message{Topic: schemas.TopicCatalogCommands, Key: sagaID, Type: saga.CommandType, SagaID: sagaID, Value: map[string]any{
 			"saga_id": sagaID, "saga_type": "order", "step": 0, "step_name": "reserve_stock", "attempt": 1, "compensation": false,
 			"command": schemas.CommandReserveStock, "reply_topic": replyTopic, "payload_type": schemas.NameReserveStock, "payload": payload}},
@@ -154,7 +154,7 @@ func TestOnKafka(t *testing.T) {
 	if len(value) < 5 || value[0] != 0 {
 		t.Fatalf("reply is not in the Confluent wire format: % x", value[:min(8, len(value))])
 	}
-	outcome, _, reply := decodeReply(t, svc.Messaging().Codec, value[5:])
+	outcome, _, reply := decodeReply(t, svc.Client().Codec(), value[5:])
 	if outcome != "SUCCESS" || reply["total_cents"] != int64(100) {
 		t.Fatalf("reply %s %v", outcome, reply)
 	}

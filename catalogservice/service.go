@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sagabox/sagabox"
 	"github.com/sagabox/sagabox/catalogservice/adapters"
 	"github.com/sagabox/sagabox/catalogservice/app"
 	"github.com/sagabox/sagabox/catalogservice/ports"
@@ -18,9 +19,6 @@ import (
 	"github.com/sagabox/sagabox/internal/platform/config"
 	"github.com/sagabox/sagabox/internal/platform/dbpool"
 	"github.com/sagabox/sagabox/internal/platform/httpx"
-	"github.com/sagabox/sagabox/internal/platform/lifecycle"
-	"github.com/sagabox/sagabox/internal/platform/messaging"
-	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/saga"
 	"github.com/sagabox/sagabox/schemas"
 )
@@ -60,7 +58,7 @@ type Config struct {
 	// Messaging says where Kafka and the Schema Registry are (KAFKA_BROKERS,
 	// SCHEMA_REGISTRY_URL). Without brokers the service serves HTTP only:
 	// no saga commands, no order events.
-	Messaging messaging.Config
+	Messaging config.Kafka
 	// Logger defaults to a logger that discards everything. ConfigFromEnv
 	// sets a JSON logger at LOG_LEVEL (default info).
 	Logger *slog.Logger
@@ -77,7 +75,7 @@ func ConfigFromEnv() (Config, error) {
 		JWKSURL:     e.Required("JWKS_URL"),
 		Issuer:      e.String("JWT_ISSUER", DefaultIssuer),
 		Audience:    e.String("JWT_AUDIENCE", DefaultAudience),
-		Messaging:   messaging.FromEnv(e),
+		Messaging:   config.KafkaFromEnv(e),
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: e.LogLevel("LOG_LEVEL", slog.LevelInfo)}))
 	return cfg, e.Err()
@@ -122,9 +120,8 @@ type Service struct {
 	app     *app.Application
 	health  *httpx.Health
 	handler http.Handler
-	msg     *messaging.Messaging
+	client  *sagabox.Client
 	part    *saga.Participant
-	events  messaging.Consumer
 }
 
 // New connects to the database, applies the migrations and builds the HTTP
@@ -164,8 +161,14 @@ func (s *Service) init(ctx context.Context) error {
 	}
 	metrics := httpx.NewMetrics(Name)
 	var err error
-	s.msg, err = messaging.Setup(ctx, s.pool, s.cfg.Messaging, s.log, metrics.Registry)
+	s.client, err = sagabox.NewClient(s.pool, sagabox.Config{
+		Brokers: s.cfg.Messaging.Brokers, RegistryURL: s.cfg.Messaging.RegistryURL, Registry: s.cfg.Messaging.Registry,
+		Schemas: schemas.All(), Logger: s.log, Registerer: metrics.Registry,
+	})
 	if err != nil {
+		return fmt.Errorf("catalogservice: %w", err)
+	}
+	if err := s.client.Migrate(ctx); err != nil {
 		return fmt.Errorf("catalogservice: %w", err)
 	}
 	repo := adapters.NewCatalog(s.pool)
@@ -173,19 +176,16 @@ func (s *Service) init(ctx context.Context) error {
 
 	// The saga participant: reserve_stock and release_stock commands arrive
 	// on catalog.commands; replies leave through the outbox.
-	rt := &messaging.Runtime{DB: s.pool, Messaging: s.msg, Config: s.cfg.Messaging, Log: s.log, Metrics: metrics.Registry}
-	s.part, err = saga.NewParticipant(rt, saga.ParticipantConfig{Name: Name, CommandTopic: schemas.TopicCatalogCommands,
+	s.part, err = saga.NewParticipant(s.client, saga.ParticipantConfig{Name: Name, CommandTopic: schemas.TopicCatalogCommands,
 		Handlers: ports.SagaHandlers(s.app)})
 	if err != nil {
 		return err
 	}
 
 	// The read model's feed: order.events, deduplicated by the inbox.
-	if s.cfg.Messaging.Enabled() {
-		const consumer = Name + "-order-view"
-		s.events = messaging.Consumer{Name: consumer, Brokers: s.cfg.Messaging.Brokers, Topic: schemas.TopicOrderEvents,
-			Group: consumer, Inbox: saga.NewInbox(s.pool, consumer), Logger: s.log,
-			Handler: ports.OrderEventsHandler(s.app, outbox.NewDecoder(s.msg.Registry, s.msg.Codec), s.log)}
+	if _, err := saga.NewConsumer(s.client, saga.ConsumerConfig{Name: Name + "-order-view", Topic: schemas.TopicOrderEvents,
+		Handler: ports.OrderEventsHandler(s.app, s.log)}); err != nil {
+		return err
 	}
 
 	s.health = httpx.NewHealth()
@@ -209,8 +209,9 @@ func (s *Service) Pool() *pgxpool.Pool { return s.pool }
 // from Kafka; tests and the demo may call Process directly.
 func (s *Service) Participant() *saga.Participant { return s.part }
 
-// Messaging is the service's outbox side (codec, writer, relay).
-func (s *Service) Messaging() *messaging.Messaging { return s.msg }
+// Client is the service's messaging runtime (codec, writer, relay, the
+// participant and consumer attached to it).
+func (s *Service) Client() *sagabox.Client { return s.client }
 
 // Health lets the composition that adds consumers register their checks.
 func (s *Service) Health() *httpx.Health { return s.health }
@@ -230,18 +231,16 @@ func (s *Service) Run(ctx context.Context) error {
 
 // Serve is Run on a listener of the caller's.
 func (s *Service) Serve(ctx context.Context, l net.Listener) error {
-	front := []lifecycle.Part{func(ctx context.Context) error {
+	if err := s.client.Attach("http", func(ctx context.Context) error {
 		go func() { <-ctx.Done(); s.health.Drain() }()
 		return httpx.Serve(ctx, l, s.handler, s.log)
-	}}
-	var back []lifecycle.Part
-	if s.cfg.Messaging.Enabled() {
-		front = append(front, s.part.Run, s.events.Run)
-		back = append(back, s.msg.Relay.Run)
-	} else {
+	}); err != nil {
+		return err
+	}
+	if !s.cfg.Messaging.Enabled() {
 		s.log.Warn("catalogservice: KAFKA_BROKERS is not set: serving HTTP only, saga commands and order events are not consumed")
 	}
-	return lifecycle.Run(ctx, front, back)
+	return s.client.Run(ctx)
 }
 
 // Close closes the database pool when the service opened it.

@@ -18,7 +18,7 @@ import (
 
 	"github.com/sagabox/sagabox/catalogservice"
 	"github.com/sagabox/sagabox/internal/platform/auth"
-	"github.com/sagabox/sagabox/internal/platform/messaging"
+	"github.com/sagabox/sagabox/internal/platform/config"
 	"github.com/sagabox/sagabox/internal/testkit"
 	"github.com/sagabox/sagabox/orderservice"
 	"github.com/sagabox/sagabox/outbox"
@@ -63,7 +63,7 @@ func startShopWithPools(t *testing.T, ctx context.Context, maxConns int) *shop {
 	}
 	cluster := testkit.Kafka(t, 3)
 	registry := testkit.Registry(t)
-	msg := messaging.Config{Brokers: cluster.ListenAddrs(), RegistryURL: registry.URL()}
+	msg := config.Kafka{Brokers: cluster.ListenAddrs(), RegistryURL: registry.URL()}
 	s := &shop{errs: make(chan error, 3)}
 	listen := func() (net.Listener, string) {
 		l, err := net.Listen("tcp", "127.0.0.1:0")

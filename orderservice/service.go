@@ -12,16 +12,14 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sagabox/sagabox"
 	"github.com/sagabox/sagabox/internal/platform/auth"
 	"github.com/sagabox/sagabox/internal/platform/config"
 	"github.com/sagabox/sagabox/internal/platform/dbpool"
 	"github.com/sagabox/sagabox/internal/platform/httpx"
-	"github.com/sagabox/sagabox/internal/platform/lifecycle"
-	"github.com/sagabox/sagabox/internal/platform/messaging"
 	"github.com/sagabox/sagabox/orderservice/adapters"
 	"github.com/sagabox/sagabox/orderservice/app"
 	"github.com/sagabox/sagabox/orderservice/ports"
-	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/saga"
 	"github.com/sagabox/sagabox/schemas"
 )
@@ -69,7 +67,7 @@ type Config struct {
 	// SCHEMA_REGISTRY_URL). Without brokers the service serves HTTP only:
 	// orders are stored PENDING with their saga's first command, which waits
 	// in the outbox until a relay runs.
-	Messaging messaging.Config
+	Messaging config.Kafka
 	// Saga tunes the order saga's orchestrator (poll interval, retention...).
 	// ReplyTopic is set by the service.
 	Saga saga.Config
@@ -90,7 +88,7 @@ func ConfigFromEnv() (Config, error) {
 		Issuer:      e.String("JWT_ISSUER", DefaultIssuer),
 		Audience:    e.String("JWT_AUDIENCE", DefaultAudience),
 		CatalogURL:  e.String("CATALOG_URL", ""),
-		Messaging:   messaging.FromEnv(e),
+		Messaging:   config.KafkaFromEnv(e),
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: e.LogLevel("LOG_LEVEL", slog.LevelInfo)}))
 	return cfg, e.Err()
@@ -140,7 +138,7 @@ type Service struct {
 	app     *app.Application
 	health  *httpx.Health
 	handler http.Handler
-	msg     *messaging.Messaging
+	client  *sagabox.Client
 	orch    *saga.Orchestrator[app.SagaData]
 }
 
@@ -181,28 +179,30 @@ func (s *Service) init(ctx context.Context) error {
 	}
 	metrics := httpx.NewMetrics(Name)
 	var err error
-	s.msg, err = messaging.Setup(ctx, s.pool, s.cfg.Messaging, s.log, metrics.Registry)
+	// The client owns the service's messaging. Run refuses to start with an
+	// order event schema the registry's consumers could not read (BACKWARD
+	// compatibility), rather than park events later.
+	s.client, err = sagabox.NewClient(s.pool, sagabox.Config{
+		Brokers: s.cfg.Messaging.Brokers, RegistryURL: s.cfg.Messaging.RegistryURL, Registry: s.cfg.Messaging.Registry,
+		Schemas: schemas.All(),
+		Publishes: map[string][]string{schemas.TopicOrderEvents: {
+			schemas.NameOrderCreated, schemas.NameOrderApproved, schemas.NameOrderCancelled}},
+		Logger: s.log, Registerer: metrics.Registry,
+	})
 	if err != nil {
 		return fmt.Errorf("orderservice: %w", err)
 	}
-	// Refuse to start with an order event schema the registry's consumers
-	// could not read (BACKWARD compatibility), rather than park events later.
-	// Without Kafka there is no registry, and nothing to check.
-	if s.msg.Registry != nil {
-		if err := outbox.RegisterSchemas(s.msg.Registry, s.msg.Codec, schemas.TopicOrderEvents,
-			schemas.NameOrderCreated, schemas.NameOrderApproved, schemas.NameOrderCancelled); err != nil {
-			return fmt.Errorf("orderservice: %w", err)
-		}
+	if err := s.client.Migrate(ctx); err != nil {
+		return fmt.Errorf("orderservice: %w", err)
 	}
-	repo := adapters.NewOrders(s.pool, s.msg.Writer)
+	repo := adapters.NewOrders(s.pool, s.client.Writer())
 
 	// The order saga's orchestrator: Start runs inside PlaceOrder's
 	// transaction; Run consumes the participants' replies on ReplyTopic and
 	// fires the timeouts and retries stored in the database.
 	sc := s.cfg.Saga
 	sc.ReplyTopic = ReplyTopic
-	rt := &messaging.Runtime{DB: s.pool, Messaging: s.msg, Config: s.cfg.Messaging, Log: s.log, Metrics: metrics.Registry}
-	s.orch, err = saga.NewOrchestrator(rt, sc, app.OrderSaga(repo))
+	s.orch, err = saga.NewOrchestrator(s.client, sc, app.OrderSaga(repo))
 	if err != nil {
 		return fmt.Errorf("orderservice: %w", err)
 	}
@@ -236,8 +236,9 @@ func (s *Service) Pool() *pgxpool.Pool { return s.pool }
 // Retry and Abort are the operator's levers on a failed or stuck saga.
 func (s *Service) Orchestrator() *saga.Orchestrator[app.SagaData] { return s.orch }
 
-// Messaging is the service's outbox side (codec, writer, relay).
-func (s *Service) Messaging() *messaging.Messaging { return s.msg }
+// Client is the service's messaging runtime (codec, writer, relay, the
+// orchestrator attached to it).
+func (s *Service) Client() *sagabox.Client { return s.client }
 
 // Health lets the composition that adds consumers register their checks.
 func (s *Service) Health() *httpx.Health { return s.health }
@@ -257,18 +258,16 @@ func (s *Service) Run(ctx context.Context) error {
 
 // Serve is Run on a listener of the caller's.
 func (s *Service) Serve(ctx context.Context, l net.Listener) error {
-	front := []lifecycle.Part{func(ctx context.Context) error {
+	if err := s.client.Attach("http", func(ctx context.Context) error {
 		go func() { <-ctx.Done(); s.health.Drain() }()
 		return httpx.Serve(ctx, l, s.handler, s.log)
-	}}
-	var back []lifecycle.Part
-	if s.cfg.Messaging.Enabled() {
-		front = append(front, s.orch.Run)
-		back = append(back, s.msg.Relay.Run)
-	} else {
+	}); err != nil {
+		return err
+	}
+	if !s.cfg.Messaging.Enabled() {
 		s.log.Warn("orderservice: KAFKA_BROKERS is not set: serving HTTP only: orders stay PENDING, their commands wait in the outbox")
 	}
-	return lifecycle.Run(ctx, front, back)
+	return s.client.Run(ctx)
 }
 
 // Close closes the database pool when the service opened it.

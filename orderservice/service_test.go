@@ -116,7 +116,7 @@ func TestPlaceOrderWritesOrderEventSagaAndFirstCommandTogether(t *testing.T) {
 		t.Fatalf("written: %s", got)
 	}
 	var got []string
-	for _, m := range outboxtest.Messages(t, b.db.Pool, b.svc.Messaging().Codec) {
+	for _, m := range outboxtest.Messages(t, b.db.Pool, b.svc.Client().Codec()) {
 		got = append(got, fmt.Sprintf("%s %s %s corr=%v", m.Topic, m.Type, map[bool]string{true: "key=order"}[m.Key == id], m.CorrelationID == id))
 	}
 	want := []string{

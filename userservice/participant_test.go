@@ -8,7 +8,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/hamba/avro/v2"
 
-	"github.com/sagabox/sagabox/internal/platform/messaging"
+	"github.com/sagabox/sagabox/internal/platform/config"
 	"github.com/sagabox/sagabox/internal/testkit"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/saga"
@@ -24,7 +24,7 @@ const replyTopic = "order.saga.replies"
 
 // harness runs the service's saga handlers on its database.
 func (b bundle) harness(t *testing.T) *participanttest.Harness {
-	return participanttest.New(t, b.db.Pool, b.svc.Messaging().Codec,
+	return participanttest.New(t, b.db.Pool, b.svc.Client().Codec(),
 		saga.ParticipantConfig{Name: userservice.Name, Handlers: ports.SagaHandlers(b.svc.App())})
 }
 
@@ -102,7 +102,7 @@ func TestOnKafka(t *testing.T) {
 	registry := testkit.Registry(t)
 	svc, err := userservice.New(testkit.Ctx(t), userservice.Config{Pool: db.Pool, Addr: "127.0.0.1:0",
 		PasswordParams: adapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1},
-		Messaging:      messaging.Config{Brokers: cluster.ListenAddrs(), RegistryURL: registry.URL()}})
+		Messaging:      config.Kafka{Brokers: cluster.ListenAddrs(), RegistryURL: registry.URL()}})
 	testkit.Must(t, err, "new userservice")
 	defer svc.Close()
 	u, err := svc.App().SignUp(context.Background(), app.SignUp{Email: "kafka@example.com", Password: "password-123", Name: "K"})
@@ -117,7 +117,7 @@ func TestOnKafka(t *testing.T) {
 	testkit.Must(t, err, "payload")
 	tx, err := db.Pool.Begin(context.Background())
 	testkit.Must(t, err, "begin")
-	testkit.Must(t, svc.Messaging().Writer.Write(context.Background(), tx,
+	testkit.Must(t, svc.Client().Writer().Write(context.Background(), tx,
 		outbox.Message{Topic: schemas.TopicUserCommands, Key: sagaID, Type: saga.CommandType, SagaID: sagaID, Value: map[string]any{
 			"saga_id": sagaID, "saga_type": "order", "step": 1, "step_name": "debit_credit", "attempt": 1, "compensation": false,
 			"command": schemas.CommandDebitCredit, "reply_topic": replyTopic, "payload_type": schemas.NameDebitCredit, "payload": payload}}), "write")
@@ -128,7 +128,7 @@ func TestOnKafka(t *testing.T) {
 		t.Fatalf("%d replies on %s", len(replies), replyTopic)
 	}
 	var r map[string]any
-	testkit.Must(t, avro.Unmarshal(svc.Messaging().Codec.MustSchema(saga.ReplyType), replies[0].Value[5:], &r), "decode reply")
+	testkit.Must(t, avro.Unmarshal(svc.Client().Codec().MustSchema(saga.ReplyType), replies[0].Value[5:], &r), "decode reply")
 	if r["outcome"] != "SUCCESS" || replies[0].Key != sagaID {
 		t.Fatalf("reply %v key %q", r, replies[0].Key)
 	}

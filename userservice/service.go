@@ -13,12 +13,11 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sagabox/sagabox"
 	"github.com/sagabox/sagabox/internal/platform/auth"
 	"github.com/sagabox/sagabox/internal/platform/config"
 	"github.com/sagabox/sagabox/internal/platform/dbpool"
 	"github.com/sagabox/sagabox/internal/platform/httpx"
-	"github.com/sagabox/sagabox/internal/platform/lifecycle"
-	"github.com/sagabox/sagabox/internal/platform/messaging"
 	"github.com/sagabox/sagabox/internal/platform/ratelimit"
 	"github.com/sagabox/sagabox/saga"
 	"github.com/sagabox/sagabox/schemas"
@@ -79,7 +78,7 @@ type Config struct {
 	// Messaging says where Kafka and the Schema Registry are (KAFKA_BROKERS,
 	// SCHEMA_REGISTRY_URL). Without brokers the service serves HTTP only
 	// and does not consume saga commands.
-	Messaging messaging.Config
+	Messaging config.Kafka
 	// PasswordParams are the argon2id costs. Defaults to
 	// adapters.DefaultArgon2idParams; tests lower them.
 	PasswordParams adapters.Argon2idParams
@@ -104,7 +103,7 @@ func ConfigFromEnv() (Config, error) {
 		AdminPassword:       e.Secret("ADMIN_PASSWORD", ""),
 		LoginBurst:          e.Int("LOGIN_BURST", DefaultLoginBurst),
 		LoginEvery:          e.Duration("LOGIN_EVERY", DefaultLoginEvery),
-		Messaging:           messaging.FromEnv(e),
+		Messaging:           config.KafkaFromEnv(e),
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: e.LogLevel("LOG_LEVEL", slog.LevelInfo)}))
 	if k := e.Secret("JWT_SIGNING_KEY", ""); k != "" {
@@ -171,7 +170,7 @@ type Service struct {
 	issuer  *auth.Issuer
 	health  *httpx.Health
 	handler http.Handler
-	msg     *messaging.Messaging
+	client  *sagabox.Client
 	part    *saga.Participant
 }
 
@@ -224,8 +223,14 @@ func (s *Service) init(ctx context.Context) error {
 		return err
 	}
 	metrics := httpx.NewMetrics(Name)
-	s.msg, err = messaging.Setup(ctx, s.pool, cfg.Messaging, s.log, metrics.Registry)
+	s.client, err = sagabox.NewClient(s.pool, sagabox.Config{
+		Brokers: cfg.Messaging.Brokers, RegistryURL: cfg.Messaging.RegistryURL, Registry: cfg.Messaging.Registry,
+		Schemas: schemas.All(), Logger: s.log, Registerer: metrics.Registry,
+	})
 	if err != nil {
+		return fmt.Errorf("userservice: %w", err)
+	}
+	if err := s.client.Migrate(ctx); err != nil {
 		return fmt.Errorf("userservice: %w", err)
 	}
 	repo := adapters.NewUsers(s.pool)
@@ -242,8 +247,7 @@ func (s *Service) init(ctx context.Context) error {
 	}
 	// The saga participant: debit_credit and refund_credit commands arrive
 	// on user.commands; replies leave through the outbox.
-	rt := &messaging.Runtime{DB: s.pool, Messaging: s.msg, Config: cfg.Messaging, Log: s.log, Metrics: metrics.Registry}
-	s.part, err = saga.NewParticipant(rt, saga.ParticipantConfig{Name: Name, CommandTopic: schemas.TopicUserCommands,
+	s.part, err = saga.NewParticipant(s.client, saga.ParticipantConfig{Name: Name, CommandTopic: schemas.TopicUserCommands,
 		Handlers: ports.SagaHandlers(s.app)})
 	if err != nil {
 		return err
@@ -272,8 +276,9 @@ func (s *Service) Pool() *pgxpool.Pool { return s.pool }
 // from Kafka; tests and the demo may call Process directly.
 func (s *Service) Participant() *saga.Participant { return s.part }
 
-// Messaging is the service's outbox side (codec, writer, relay).
-func (s *Service) Messaging() *messaging.Messaging { return s.msg }
+// Client is the service's messaging runtime (codec, writer, relay, the
+// participant attached to it).
+func (s *Service) Client() *sagabox.Client { return s.client }
 
 // Health lets the composition that adds consumers register their checks.
 func (s *Service) Health() *httpx.Health { return s.health }
@@ -297,18 +302,16 @@ func (s *Service) Run(ctx context.Context) error {
 
 // Serve is Run on a listener of the caller's.
 func (s *Service) Serve(ctx context.Context, l net.Listener) error {
-	front := []lifecycle.Part{func(ctx context.Context) error {
+	if err := s.client.Attach("http", func(ctx context.Context) error {
 		go func() { <-ctx.Done(); s.health.Drain() }()
 		return httpx.Serve(ctx, l, s.handler, s.log)
-	}}
-	var back []lifecycle.Part
-	if s.cfg.Messaging.Enabled() {
-		front = append(front, s.part.Run)
-		back = append(back, s.msg.Relay.Run)
-	} else {
+	}); err != nil {
+		return err
+	}
+	if !s.cfg.Messaging.Enabled() {
 		s.log.Warn("userservice: KAFKA_BROKERS is not set: serving HTTP only, saga commands are not consumed")
 	}
-	return lifecycle.Run(ctx, front, back)
+	return s.client.Run(ctx)
 }
 
 // Close closes the database pool when the service opened it.

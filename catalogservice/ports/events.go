@@ -1,11 +1,12 @@
 package ports
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 
-	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/sagabox/sagabox/catalogservice/app"
 	"github.com/sagabox/sagabox/outbox"
@@ -13,26 +14,16 @@ import (
 	"github.com/sagabox/sagabox/schemas"
 )
 
-// Decoder turns a Confluent-framed Avro value into v (outbox.Decoder).
-type Decoder interface {
-	Decode(data []byte, v any) (string, error)
-}
-
 // OrderEventsHandler feeds the order read model from order.events. It runs
-// inside the saga.Inbox middleware's transaction (a redelivered event is
-// skipped before it gets here). Events of other types are skipped; an event
-// that can never be decoded is logged and skipped (the view is a projection
-// and can be rebuilt); a registry outage is returned, so the event comes
-// again (PITFALLS.md 15).
-func OrderEventsHandler(a *app.Application, dec Decoder, log *slog.Logger) message.NoPublishHandlerFunc {
-	return func(msg *message.Message) error {
-		ctx := msg.Context()
-		tx, ok := saga.Tx(ctx)
-		if !ok {
-			return errors.New("catalogservice: order events handler must run inside saga.Inbox middleware")
-		}
+// in the saga.Consumer's transaction, which also records the event in the
+// inbox (a redelivered event is skipped before it gets here). Events of
+// other types are skipped; an event that can never be decoded is logged and
+// skipped (the view is a projection and can be rebuilt); a registry outage
+// is returned, so the event comes again (PITFALLS.md 15).
+func OrderEventsHandler(a *app.Application, log *slog.Logger) saga.EventHandler {
+	return func(ctx context.Context, tx pgx.Tx, e *saga.Event) error {
 		var event any
-		switch typ := msg.Metadata.Get(outbox.HeaderType); typ {
+		switch e.Type {
 		case schemas.NameOrderCreated:
 			event = &schemas.OrderCreated{}
 		case schemas.NameOrderApproved:
@@ -40,22 +31,22 @@ func OrderEventsHandler(a *app.Application, dec Decoder, log *slog.Logger) messa
 		case schemas.NameOrderCancelled:
 			event = &schemas.OrderCancelled{}
 		default:
-			log.DebugContext(ctx, "catalogservice: skipping event of another type", "type", typ, "message_id", msg.UUID)
+			log.DebugContext(ctx, "catalogservice: skipping event of another type", "type", e.Type, "message_id", e.ID)
 			return nil
 		}
-		if _, err := dec.Decode(msg.Payload, event); err != nil {
+		if err := e.Decode(event); err != nil {
 			if errors.Is(err, outbox.ErrRegistryUnavailable) {
 				return err
 			}
-			log.ErrorContext(ctx, "catalogservice: skipping undecodable order event", "message_id", msg.UUID, "err", err)
+			log.ErrorContext(ctx, "catalogservice: skipping undecodable order event", "message_id", e.ID, "err", err)
 			return nil
 		}
 		if err := a.ApplyOrderEvent(ctx, tx, event); err != nil {
 			if errors.Is(err, app.ErrUnknownEvent) {
-				log.WarnContext(ctx, "catalogservice: skipping order event", "message_id", msg.UUID, "err", err)
+				log.WarnContext(ctx, "catalogservice: skipping order event", "message_id", e.ID, "err", err)
 				return nil
 			}
-			return fmt.Errorf("apply order event %s: %w", msg.UUID, err)
+			return fmt.Errorf("apply order event %s: %w", e.ID, err)
 		}
 		return nil
 	}

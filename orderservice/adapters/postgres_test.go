@@ -9,7 +9,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/sagabox/sagabox/internal/platform/messaging"
+	"github.com/sagabox/sagabox"
 	"github.com/sagabox/sagabox/internal/testkit"
 	"github.com/sagabox/sagabox/orderservice/adapters"
 	"github.com/sagabox/sagabox/orderservice/domain"
@@ -19,7 +19,7 @@ import (
 	"github.com/sagabox/sagabox/schemas"
 )
 
-// codec is the one messaging.Setup builds, to read the outbox with.
+// codec is the one the service's client builds, to read the outbox with.
 var codec = outbox.MustCodec(append(saga.Schemas(), schemas.All()...)...)
 
 func repo(t *testing.T) (*adapters.Orders, *testkit.Database) {
@@ -27,9 +27,10 @@ func repo(t *testing.T) (*adapters.Orders, *testkit.Database) {
 	db := testkit.NewDatabase(t)
 	ctx := context.Background()
 	testkit.Must(t, adapters.Migrate(ctx, db.Pool), "migrate")
-	msg, err := messaging.Setup(ctx, db.Pool, messaging.Config{}, nil, nil)
-	testkit.Must(t, err, "messaging")
-	return adapters.NewOrders(db.Pool, msg.Writer), db
+	client, err := sagabox.NewClient(db.Pool, sagabox.Config{Schemas: schemas.All()})
+	testkit.Must(t, err, "client")
+	testkit.Must(t, client.Migrate(ctx), "migrate sagabox")
+	return adapters.NewOrders(db.Pool, client.Writer()), db
 }
 
 func count(t *testing.T, db *testkit.Database, sql string) int {

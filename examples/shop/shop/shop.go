@@ -23,7 +23,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sr/srfake"
 
 	"github.com/sagabox/sagabox/catalogservice"
-	"github.com/sagabox/sagabox/internal/platform/messaging"
+	"github.com/sagabox/sagabox/internal/platform/config"
 	"github.com/sagabox/sagabox/orderservice"
 	"github.com/sagabox/sagabox/saga"
 	"github.com/sagabox/sagabox/schemas"
@@ -204,7 +204,7 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 	go func() { _ = registry.Serve(rl) }()
 	s.cleanup = append(s.cleanup, func() error { return registry.Close() })
 	s.RegistryURL = "http://" + rl.Addr().String()
-	msg := messaging.Config{Brokers: s.Brokers, RegistryURL: s.RegistryURL}
+	msg := config.Kafka{Brokers: s.Brokers, RegistryURL: s.RegistryURL}
 
 	// The services. Listening first gives the URLs they point at each other
 	// with, and fails early on a taken port.
