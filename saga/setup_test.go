@@ -354,6 +354,9 @@ func (w *world) participants(group string) (catalog, users *saga.Participant) {
 		}))
 	users = mk("users", usersTopic,
 		saga.HandleCommand("debit_credit", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command, d debitCredit) (any, error) {
+			if fault(ctx, tx, "debit_fails") {
+				return nil, fmt.Errorf("debit: ledger down")
+			}
 			tag, err := tx.Exec(ctx, `UPDATE credit SET balance = balance - $2 WHERE username = $1 AND balance >= $2`, d.User, d.Amount)
 			if err != nil {
 				return nil, err
