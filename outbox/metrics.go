@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sagabox/sagabox/internal/promreg"
 )
 
 // Failure outcomes, the values of the "outcome" label of
@@ -75,15 +77,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	if reg != nil {
 		var errs [9]error
-		m.pending, errs[0] = register(reg, m.pending)
-		m.oldestAge, errs[1] = register(reg, m.oldestAge)
-		m.parkedTotal, errs[2] = register(reg, m.parkedTotal)
-		m.published, errs[3] = register(reg, m.published)
-		m.failed, errs[4] = register(reg, m.failed)
-		m.batchSize, errs[5] = register(reg, m.batchSize)
-		m.batchDuration, errs[6] = register(reg, m.batchDuration)
-		m.ownedShards, errs[7] = register(reg, m.ownedShards)
-		m.vacuums, errs[8] = register(reg, m.vacuums)
+		m.pending, errs[0] = promreg.Register(reg, m.pending)
+		m.oldestAge, errs[1] = promreg.Register(reg, m.oldestAge)
+		m.parkedTotal, errs[2] = promreg.Register(reg, m.parkedTotal)
+		m.published, errs[3] = promreg.Register(reg, m.published)
+		m.failed, errs[4] = promreg.Register(reg, m.failed)
+		m.batchSize, errs[5] = promreg.Register(reg, m.batchSize)
+		m.batchDuration, errs[6] = promreg.Register(reg, m.batchDuration)
+		m.ownedShards, errs[7] = promreg.Register(reg, m.ownedShards)
+		m.vacuums, errs[8] = promreg.Register(reg, m.vacuums)
 		if err := errors.Join(errs[:]...); err != nil {
 			return nil, fmt.Errorf("outbox: register relay metrics: %w", err)
 		}
@@ -93,19 +95,4 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.failed.WithLabelValues(failedRetry)
 	m.failed.WithLabelValues(failedParked)
 	return m, nil
-}
-
-// register registers c with reg, or returns the equal collector registered
-// there before.
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing, nil
-			}
-		}
-		return c, err
-	}
-	return c, nil
 }

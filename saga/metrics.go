@@ -1,9 +1,9 @@
 package saga
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sagabox/sagabox/internal/promreg"
 )
 
 // metrics are labelled by saga type. Several orchestrators may share one
@@ -36,22 +36,22 @@ func newMetrics(reg prometheus.Registerer, sagaType string) (*metrics, error) {
 		Name: "unknown_version_total", Help: "Replies and timers of sagas whose definition version this orchestrator does not have (left alone)."}, []string{"saga_type"})
 	if reg != nil {
 		var err error
-		if unknown, err = register(reg, unknown); err != nil {
+		if unknown, err = promreg.Register(reg, unknown); err != nil {
 			return nil, err
 		}
-		if started, err = register(reg, started); err != nil {
+		if started, err = promreg.Register(reg, started); err != nil {
 			return nil, err
 		}
-		if finished, err = register(reg, finished); err != nil {
+		if finished, err = promreg.Register(reg, finished); err != nil {
 			return nil, err
 		}
-		if latency, err = register(reg, latency); err != nil {
+		if latency, err = promreg.Register(reg, latency); err != nil {
 			return nil, err
 		}
-		if inFlight, err = register(reg, inFlight); err != nil {
+		if inFlight, err = promreg.Register(reg, inFlight); err != nil {
 			return nil, err
 		}
-		if ignored, err = register(reg, ignored); err != nil {
+		if ignored, err = promreg.Register(reg, ignored); err != nil {
 			return nil, err
 		}
 	}
@@ -68,19 +68,6 @@ func newMetrics(reg prometheus.Registerer, sagaType string) (*metrics, error) {
 		inFlight:       inFlight.With(labels),
 		ignored:        ignored.With(labels),
 	}, nil
-}
-
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing, nil
-			}
-		}
-		return c, err
-	}
-	return c, nil
 }
 
 func (m *metrics) record(finishes []Status, hist []*histOp) {

@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -263,7 +262,7 @@ type Participant struct {
 	handlers map[string]HandlerFunc
 	decoder  *outbox.Decoder
 	batch    *batcher[*Command]
-	started  atomic.Bool
+	once     runOnce
 }
 
 // NewParticipant checks cfg, fills its defaults and attaches the
@@ -658,8 +657,8 @@ func (p *Participant) Run(ctx context.Context) error {
 	if len(p.brokers) == 0 || p.decoder == nil || p.cfg.CommandTopic == "" {
 		return fmt.Errorf("%w: Participant.Run needs the Runtime's Brokers and Registry, and ParticipantConfig.CommandTopic", ErrInvalidConfig)
 	}
-	if !p.started.CompareAndSwap(false, true) {
-		return fmt.Errorf("saga: participant %s: Run was called twice", p.cfg.Name)
+	if err := p.once.start("saga.Participant " + p.cfg.Name); err != nil {
+		return err
 	}
 	stop := p.batch.start(ctx, batchWorkers)
 	defer stop() // after the router: its handlers wait on the batcher

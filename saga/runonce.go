@@ -7,7 +7,7 @@ import (
 )
 
 // errRunTwice is what a second Run returns.
-var errRunTwice = errors.New("saga: Run called twice")
+var errRunTwice = errors.New("saga: Run was called twice")
 
 // runOnce makes a second Run fail: a Run's consumers, batchers and timers
 // are not made to be started again, and two Runs of one value would consume
