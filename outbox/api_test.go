@@ -1,6 +1,7 @@
 package outbox_test
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"slices"
@@ -220,11 +221,13 @@ func TestMigrationsListTheFilesMigrateApplies(t *testing.T) {
 	}
 }
 
-// A relay runs once: a second Run, while the first is running, is an error.
+// A relay runs once: a second Run, while the first is running or after it
+// returned, is an error (as for the client, orchestrators, participants and
+// consumers).
 func TestRelayRunRefusesASecondCall(t *testing.T) {
 	t.Parallel()
 	rb := setupRelay(t, 1)
-	relay, _ := rb.startRelay(t, nil)
+	relay, stop := rb.startRelay(t, nil)
 	ctx := testkit.Ctx(t)
 	testkit.Eventually(t, 10*time.Second, "the first Run holds leases", func() bool {
 		var n int
@@ -233,5 +236,11 @@ func TestRelayRunRefusesASecondCall(t *testing.T) {
 	})
 	if err := relay.Run(ctx); err == nil || !strings.Contains(err.Error(), "twice") {
 		t.Fatalf("second Run: want an error, got %v", err)
+	}
+	stop()
+	done, cancel := context.WithCancel(ctx)
+	cancel() // a relay that ran again would stop at once and return nil
+	if err := relay.Run(done); err == nil || !strings.Contains(err.Error(), "twice") {
+		t.Fatalf("Run after the first returned: want an error, got %v", err)
 	}
 }

@@ -288,9 +288,8 @@ const (
 // start (Kafka unreachable until ctx ends counts as shutdown, not an error).
 func (r *Relay) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
-		return errors.New("outbox: Relay.Run called twice")
+		return errors.New("outbox: Relay.Run was called twice: a relay runs once; build another with NewRelay to run again")
 	}
-	defer r.running.Store(false)
 
 	client, conf, err := r.connect(ctx)
 	if err != nil && ctx.Err() != nil {
