@@ -119,6 +119,21 @@
 // same problem with workflow versioning (GetVersion) inside the code; dtm
 // stores the whole branch list with each transaction.
 //
+// # Waiting for the outcome
+//
+// A client that starts a saga usually wants its outcome, not "pending",
+// and should not poll the table for it. The transaction that finishes a
+// saga also sends a Postgres NOTIFY on FinishedChannel with the saga's ID
+// (only terminal transitions notify, so a saga costs one notification,
+// delivered after its final state commits). A Waiter (NewWaiter, run by
+// the client) holds one LISTEN connection per process and wakes the
+// requests waiting on that saga: Waiter.Wait(ctx, id) returns the finished
+// saga, or the saga so far when ctx ends. It works across instances, since
+// the notification comes from whichever orchestrator finished the saga,
+// and it looks again after reconnecting, since notifications sent while
+// its connection was down are lost. The order service answers
+// `Prefer: wait=N` with it.
+//
 // # What a saga costs
 //
 // Each step is a command and a reply through two outboxes and Kafka, and a

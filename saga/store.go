@@ -214,8 +214,16 @@ func (e *txEnv[D]) queue(ctx context.Context, b *pgx.Batch, w *outbox.Writer, s 
 			b.Queue(insertStepSQL, id, h.step, h.compensation, h.attempt, h.name, h.startedAt, h.endedAt, string(h.outcome), h.errText)
 		}
 	}
+	if len(e.finishes) > 0 {
+		b.Queue(notifyFinishedSQL, []string{s.ID.String()})
+	}
 	return w.Write(ctx, batchExecer{b}, e.messages(s, causation)...)
 }
+
+// notifyFinishedSQL announces on FinishedChannel, when the transaction
+// commits, the IDs of the sagas it finished (see Waiter). Only terminal
+// transitions notify: one notification per saga.
+const notifyFinishedSQL = `SELECT pg_notify('` + FinishedChannel + `', id) FROM unnest($1::text[]) id`
 
 // messages are the outbox messages of the commands e sent for s.
 func (e *txEnv[D]) messages(s *state, causation string) []outbox.Message {
@@ -246,8 +254,9 @@ type savedSaga[D any] struct {
 func queueMany[D any](ctx context.Context, w *outbox.Writer, sagas []savedSaga[D]) (b *pgx.Batch, read func(pgx.BatchResults) error, err error) {
 	b = &pgx.Batch{}
 	var (
-		msgs []outbox.Message
-		hist stepRows
+		msgs     []outbox.Message
+		hist     stepRows
+		finished []string
 	)
 	for _, sv := range sagas {
 		s := sv.state
@@ -260,10 +269,16 @@ func queueMany[D any](ctx context.Context, w *outbox.Writer, sagas []savedSaga[D
 			}
 		}
 		msgs = append(msgs, sv.env.messages(s, sv.causation)...)
+		if len(sv.env.finishes) > 0 {
+			finished = append(finished, s.ID.String())
+		}
 	}
 	if len(hist.ids) > 0 {
 		b.Queue(insertStepsSQL, hist.ids, hist.steps, hist.comps, hist.attempts, hist.names, hist.started,
 			hist.ended, hist.outcomes, hist.errs)
+	}
+	if len(finished) > 0 {
+		b.Queue(notifyFinishedSQL, finished)
 	}
 	if err := w.Write(ctx, batchExecer{b}, msgs...); err != nil {
 		return nil, nil, err
