@@ -21,6 +21,16 @@
 // backends, by component (each has its own pool and application_name): a
 // steadier figure than throughput on a shared machine.
 //
+// Unpaced (the default), it then runs paced at a quarter and at half of the
+// capacity it just measured, -paced-seconds each, and prints
+//
+//	system=saga-paced rate=<r> sagas_per_sec=<n> p50_ms=<x> p99_ms=<y>
+//
+// for each. For every phase it prints to stderr where a saga's time went,
+// per step: the command leg (command written until the participant's
+// handler runs) and the reply leg (handler until the orchestrator applied
+// the reply), p50 and p99.
+//
 // It creates a fresh database on -database-url and drops it at the end.
 //
 //	go run ./cmd/sagabench                       # 10,000 sagas, unpaced
@@ -83,6 +93,7 @@ func main() {
 	start := flag.String("start", "queue", "how each saga starts in its own transaction: queue (Orchestrator.Queue, sent with outbox.SendTx: one round trip) or start (Orchestrator.Start in pgx.BeginFunc: three)")
 	verbose := flag.Bool("v", false, "log at debug level")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	pacedSeconds := flag.Int("paced-seconds", 10, "after the unpaced run, run paced at a quarter and at half of its capacity for this long each (0: skip; ignored with -rate)")
 	flag.Parse()
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -99,7 +110,7 @@ func main() {
 		os.Exit(2)
 	}
 	o := options{adminURL: *databaseURL, n: *sagas, starters: *starters, rate: *rate, partitions: *partitions,
-		maxConns: int32(*maxConns), queue: *start == "queue", verbose: *verbose}
+		maxConns: int32(*maxConns), queue: *start == "queue", verbose: *verbose, pacedSeconds: *pacedSeconds}
 	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "sagabench:", err)
 		pprof.StopCPUProfile()
@@ -111,6 +122,7 @@ func main() {
 type options struct {
 	adminURL                      string
 	n, starters, rate, partitions int
+	pacedSeconds                  int
 	maxConns                      int32
 	queue, verbose                bool
 }
@@ -203,6 +215,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
+	handled := &handledTimes{at: map[handledKey]time.Time{}}
 	runCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -221,7 +234,10 @@ func run(ctx context.Context, o options) error {
 			cancel()
 			return err
 		}
-		ok := func(ctx context.Context, tx pgx.Tx, cmd *saga.Command, l line) (any, error) { return nil, nil }
+		ok := func(ctx context.Context, tx pgx.Tx, cmd *saga.Command, l line) (any, error) {
+			handled.record(cmd.SagaID.String(), cmd.Step, time.Now())
+			return nil, nil
+		}
 		p, err := saga.NewParticipant(&benchRuntime{pool: ppool, writer: writer, codec: codec, brokers: brokers,
 			registry: srclient.NewSchemaRegistryClient(reg.URL()), log: log},
 			saga.ParticipantConfig{Name: name, CommandTopic: name + ".commands",
@@ -241,22 +257,66 @@ func run(ctx context.Context, o options) error {
 	if _, err := phase(ctx, pool, orch, 200, o.starters, 0, "warmup", o.queue); err != nil {
 		return err
 	}
-	cpuBefore, err := cpuTimes(ctx, pool)
+	unpaced, err := measure(ctx, pool, orch, handled, o, o.n, o.rate, "run")
 	if err != nil {
 		return err
 	}
-	res, err := phase(ctx, pool, orch, o.n, o.starters, o.rate, "run", o.queue)
-	if err != nil {
+	select {
+	case err := <-errs:
 		return err
+	default:
+	}
+	fmt.Printf("system=saga sagas_per_sec=%.0f p50_ms=%.1f p99_ms=%.1f\n", unpaced.perSec, unpaced.p50, unpaced.p99)
+	if o.rate > 0 || o.pacedSeconds <= 0 {
+		return nil
+	}
+	// Latency at everyday load: paced at a quarter and at half of the
+	// capacity just measured, each for pacedSeconds.
+	for _, frac := range []int{4, 2} {
+		rate := int(unpaced.perSec) / frac
+		if rate < 1 {
+			rate = 1
+		}
+		n := rate * o.pacedSeconds
+		r, err := measure(ctx, pool, orch, handled, o, n, rate, fmt.Sprintf("paced-%d", frac))
+		if err != nil {
+			return err
+		}
+		fmt.Printf("system=saga-paced rate=%d sagas_per_sec=%.0f p50_ms=%.1f p99_ms=%.1f\n", rate, r.perSec, r.p50, r.p99)
+	}
+	select {
+	case err := <-errs:
+		return err
+	default:
+	}
+	return nil
+}
+
+// measure runs one measured phase of n sagas at rate (0: unpaced) and
+// prints, to stderr, its CPU per saga and where a saga's time went.
+func measure(ctx context.Context, pool *pgxpool.Pool, orch *saga.Orchestrator[orderData], handled *handledTimes, o options, n, rate int, label string) (result, error) {
+	cpuBefore, err := cpuTimes(ctx, pool)
+	if err != nil {
+		return result{}, err
+	}
+	res, err := phase(ctx, pool, orch, n, o.starters, rate, label, o.queue)
+	if err != nil {
+		return result{}, err
 	}
 	cpuAfter, err := cpuTimes(ctx, pool)
 	if err != nil {
-		return err
+		return result{}, err
 	}
 	self, server, byApp := cpuAfter.sub(cpuBefore)
-	perSaga := func(d time.Duration) float64 { return d.Seconds() * 1000 / float64(o.n) }
+	perSaga := func(d time.Duration) float64 { return d.Seconds() * 1000 / float64(n) }
+	how := "start"
+	if o.queue {
+		how = "queue"
+	}
+	fmt.Fprintf(os.Stderr, "sagabench: %s: %d sagas, %d starters (-start %s), %d partitions, rate %d/s (0 = unpaced); %d succeeded\n",
+		label, n, o.starters, how, o.partitions, rate, res.succeeded)
 	if server > 0 {
-		fmt.Fprintf(os.Stderr, "sagabench: CPU per saga: %.2f ms in this process, %.2f ms in its Postgres backends (", perSaga(self), perSaga(server))
+		fmt.Fprintf(os.Stderr, "sagabench: %s: CPU per saga: %.2f ms in this process, %.2f ms in its Postgres backends (", label, perSaga(self), perSaga(server))
 		for i, app := range slices.Sorted(maps.Keys(byApp)) {
 			if i > 0 {
 				fmt.Fprint(os.Stderr, ", ")
@@ -265,21 +325,94 @@ func run(ctx context.Context, o options) error {
 		}
 		fmt.Fprintln(os.Stderr, ")")
 	} else {
-		fmt.Fprintf(os.Stderr, "sagabench: CPU per saga: %.2f ms in this process (Postgres backends not readable here)\n",
-			self.Seconds()*1000/float64(o.n))
+		fmt.Fprintf(os.Stderr, "sagabench: %s: CPU per saga: %.2f ms in this process (Postgres backends not readable here)\n", label, perSaga(self))
 	}
-	select {
-	case err := <-errs:
+	if err := breakdown(ctx, pool, handled, label); err != nil {
+		return result{}, err
+	}
+	return res, nil
+}
+
+// handledTimes records when a participant's handler ran each saga's step
+// (the first delivery).
+type handledTimes struct {
+	mu sync.Mutex
+	at map[handledKey]time.Time
+}
+
+type handledKey struct {
+	saga string
+	step int
+}
+
+func (h *handledTimes) record(sagaID string, step int, at time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	k := handledKey{sagaID, step}
+	if _, ok := h.at[k]; !ok {
+		h.at[k] = at
+	}
+}
+
+func (h *handledTimes) get(sagaID string, step int) (time.Time, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	t, ok := h.at[handledKey{sagaID, step}]
+	return t, ok
+}
+
+// breakdown prints, per step, the p50 and p99 of a saga's two legs: the
+// command leg (the step's command written, in the starter's or the
+// orchestrator's transaction, until the participant's handler runs:
+// commit, relay poll and publish, the participant's fetch, its
+// transaction's begin and inbox read) and the reply leg (the handler until
+// the orchestrator applied the reply: the participant's commit, relay
+// publish, the orchestrator's fetch and transaction), then the last reply
+// until the saga's row is final. Step times are the orchestrator's
+// (saga_steps); handler times the participants' clock, in this process.
+func breakdown(ctx context.Context, pool *pgxpool.Pool, handled *handledTimes, label string) error {
+	rows, err := pool.Query(ctx, `SELECT st.saga_id::text, st.step, st.started_at, st.finished_at
+		FROM sagabox.saga_steps st JOIN sagabox.sagas s ON s.id = st.saga_id
+		WHERE s.correlation_id = $1 AND NOT st.compensation AND st.finished_at IS NOT NULL`, label)
+	if err != nil {
 		return err
-	default:
 	}
-	how := "start"
-	if o.queue {
-		how = "queue"
+	type leg struct{ command, reply []time.Duration }
+	legs := map[int]*leg{}
+	for rows.Next() {
+		var id string
+		var step int
+		var started, finished time.Time
+		if err := rows.Scan(&id, &step, &started, &finished); err != nil {
+			rows.Close()
+			return err
+		}
+		h, ok := handled.get(id, step)
+		if !ok {
+			continue
+		}
+		if legs[step] == nil {
+			legs[step] = &leg{}
+		}
+		legs[step].command = append(legs[step].command, h.Sub(started))
+		legs[step].reply = append(legs[step].reply, finished.Sub(h))
 	}
-	fmt.Fprintf(os.Stderr, "sagabench: %d sagas, %d starters (-start %s), %d partitions, rate %d/s (0 = unpaced); %d succeeded\n",
-		o.n, o.starters, how, o.partitions, o.rate, res.succeeded)
-	fmt.Printf("system=saga sagas_per_sec=%.0f p50_ms=%.1f p99_ms=%.1f\n", res.perSec, res.p50, res.p99)
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	ms := func(d []time.Duration, p float64) float64 {
+		if len(d) == 0 {
+			return 0
+		}
+		slices.Sort(d)
+		return float64(d[int(p*float64(len(d)-1))].Microseconds()) / 1000
+	}
+	for _, step := range slices.Sorted(maps.Keys(legs)) {
+		l := legs[step]
+		fmt.Fprintf(os.Stderr, "sagabench: %s: step %d: command leg p50 %.1f p99 %.1f ms, reply leg p50 %.1f p99 %.1f ms (%d sagas)\n",
+			label, step, ms(l.command, 0.5), ms(l.command, 0.99), ms(l.reply, 0.5), ms(l.reply, 0.99), len(l.command))
+	}
 	return nil
 }
 
