@@ -29,6 +29,7 @@ type metrics struct {
 	batchDuration prometheus.Histogram
 	ownedShards   prometheus.Gauge // summed over the relays sharing it
 	vacuums       prometheus.Counter
+	fenced        prometheus.Counter
 }
 
 // newMetrics creates the relay metrics and registers them with reg, or
@@ -74,9 +75,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "sagabox", Subsystem: "outbox", Name: "vacuums_total",
 			Help: "VACUUMs of the outbox table run by the relay (RelayConfig.VacuumAfter).",
 		}),
+		fenced: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "sagabox", Subsystem: "outbox", Name: "fenced_messages_total",
+			Help: "Messages a relay did not publish or mark because its lease on their shard lapsed or changed hands (paused past LeaseTTL); the new owner publishes them.",
+		}),
 	}
 	if reg != nil {
-		var errs [9]error
+		var errs [10]error
 		m.pending, errs[0] = promreg.Register(reg, m.pending)
 		m.oldestAge, errs[1] = promreg.Register(reg, m.oldestAge)
 		m.parkedTotal, errs[2] = promreg.Register(reg, m.parkedTotal)
@@ -86,6 +91,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.batchDuration, errs[6] = promreg.Register(reg, m.batchDuration)
 		m.ownedShards, errs[7] = promreg.Register(reg, m.ownedShards)
 		m.vacuums, errs[8] = promreg.Register(reg, m.vacuums)
+		m.fenced, errs[9] = promreg.Register(reg, m.fenced)
 		if err := errors.Join(errs[:]...); err != nil {
 			return nil, fmt.Errorf("outbox: register relay metrics: %w", err)
 		}

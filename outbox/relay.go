@@ -233,6 +233,8 @@ type Relay struct {
 	// the housekeeping goroutine touches it); vacuumOff: it may not.
 	vacuumChecked bool
 	vacuumOff     atomic.Bool
+
+	testHookBeforeProduce func() // tests: block a worker mid-batch
 }
 
 // NewRelay checks cfg and returns a relay ready to Run.
@@ -360,6 +362,13 @@ func (r *Relay) Run(ctx context.Context) error {
 		work, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*r.cfg.ProduceTimeout)
 		n, err := r.round(work, producers)
 		cancel()
+		if errors.Is(err, errLeaseLapsed) {
+			// Renew (and learn what it still owns) before touching any
+			// shard again.
+			r.log.Warn("outbox relay: lost a lease mid-batch; renewing before going on", "err", err)
+			r.leases.lastTick = time.Time{}
+			continue
+		}
 		if err != nil {
 			r.log.Warn("outbox relay: batch failed", "err", err)
 			r.sleep(ctx, errBackoff)
@@ -488,11 +497,23 @@ func (r *Relay) connect(ctx context.Context) (sarama.Client, *sarama.Config, err
 	}
 }
 
+// fencedShards is the fence of every statement that reads or marks a batch:
+// of the shards in the shards parameter, only those whose lease row still
+// names this relay (the owner parameter) at the epoch it took them with (the
+// epochs parameter). A relay that lost a shard, even one that does not know
+// it yet, touches none of its rows. ARRAY(...) is evaluated once per
+// statement, so the outer "shard = ANY" keeps its plan.
+func fencedShards(shards, epochs, owner string) string {
+	return `ARRAY(SELECT l.shard FROM sagabox.outbox_leases l
+		JOIN unnest(` + shards + `::smallint[], ` + epochs + `::bigint[]) AS f(shard, epoch) USING (shard, epoch)
+		WHERE l.owner = ` + owner + `)`
+}
+
 // fetchSQL reads the next batch of the owned shards in id order. A key whose
 // oldest pending message is backing off after a failure is held back whole
 // (the blocked CTE, served by the small outbox_backoff index), so retries
 // never reorder a key while other keys keep moving.
-const fetchSQL = `
+var fetchSQL = `
 WITH blocked AS (
 	SELECT topic, key, min(id) AS from_id FROM sagabox.outbox
 	WHERE next_attempt_at IS NOT NULL AND parked_at IS NULL
@@ -502,7 +523,7 @@ WITH blocked AS (
 SELECT o.id, o.message_id::text, o.topic, o.key, o.value, o.schema_fp, o.message_type,
        o.correlation_id, o.causation_id, o.saga_id, o.traceparent, o.tracestate, o.headers::text, o.attempts
 FROM sagabox.outbox o
-WHERE o.parked_at IS NULL AND o.shard = ANY($1)
+WHERE o.parked_at IS NULL AND o.shard = ANY(` + fencedShards("$1", "$3", "$4") + `)
   AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
   AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.topic = o.topic AND b.key = o.key AND o.id > b.from_id)
 ORDER BY o.id
@@ -512,11 +533,12 @@ LIMIT $2`
 // cheaper than updating a state column), or moved to the archive when a
 // ArchiveFor is set; failed rows get their attempt, backoff and error. The
 // "id = ANY" conditions keep the planner on the primary key whatever the
-// array sizes.
-const (
-	deletePublishedSQL  = `DELETE FROM sagabox.outbox WHERE id = ANY($1)`
+// array sizes. Every statement is fenced (fencedShards): $2 the shards of
+// the batch, $3 their epochs, $4 this relay.
+var (
+	deletePublishedSQL  = `DELETE FROM sagabox.outbox o WHERE o.id = ANY($1) AND o.shard = ANY(` + fencedShards("$2", "$3", "$4") + `)`
 	archivePublishedSQL = `
-WITH done AS (DELETE FROM sagabox.outbox WHERE id = ANY($1) RETURNING *)
+WITH done AS (DELETE FROM sagabox.outbox o WHERE o.id = ANY($1) AND o.shard = ANY(` + fencedShards("$2", "$3", "$4") + `) RETURNING o.*)
 INSERT INTO sagabox.outbox_archive (id, message_id, topic, key, value, schema_fp, message_type,
 	correlation_id, causation_id, saga_id, traceparent, headers, created_at, attempts)
 SELECT id, message_id, topic, key, value, schema_fp, message_type,
@@ -528,9 +550,13 @@ UPDATE sagabox.outbox o SET
 	next_attempt_at = now() + u.delay_ms * interval '1 millisecond',
 	last_error      = u.err,
 	parked_at       = CASE WHEN u.park THEN now() END
-FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::bool[]) AS u(id, inc, delay_ms, err, park)
-WHERE o.id = u.id AND o.id = ANY($1)`
+FROM unnest($1::bigint[], $5::int[], $6::bigint[], $7::text[], $8::bool[]) AS u(id, inc, delay_ms, err, park)
+WHERE o.id = u.id AND o.id = ANY($1) AND o.shard = ANY(` + fencedShards("$2", "$3", "$4") + `)`
 )
+
+// errLeaseLapsed: a batch was dropped, or not marked, because the relay no
+// longer holds (or may no longer hold) the lease of its shards.
+var errLeaseLapsed = errors.New("the lease of a shard lapsed or changed hands")
 
 type row struct {
 	id                                      int64
@@ -557,7 +583,7 @@ type outcome struct {
 // any share has a full batch waiting.
 func (r *Relay) round(ctx context.Context, producers []*batchProducer) (int, error) {
 	if len(producers) == 1 {
-		return r.cycle(ctx, producers[0], r.leases.owned)
+		return r.cycle(ctx, producers[0], r.leases.owned, r.leases.epochs)
 	}
 	shares := make([][]int16, len(producers))
 	for i, s := range r.leases.owned {
@@ -572,17 +598,18 @@ func (r *Relay) round(ctx context.Context, producers []*batchProducer) (int, err
 		if len(shares[i]) == 0 {
 			continue
 		}
-		wg.Go(func() { ns[i], errs[i] = r.cycle(ctx, producers[i], shares[i]) })
+		epochs := r.leases.epochsOf(shares[i])
+		wg.Go(func() { ns[i], errs[i] = r.cycle(ctx, producers[i], shares[i], epochs) })
 	}
 	wg.Wait()
 	return slices.Max(ns), errors.Join(errs...)
 }
 
-// cycle publishes one batch of the given shards: fetch, frame, produce,
-// mark. It returns how many rows it fetched.
-func (r *Relay) cycle(ctx context.Context, producer *batchProducer, shards []int16) (int, error) {
+// cycle publishes one batch of the given shards, held at the given epochs:
+// fetch, frame, produce, mark. It returns how many rows it fetched.
+func (r *Relay) cycle(ctx context.Context, producer *batchProducer, shards []int16, epochs []int64) (int, error) {
 	start := time.Now()
-	rows, err := r.cfg.Pool.Query(ctx, fetchSQL, shards, r.cfg.BatchSize)
+	rows, err := r.cfg.Pool.Query(ctx, fetchSQL, shards, r.cfg.BatchSize, epochs, r.cfg.ID)
 	if err != nil {
 		return 0, fmt.Errorf("fetch: %w", err)
 	}
@@ -626,7 +653,19 @@ func (r *Relay) cycle(ctx context.Context, producer *batchProducer, shards []int
 		recOf = append(recOf, i)
 	}
 	if len(recs) > 0 {
+		if r.testHookBeforeProduce != nil {
+			r.testHookBeforeProduce()
+		}
+		// The fetch proved the lease; a pause since (GC, a frozen VM, a
+		// slow registry) may have outlived it. Kafka cannot check a
+		// Postgres lease, so the relay checks its own conservative
+		// deadline and drops the batch rather than publish rows another
+		// relay may own by now: they stay pending for the owner.
 		deadline := r.leases.deadline
+		if time.Until(deadline) < r.cfg.ProduceTimeout {
+			r.m.fenced.Add(float64(len(batch)))
+			return 0, fmt.Errorf("%w: %d messages not published (lease deadline %s)", errLeaseLapsed, len(batch), deadline.Format(time.RFC3339Nano))
+		}
 		pctx, cancel := context.WithDeadline(ctx, deadline.Add(-r.cfg.ProduceTimeout))
 		results := producer.produce(pctx, recs)
 		cancel()
@@ -648,7 +687,7 @@ func (r *Relay) cycle(ctx context.Context, producer *batchProducer, shards []int
 			}
 		}
 	}
-	if err := r.mark(ctx, batch, outcomes); err != nil {
+	if err := r.mark(ctx, batch, outcomes, shards, epochs); err != nil {
 		return 0, err
 	}
 	r.m.batchSize.Observe(float64(len(batch)))
@@ -678,7 +717,7 @@ func (r *Relay) failure(x *row, err error, permanent bool) outcome {
 	return outcome{inc: 1, delayMS: delay.Milliseconds(), err: err.Error(), park: park, recorded: true}
 }
 
-func (r *Relay) mark(ctx context.Context, batch []row, outcomes []outcome) error {
+func (r *Relay) mark(ctx context.Context, batch []row, outcomes []outcome, shards []int16, epochs []int64) error {
 	var (
 		done   []int64
 		ids    []int64
@@ -705,28 +744,47 @@ func (r *Relay) mark(ctx context.Context, batch []row, outcomes []outcome) error
 	b := &pgx.Batch{}
 	if len(done) > 0 {
 		if r.cfg.ArchiveFor > 0 {
-			b.Queue(archivePublishedSQL, done)
+			b.Queue(archivePublishedSQL, done, shards, epochs, r.cfg.ID)
 		} else {
-			b.Queue(deletePublishedSQL, done)
+			b.Queue(deletePublishedSQL, done, shards, epochs, r.cfg.ID)
 		}
 	}
 	if len(ids) > 0 {
-		b.Queue(markFailedSQL, ids, incs, delays, errs, parks)
+		b.Queue(markFailedSQL, ids, shards, epochs, r.cfg.ID, incs, delays, errs, parks)
 	}
 	if b.Len() == 0 {
 		return nil
 	}
 	// One round trip; the statements of a batch run in one implicit
 	// transaction.
-	if err := r.cfg.Pool.SendBatch(ctx, b).Close(); err != nil {
-		// Whatever reached Kafka is still pending and will be published
-		// again (at-least-once; consumers deduplicate by message ID).
+	br := r.cfg.Pool.SendBatch(ctx, b)
+	var marked int64
+	for range b.Len() {
+		tag, err := br.Exec()
+		if err != nil {
+			_ = br.Close()
+			// Whatever reached Kafka is still pending and will be
+			// published again (at-least-once; consumers deduplicate by
+			// message ID).
+			return fmt.Errorf("mark %d messages: %w", len(done)+len(ids), err)
+		}
+		marked += tag.RowsAffected()
+	}
+	if err := br.Close(); err != nil {
 		return fmt.Errorf("mark %d messages: %w", len(done)+len(ids), err)
 	}
 	for topic, n := range published {
 		r.m.published.WithLabelValues(topic).Add(float64(n))
 	}
 	r.removed.Add(int64(len(done)))
+	if want := int64(len(done) + len(ids)); marked < want {
+		// Only a shard's owner deletes or marks its pending rows, so
+		// rows the fence left alone belong to a relay that took the
+		// shard over: it publishes them again (duplicates bounded by
+		// this batch) and this relay must renew before going on.
+		r.m.fenced.Add(float64(want - marked))
+		return fmt.Errorf("%w: %d of %d messages not marked", errLeaseLapsed, want-marked, want)
+	}
 	return nil
 }
 

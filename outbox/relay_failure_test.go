@@ -10,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hamba/avro/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -389,5 +391,95 @@ func TestRelayThatDiesIsReplacedAfterItsLeasesExpire(t *testing.T) {
 	}
 	if took < ttl/2 { // the dead relay renewed at most TTL/5 before it died
 		t.Fatalf("the survivor published after %s: it took shards whose leases had not expired", took)
+	}
+}
+
+// PITFALLS: a relay paused past its lease (a long GC, a frozen VM) wakes up
+// believing it still owns its shards. Fenced leases: the paused relay must
+// not publish the batch it fetched before the pause, nor mark rows of
+// shards another relay took over; per key nothing is inverted on the topic
+// (no record with a lower sequence after a higher one, duplicates
+// included) and duplicates stay within one batch.
+func TestRelayPausedPastItsLeaseTouchesNothingOfTheShardsItLost(t *testing.T) {
+	t.Parallel()
+	rb := setupRelay(t, 3)
+	ctx := testkit.Ctx(t)
+	const batch, ttl = 50, 2 * time.Second
+	want := rb.writeSeq(t, "orders", 6, 300)
+
+	// Relay A blocks its first worker between fetch and produce until the
+	// test lets it go: the relay stops renewing, as a frozen process would.
+	paused, resume := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	regA := prometheus.NewRegistry()
+	rb.startRelay(t, func(c *outbox.RelayConfig) {
+		c.ID, c.BatchSize, c.LeaseTTL, c.Registerer = "a-paused", batch, ttl, regA
+	}, func(r *outbox.Relay) {
+		outbox.SetTestHookBeforeProduce(r, func() {
+			first := false
+			once.Do(func() { first = true })
+			if first {
+				close(paused)
+				<-resume
+			}
+		})
+	})
+	select {
+	case <-paused:
+	case <-ctx.Done():
+		t.Fatal("relay A never fetched a batch")
+	}
+	pausedAt := time.Now()
+
+	// B takes the shards once A's leases expire and publishes everything,
+	// the rows of A's frozen batch included.
+	rb.startRelay(t, func(c *outbox.RelayConfig) { c.ID, c.BatchSize, c.LeaseTTL = "b-takes-over", batch, ttl })
+	testkit.Eventually(t, 60*time.Second, "B published everything while A is paused", func() bool { return pendingCount(t, rb) == 0 })
+	if took := time.Since(pausedAt); took < ttl/2 {
+		t.Fatalf("B drained %s after A paused, before A's leases (TTL %s) could expire: B took live leases", took, ttl)
+	}
+
+	// A wakes up, and both go on sharing the shards.
+	close(resume)
+	testkit.Eventually(t, 30*time.Second, "A renewed and holds shards again", func() bool {
+		var n int
+		_ = rb.pool.QueryRow(ctx, `SELECT count(*) FROM sagabox.outbox_leases WHERE owner = 'a-paused'`).Scan(&n)
+		return n > 0
+	})
+	for i := range 120 { // the same keys, their sequences going on
+		key := fmt.Sprintf("k%d", i%6)
+		seq := int64(len(want[key]))
+		testkit.Must(t, pgx.BeginFunc(ctx, rb.pool, func(tx pgx.Tx) error {
+			return rb.writer.Write(ctx, tx, outbox.Message{Topic: "orders", Key: key, Type: orderPlacedType,
+				Value: orderPlaced{OrderID: key, Seq: seq}})
+		}), "write %d", i)
+		want[key] = append(want[key], seq)
+	}
+	testkit.Eventually(t, 60*time.Second, "outbox drained", func() bool { return pendingCount(t, rb) == 0 })
+
+	recs := testkit.ReadAll(t, rb.brokers, "orders", 420+batch+1, 5*time.Second)
+	res := count(t, rb.codec, recs, want)
+	inversions := 0
+	last := map[string]int64{}
+	s := rb.codec.MustSchema(orderPlacedType)
+	for _, r := range recs {
+		var v orderPlaced
+		testkit.Must(t, avro.Unmarshal(s, r.Value[5:], &v), "decode")
+		if prev, ok := last[r.Key]; ok && v.Seq < prev {
+			inversions++
+		}
+		last[r.Key] = v.Seq
+	}
+	fenced, _ := metricValue(t, regA, "sagabox_outbox_fenced_messages_total")
+	t.Logf("records=%d committed=420 lost=%d duplicated=%d reordered=%d inversions=%d fenced_by_A=%.0f",
+		len(recs), res.lost, res.duplicated, res.reordered, inversions, fenced)
+	if res.lost != 0 || res.reordered != 0 || inversions != 0 {
+		t.Fatalf("lost %d, reordered %d, per-key inversions %d: the paused relay touched shards it had lost", res.lost, res.reordered, inversions)
+	}
+	if res.duplicated > batch {
+		t.Fatalf("%d duplicates, more than one batch (%d)", res.duplicated, batch)
+	}
+	if fenced == 0 {
+		t.Fatalf("A's frozen batch was not counted in sagabox_outbox_fenced_messages_total")
 	}
 }

@@ -45,7 +45,7 @@ func testLogger(t *testing.T) *slog.Logger {
 
 // startRelay runs a relay until the returned stop is called (or the test
 // ends) and fails the test if Run returns an error.
-func (rb *relayBundle) startRelay(t *testing.T, mod func(*outbox.RelayConfig)) (*outbox.Relay, func()) {
+func (rb *relayBundle) startRelay(t *testing.T, mod func(*outbox.RelayConfig), beforeRun ...func(*outbox.Relay)) (*outbox.Relay, func()) {
 	t.Helper()
 	cfg := outbox.RelayConfig{
 		Pool:     rb.pool,
@@ -61,6 +61,9 @@ func (rb *relayBundle) startRelay(t *testing.T, mod func(*outbox.RelayConfig)) (
 	}
 	relay, err := outbox.NewRelay(cfg)
 	testkit.Must(t, err, "new relay")
+	for _, f := range beforeRun {
+		f(relay)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
