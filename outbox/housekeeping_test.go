@@ -81,16 +81,24 @@ func TestRelayWakesOnNotifyFromAnotherProcess(t *testing.T) {
 	w, err := outbox.NewWriter(outbox.WriterConfig{Codec: rb.codec, NotifyChannel: "sagabox_outbox"})
 	testkit.Must(t, err, "writer")
 	const listen = "sagabox_outbox"
+	// A first message, written without a notification before the relay
+	// starts: once it is out, the relay's first poll is behind it.
+	testkit.Must(t, rb.writer.Write(ctx, rb.pool, outbox.Message{Topic: "orders", Key: "n", Type: orderPlacedType, Value: orderPlaced{OrderID: "first"}}), "write")
 	rb.startRelay(t, func(c *outbox.RelayConfig) {
 		c.PollInterval = time.Minute
-		c.LeaseTTL = time.Minute // lease renewals (every TTL/5) must not poll for us either
+		c.LeaseTTL = 5 * time.Minute // lease renewals (every TTL/5) must not poll for us either
 		c.ListenChannel = listen
 	})
-	time.Sleep(300 * time.Millisecond) // let the relay finish its first, empty poll and LISTEN
+	testkit.Eventually(t, 30*time.Second, "the first poll published the first message", func() bool { return pendingCount(t, rb) == 0 })
+	testkit.Eventually(t, 30*time.Second, "the relay LISTENs", func() bool {
+		var n int
+		_ = rb.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %'`).Scan(&n)
+		return n > 0
+	})
 	testkit.Must(t, pgx.BeginFunc(ctx, rb.pool, func(tx pgx.Tx) error {
 		return w.Write(ctx, tx, outbox.Message{Topic: "orders", Key: "n", Type: orderPlacedType, Value: orderPlaced{OrderID: "n"}})
 	}), "write")
-	if recs := testkit.ReadAll(t, rb.brokers, "orders", 1, 3*time.Second); len(recs) != 1 {
+	if recs := testkit.ReadAll(t, rb.brokers, "orders", 2, 20*time.Second); len(recs) != 2 {
 		t.Fatal("the relay did not wake on NOTIFY")
 	}
 }
@@ -145,7 +153,11 @@ func TestRelayVacuumsTheOutboxAfterVacuumAfterRows(t *testing.T) {
 			rb.writeSeq(t, "orders", 4, 120)
 			testkit.Eventually(t, 10*time.Second, "published", func() bool { return pendingCount(t, rb) == 0 })
 			if disable {
-				time.Sleep(300 * time.Millisecond) // a vacuum would have started by now
+				// Progress, not time: as many rows again, published, is as
+				// many short fetches past VacuumAfter again, each of which
+				// would have asked for a vacuum.
+				rb.writeSeq(t, "orders-2", 4, 120)
+				testkit.Eventually(t, 10*time.Second, "published again", func() bool { return pendingCount(t, rb) == 0 })
 				if n := vacuumCount(t, rb); n != 0 {
 					t.Fatalf("vacuumed %d times with DisableVacuum", n)
 				}
@@ -198,7 +210,10 @@ func TestRelayThatMayNotVacuumSaysSoOnceAndGoesOn(t *testing.T) {
 	})
 	rb.writeSeq(t, "orders", 4, 100)
 	testkit.Eventually(t, 10*time.Second, "published", func() bool { return pendingCount(t, rb) == 0 })
-	time.Sleep(300 * time.Millisecond)
+	testkit.Eventually(t, 10*time.Second, "the relay said it cannot vacuum", func() bool { return strings.Contains(logs.String(), "cannot VACUUM") })
+	// More rows past VacuumAfter: more chances to say it again.
+	rb.writeSeq(t, "orders-2", 4, 100)
+	testkit.Eventually(t, 10*time.Second, "published again", func() bool { return pendingCount(t, rb) == 0 })
 	if n := strings.Count(logs.String(), "cannot VACUUM"); n != 1 {
 		t.Fatalf("the relay said %d times that it cannot vacuum, want once; log:\n%s", n, logs.String())
 	}

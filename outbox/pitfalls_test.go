@@ -3,6 +3,7 @@ package outbox_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -111,10 +112,13 @@ func TestRelayWakesOnInProcessNotify(t *testing.T) {
 	t.Parallel()
 	rb := setupRelay(t, 1)
 	ctx := testkit.Ctx(t)
-	relay, _ := rb.startRelay(t, func(c *outbox.RelayConfig) { c.PollInterval = time.Minute; c.LeaseTTL = time.Minute })
+	// A first message, written before the relay starts: once it is out,
+	// the relay's first poll is behind it.
+	testkit.Must(t, rb.writer.Write(ctx, rb.pool, outbox.Message{Topic: "orders", Key: "w", Type: orderPlacedType, Value: orderPlaced{OrderID: "w"}}), "write")
+	relay, _ := rb.startRelay(t, func(c *outbox.RelayConfig) { c.PollInterval = time.Minute; c.LeaseTTL = 5 * time.Minute })
 	w, err := outbox.NewWriter(outbox.WriterConfig{Codec: rb.codec, Notify: relay.Notify})
 	testkit.Must(t, err, "writer")
-	time.Sleep(300 * time.Millisecond) // past the relay's first, empty poll
+	testkit.Eventually(t, 30*time.Second, "the first poll published the first message", func() bool { return pendingCount(t, rb) == 0 })
 	testkit.Must(t, pgx.BeginFunc(ctx, rb.pool, func(tx pgx.Tx) error {
 		if err := w.Write(ctx, tx, outbox.Message{Topic: "orders", Key: "w", Type: orderPlacedType, Value: orderPlaced{OrderID: "w"}}); err != nil {
 			return err
@@ -122,7 +126,7 @@ func TestRelayWakesOnInProcessNotify(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // commit a little after the wake-up, as real transactions do
 		return nil
 	}), "write")
-	if recs := testkit.ReadAll(t, rb.brokers, "orders", 1, 3*time.Second); len(recs) != 1 {
+	if recs := testkit.ReadAll(t, rb.brokers, "orders", 2, 20*time.Second); len(recs) != 2 {
 		t.Fatal("the relay did not wake on Notify")
 	}
 }
@@ -138,8 +142,13 @@ func TestRelayWaitsForKafkaToComeUp(t *testing.T) {
 	ln.Close() // nothing listens here until kfake starts below
 	rb := &relayBundle{bundle: b, registry: testkit.Registry(t), brokers: []string{fmt.Sprintf("127.0.0.1:%d", port)}}
 	want := rb.writeSeq(t, "orders", 2, 20)
-	rb.startRelay(t, nil)
-	time.Sleep(1500 * time.Millisecond) // the relay retries meanwhile
+	var logs syncBuffer
+	rb.startRelay(t, func(c *outbox.RelayConfig) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	})
+	testkit.Eventually(t, 30*time.Second, "the relay tried Kafka twice and goes on", func() bool {
+		return strings.Count(logs.String(), "kafka unreachable, retrying") >= 2
+	})
 	rb.kafka = testkit.Kafka(t, 2, kfake.Ports(port))
 	recs := testkit.ReadAll(t, rb.brokers, "orders", 20, 20*time.Second)
 	if res := count(t, rb.codec, recs, want); res != (tally{}) || len(recs) != 20 {

@@ -223,9 +223,11 @@ func TestRelayWaitsForTheSchemaRegistryThenDrains(t *testing.T) {
 	rb := setupRelay(t, 2)
 	ctx := testkit.Ctx(t)
 	var down atomic.Bool
+	var refused atomic.Int32
 	down.Store(true)
 	rb.registry.Intercept(func(w http.ResponseWriter, r *http.Request) bool {
 		if down.Load() {
+			refused.Add(1)
 			http.Error(w, `{"error_code":50301,"message":"registry down"}`, http.StatusServiceUnavailable)
 			return true
 		}
@@ -239,7 +241,9 @@ func TestRelayWaitsForTheSchemaRegistryThenDrains(t *testing.T) {
 		_ = rb.pool.QueryRow(ctx, `SELECT count(*) FROM sagabox.outbox WHERE last_error LIKE '%registry%'`).Scan(&n)
 		return n > 0
 	})
-	time.Sleep(500 * time.Millisecond) // many relay cycles with the registry down
+	// Many relay cycles with the registry down, counted at the registry.
+	seen := refused.Load()
+	testkit.Eventually(t, 30*time.Second, "ten more refused registry requests", func() bool { return refused.Load() >= seen+10 })
 	var parked, attempts int
 	testkit.Must(t, rb.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE parked_at IS NOT NULL), COALESCE(max(attempts), 0) FROM sagabox.outbox`).Scan(&parked, &attempts), "state")
 	if parked != 0 || attempts != 0 {

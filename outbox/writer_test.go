@@ -130,7 +130,16 @@ func TestWriteOrdersIDsOfAKeyByCommit(t *testing.T) {
 		}
 		committed(2)
 	}()
-	time.Sleep(300 * time.Millisecond) // room for the second to (wrongly) commit first
+	// The second transaction either waits for the key's lock (right) or
+	// commits first (wrong); wait for one of the two, not for a time.
+	testkit.Eventually(t, 30*time.Second, "the second writer waits for the key's lock or commits", func() bool {
+		mu.Lock()
+		n := len(commits)
+		mu.Unlock()
+		var waiting int
+		_ = b.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting)
+		return n > 0 || waiting > 0
+	})
 	testkit.Must(t, first.Commit(ctx), "commit")
 	committed(1)
 	wg.Wait()
