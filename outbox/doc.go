@@ -52,6 +52,16 @@
 //     (a lease in Postgres). A key's messages of one batch travel in one
 //     Kafka record batch, appended whole or not at all, and when a message
 //     fails, the later messages of its key wait for it.
+//   - Fenced leases. A relay paused past LeaseTTL (a long GC, a frozen VM)
+//     wakes up believing it still owns its shards. Each shard's lease has
+//     an epoch that grows when the shard changes hands; the statements
+//     that fetch and mark a batch carry the (shard, epoch) pairs the relay
+//     took and touch no row of a shard whose lease moved on. Kafka cannot
+//     check a Postgres lease, so right before producing the relay also
+//     checks its own lease deadline (measured from before the renewal, so
+//     it errs early) and drops a batch fetched before a pause: it stays
+//     pending for the new owner. Dropped and unmarked rows are counted in
+//     sagabox_outbox_fenced_messages_total.
 //   - At-least-once, not exactly-once. If a relay dies after Kafka
 //     acknowledged a batch and before it marked the rows, the next relay
 //     publishes that batch again. Kafka's idempotent producer removes the
