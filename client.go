@@ -125,7 +125,7 @@ func NewClient(pool *pgxpool.Pool, cfg Config) (*Client, error) {
 	wc := cfg.Writer
 	wc.Codec, wc.Logger = codec, cfg.Logger
 	if c.relay != nil {
-		wc.Notify = c.relay.Notify
+		wc.Notify, wc.NotifyCommitted = c.relay.Notify, c.relay.NotifyCommitted
 	}
 	if c.writer, err = outbox.NewWriter(wc); err != nil {
 		return nil, err

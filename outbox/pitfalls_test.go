@@ -131,6 +131,28 @@ func TestRelayWakesOnInProcessNotify(t *testing.T) {
 	}
 }
 
+// A writer that wakes the relay after its commit (DeferNotify with
+// NotifyCommitted): one wake-up, no fast polling, and the message is out
+// although polls are a minute apart.
+func TestRelayWakesOnNotifyCommitted(t *testing.T) {
+	t.Parallel()
+	rb := setupRelay(t, 1)
+	ctx := testkit.Ctx(t)
+	testkit.Must(t, rb.writer.Write(ctx, rb.pool, outbox.Message{Topic: "orders", Key: "c", Type: orderPlacedType, Value: orderPlaced{OrderID: "c"}}), "write")
+	relay, _ := rb.startRelay(t, func(c *outbox.RelayConfig) { c.PollInterval = time.Minute; c.LeaseTTL = 5 * time.Minute })
+	w, err := outbox.NewWriter(outbox.WriterConfig{Codec: rb.codec, Notify: func() { t.Error("Notify called for a deferred write") }, NotifyCommitted: relay.NotifyCommitted})
+	testkit.Must(t, err, "writer")
+	testkit.Eventually(t, 30*time.Second, "the first poll published the first message", func() bool { return pendingCount(t, rb) == 0 })
+	dctx, committed := w.DeferNotify(ctx)
+	testkit.Must(t, pgx.BeginFunc(dctx, rb.pool, func(tx pgx.Tx) error {
+		return w.Write(dctx, tx, outbox.Message{Topic: "orders", Key: "c", Type: orderPlacedType, Value: orderPlaced{OrderID: "c"}})
+	}), "write")
+	committed()
+	if recs := testkit.ReadAll(t, rb.brokers, "orders", 2, 20*time.Second); len(recs) != 2 {
+		t.Fatal("the relay did not wake on NotifyCommitted")
+	}
+}
+
 // PITFALLS 12: Sarama gives up on unreachable brokers within a second; the
 // relay does not. Started while Kafka is down, it publishes once Kafka is up.
 func TestRelayWaitsForKafkaToComeUp(t *testing.T) {

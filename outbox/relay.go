@@ -273,6 +273,17 @@ func (r *Relay) Notify() {
 	}
 }
 
+// NotifyCommitted wakes the relay for rows that are already committed: it
+// polls at once, and only once. Pass it as WriterConfig.NotifyCommitted, for
+// writers that call the function of Writer.DeferNotify after their commit.
+// Safe to call any time.
+func (r *Relay) NotifyCommitted() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
 // After a Notify the relay polls again quickly, since the writer's
 // transaction usually commits within milliseconds: first after
 // fastPollInterval, then twice as long after each empty poll, until

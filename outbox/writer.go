@@ -43,6 +43,13 @@ type WriterConfig struct {
 	// polling briefly until the commit shows. It costs the database nothing.
 	Notify func()
 
+	// NotifyCommitted, when set, is called by the function DeferNotify
+	// returns, once the caller's transaction has committed. Pass
+	// Relay.NotifyCommitted: the relay then polls once, when the rows are
+	// visible, instead of polling at once and then often until the commit
+	// shows. Defaults to Notify.
+	NotifyCommitted func()
+
 	// NotifyChannel, when set, makes every Write also run pg_notify on that
 	// channel inside the transaction, for relays in other processes
 	// (RelayConfig.ListenChannel). Postgres takes a global lock at commit for
@@ -220,7 +227,7 @@ func (w *Writer) Write(ctx context.Context, tx Execer, msgs ...Message) error {
 			return fmt.Errorf("outbox: notify %s: %w", w.cfg.NotifyChannel, err)
 		}
 	}
-	w.afterWrite()
+	w.afterWrite(ctx)
 	return nil
 }
 
@@ -245,15 +252,55 @@ func (w *Writer) Queue(ctx context.Context, b *pgx.Batch, msgs ...Message) error
 	if w.cfg.NotifyChannel != "" {
 		b.Queue(notifySQL, w.cfg.NotifyChannel)
 	}
-	w.afterWrite()
+	w.afterWrite(ctx)
 	return nil
 }
 
 const notifySQL = `SELECT pg_notify($1, '')`
 
-func (w *Writer) afterWrite() {
+func (w *Writer) afterWrite(ctx context.Context) {
+	if d, ok := ctx.Value(deferKey{}).(*deferredNotify); ok && d.w == w {
+		d.wrote.Store(true)
+		return
+	}
 	if w.cfg.Notify != nil {
 		w.cfg.Notify()
+	}
+}
+
+type deferKey struct{}
+
+type deferredNotify struct {
+	w     *Writer
+	wrote atomic.Bool
+}
+
+// DeferNotify is for code that commits its own transaction: under the
+// context it returns, Write and Queue of w do not call WriterConfig.Notify;
+// call the function it returns once the transaction has committed, and it
+// calls WriterConfig.NotifyCommitted (or Notify) if anything was written.
+// A relay woken before the commit finds nothing and has to poll again and
+// again until the commit shows; woken after it, one poll finds the rows
+// (see BENCHMARKS.md, "Waking the relay"). The saga orchestrator and
+// participants write this way. Calling the function after a rollback costs
+// one empty poll; not calling it leaves the rows to the next poll.
+//
+//	ctx, committed := writer.DeferNotify(ctx)
+//	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return writer.Write(ctx, tx, msg) })
+//	if err == nil {
+//		committed()
+//	}
+func (w *Writer) DeferNotify(ctx context.Context) (context.Context, func()) {
+	d := &deferredNotify{w: w}
+	return context.WithValue(ctx, deferKey{}, d), func() {
+		if !d.wrote.Load() {
+			return
+		}
+		if w.cfg.NotifyCommitted != nil {
+			w.cfg.NotifyCommitted()
+		} else if w.cfg.Notify != nil {
+			w.cfg.Notify()
+		}
 	}
 }
 

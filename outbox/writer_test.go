@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -189,5 +190,48 @@ func TestQueueWritesWithTheBusinessBatch(t *testing.T) {
 	err = b.writer.Queue(ctx, batch, outbox.Message{Topic: "orders", Type: orderPlacedType, Value: map[string]any{"order_id": 1}})
 	if !errors.Is(err, outbox.ErrInvalidMessage) || batch.Len() != 0 {
 		t.Fatalf("refused message: err %v, %d queued", err, batch.Len())
+	}
+}
+
+// Under DeferNotify's context a write does not wake the relay before the
+// commit; the function it returns does, once, and only if something was
+// written (with NotifyCommitted, or Notify when that is not set).
+func TestDeferNotifyWakesAfterTheCommitOnly(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testkit.Ctx(t)
+	var early, late atomic.Int32
+	for _, withCommitted := range []bool{true, false} {
+		early.Store(0)
+		late.Store(0)
+		cfg := outbox.WriterConfig{Codec: b.codec, Notify: func() { early.Add(1) }}
+		if withCommitted {
+			cfg.NotifyCommitted = func() { late.Add(1) }
+		}
+		w, err := outbox.NewWriter(cfg)
+		testkit.Must(t, err, "writer")
+		dctx, committed := w.DeferNotify(ctx)
+		testkit.Must(t, pgx.BeginFunc(dctx, b.pool, func(tx pgx.Tx) error {
+			return w.Write(dctx, tx, outbox.Message{Topic: "orders", Key: "d", Type: orderPlacedType, Value: orderPlaced{OrderID: "d"}})
+		}), "write")
+		if early.Load() != 0 || late.Load() != 0 {
+			t.Fatalf("NotifyCommitted set: %v: woken before the commit (Notify %d, NotifyCommitted %d)", withCommitted, early.Load(), late.Load())
+		}
+		committed()
+		wantEarly, wantLate := int32(0), int32(1)
+		if !withCommitted {
+			wantEarly, wantLate = 1, 0
+		}
+		if early.Load() != wantEarly || late.Load() != wantLate {
+			t.Fatalf("NotifyCommitted set: %v: after the commit Notify %d, NotifyCommitted %d; want %d, %d", withCommitted, early.Load(), late.Load(), wantEarly, wantLate)
+		}
+		// Nothing written under a context: nothing to wake for. And a
+		// write under a plain context still notifies at once.
+		_, idle := w.DeferNotify(ctx)
+		idle()
+		testkit.Must(t, w.Write(ctx, b.pool, outbox.Message{Topic: "orders", Key: "p", Type: orderPlacedType, Value: orderPlaced{OrderID: "p"}}), "plain write")
+		if early.Load() != wantEarly+1 || late.Load() != wantLate {
+			t.Fatalf("NotifyCommitted set: %v: Notify %d, NotifyCommitted %d after an idle DeferNotify and a plain write", withCommitted, early.Load(), late.Load())
+		}
 	}
 }

@@ -349,6 +349,7 @@ func (o *Orchestrator[D]) inSaga(ctx context.Context, load func(pgx.Tx) (*state,
 	var e *txEnv[D]
 	changed := false
 	var unknown *state
+	ctx, committed := o.writer.DeferNotify(ctx) // wake the relay after the commit, not before
 	err := pgx.BeginFunc(ctx, o.pool, func(tx pgx.Tx) error {
 		s, raw, err := load(tx)
 		if err != nil || s == nil {
@@ -375,6 +376,7 @@ func (o *Orchestrator[D]) inSaga(ctx context.Context, load func(pgx.Tx) (*state,
 	if err != nil || !changed {
 		return false, err
 	}
+	committed()
 	o.metrics.record(e.finishes, e.hist)
 	return true, nil
 }
@@ -458,6 +460,7 @@ func (o *Orchestrator[D]) applyReplies(ctx context.Context, items []replyItem) (
 	for _, it := range items {
 		ids = append(ids, it.r.SagaID)
 	}
+	ctx, committed := o.writer.DeferNotify(ctx) // wake the relay after the commit, not before
 	first := &pgx.Batch{}
 	first.BeginTx(pgx.TxOptions{})
 	first.Queue(loadManySQL, sortedKeys(ids), o.def.name)
@@ -493,6 +496,7 @@ func (o *Orchestrator[D]) applyReplies(ctx context.Context, items []replyItem) (
 	if err := ptx.commit(ctx, b, ptx.tx.SendBatch, read); err != nil {
 		return nil, 0, err
 	}
+	committed()
 	for _, sv := range saved {
 		sv.state.Version++
 	}

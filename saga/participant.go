@@ -424,7 +424,9 @@ func (p *Participant) runBatch(ctx context.Context, cmds []*Command, eager bool)
 		keys = append(keys, inboxKeys(cmd)...)
 	}
 	// BEGIN and the inbox read in one round trip; the inbox entries, the
-	// replies and COMMIT in another (pipeTx).
+	// replies and COMMIT in another (pipeTx). The relay is woken after the
+	// commit, when it can see the replies.
+	ctx, committed := p.writer.DeferNotify(ctx)
 	first := &pgx.Batch{}
 	first.BeginTx(pgx.TxOptions{})
 	first.Queue(selectInboxSQL, p.cfg.Name, keys)
@@ -462,7 +464,11 @@ func (p *Participant) runBatch(ctx context.Context, cmds []*Command, eager bool)
 		return err
 	}
 	n := b.Len()
-	return ptx.commit(ctx, b, htx.send, func(br pgx.BatchResults) error { return readAll(br, n, "inbox and replies") })
+	if err := ptx.commit(ctx, b, htx.send, func(br pgx.BatchResults) error { return readAll(br, n, "inbox and replies") }); err != nil {
+		return err
+	}
+	committed()
+	return nil
 }
 
 // preparedKey marks, in a connection's CustomData, that prepareStatements

@@ -64,6 +64,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riferrei/srclient"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sr/srfake"
 
 	"github.com/sagabox/sagabox/outbox"
@@ -77,6 +78,10 @@ type line struct {
 	OrderID string `avro:"order_id"`
 	Amount  int64  `avro:"amount"`
 }
+
+// steps are the saga's steps, in order; each has its participant and its
+// command topic, <step>.commands.
+var steps = []string{"reserve_stock", "debit_credit", "ship"}
 
 type orderData struct {
 	OrderID string
@@ -94,6 +99,7 @@ func main() {
 	verbose := flag.Bool("v", false, "log at debug level")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	pacedSeconds := flag.Int("paced-seconds", 10, "after the unpaced run, run paced at a quarter and at half of its capacity for this long each (0: skip; ignored with -rate)")
+	hops := flag.Bool("hops", true, "also read every topic with a separate Kafka client to split each leg at the relay's publish (the record timestamp); -hops=false leaves the system alone")
 	flag.Parse()
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -110,7 +116,7 @@ func main() {
 		os.Exit(2)
 	}
 	o := options{adminURL: *databaseURL, n: *sagas, starters: *starters, rate: *rate, partitions: *partitions,
-		maxConns: int32(*maxConns), queue: *start == "queue", verbose: *verbose, pacedSeconds: *pacedSeconds}
+		maxConns: int32(*maxConns), queue: *start == "queue", verbose: *verbose, pacedSeconds: *pacedSeconds, hops: *hops}
 	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "sagabench:", err)
 		pprof.StopCPUProfile()
@@ -124,7 +130,7 @@ type options struct {
 	n, starters, rate, partitions int
 	pacedSeconds                  int
 	maxConns                      int32
-	queue, verbose                bool
+	queue, verbose, hops          bool
 }
 
 func run(ctx context.Context, o options) error {
@@ -186,6 +192,10 @@ func run(ctx context.Context, o options) error {
 		if r := relayPtr.Load(); r != nil {
 			r.Notify()
 		}
+	}, NotifyCommitted: func() {
+		if r := relayPtr.Load(); r != nil {
+			r.NotifyCommitted()
+		}
 	}})
 	if err != nil {
 		return err
@@ -215,7 +225,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
-	handled := &handledTimes{at: map[handledKey]time.Time{}}
+	handled := &handledTimes{at: map[handledKey]time.Time{}, published: map[string]published{}, replied: map[string]time.Time{}}
 	runCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -228,7 +238,7 @@ func run(ctx context.Context, o options) error {
 	}
 	goRun(relay.Run)
 	goRun(orch.Run)
-	for _, name := range []string{"reserve_stock", "debit_credit", "ship"} {
+	for _, name := range steps {
 		ppool, err := open(name, o.maxConns)
 		if err != nil {
 			cancel()
@@ -254,10 +264,17 @@ func run(ctx context.Context, o options) error {
 	}()
 
 	// Warm-up: consumer groups join, schemas get registered, pools fill.
-	if _, err := phase(ctx, pool, orch, 200, o.starters, 0, "warmup", o.queue); err != nil {
+	if _, err := phase(ctx, pool, orch, writer, 200, o.starters, 0, "warmup", o.queue); err != nil {
 		return err
 	}
-	unpaced, err := measure(ctx, pool, orch, handled, o, o.n, o.rate, "run")
+	if o.hops {
+		stopObserver, err := observe(brokers, steps, "orders.replies", handled)
+		if err != nil {
+			return err
+		}
+		defer stopObserver()
+	}
+	unpaced, err := measure(ctx, pool, orch, writer, handled, o, o.n, o.rate, "run")
 	if err != nil {
 		return err
 	}
@@ -278,7 +295,7 @@ func run(ctx context.Context, o options) error {
 			rate = 1
 		}
 		n := rate * o.pacedSeconds
-		r, err := measure(ctx, pool, orch, handled, o, n, rate, fmt.Sprintf("paced-%d", frac))
+		r, err := measure(ctx, pool, orch, writer, handled, o, n, rate, fmt.Sprintf("paced-%d", frac))
 		if err != nil {
 			return err
 		}
@@ -294,12 +311,12 @@ func run(ctx context.Context, o options) error {
 
 // measure runs one measured phase of n sagas at rate (0: unpaced) and
 // prints, to stderr, its CPU per saga and where a saga's time went.
-func measure(ctx context.Context, pool *pgxpool.Pool, orch *saga.Orchestrator[orderData], handled *handledTimes, o options, n, rate int, label string) (result, error) {
+func measure(ctx context.Context, pool *pgxpool.Pool, orch *saga.Orchestrator[orderData], writer *outbox.Writer, handled *handledTimes, o options, n, rate int, label string) (result, error) {
 	cpuBefore, err := cpuTimes(ctx, pool)
 	if err != nil {
 		return result{}, err
 	}
-	res, err := phase(ctx, pool, orch, n, o.starters, rate, label, o.queue)
+	res, err := phase(ctx, pool, orch, writer, n, o.starters, rate, label, o.queue)
 	if err != nil {
 		return result{}, err
 	}
@@ -338,6 +355,83 @@ func measure(ctx context.Context, pool *pgxpool.Pool, orch *saga.Orchestrator[or
 type handledTimes struct {
 	mu sync.Mutex
 	at map[handledKey]time.Time
+	// With -hops: when the relay published each step's command (by the
+	// command's message ID) and each reply (by the command it answers,
+	// its causation ID), from the record timestamps.
+	published map[string]published
+	replied   map[string]time.Time
+}
+
+type published struct {
+	key handledKey
+	at  time.Time
+}
+
+// observe reads the command topics and the reply topic with a Kafka client
+// of its own, from the start, and records when the relay published each
+// record (the record batch's timestamp is set by the relay when it builds
+// the produce request).
+func observe(brokers []string, steps []string, replyTopic string, h *handledTimes) (stop func(), err error) {
+	topics := []string{replyTopic}
+	stepOf := map[string]int{}
+	for i, s := range steps {
+		topics = append(topics, s+".commands")
+		stepOf[s+".commands"] = i
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topics...),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(100*time.Millisecond))
+	if err != nil {
+		return nil, fmt.Errorf("observer: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			fs := cl.PollFetches(ctx)
+			fs.EachRecord(func(r *kgo.Record) {
+				var id, sagaID, cause string
+				for _, kv := range r.Headers {
+					switch kv.Key {
+					case outbox.HeaderID:
+						id = string(kv.Value)
+					case outbox.HeaderSagaID:
+						sagaID = string(kv.Value)
+					case outbox.HeaderCausationID:
+						cause = string(kv.Value)
+					}
+				}
+				h.mu.Lock()
+				if r.Topic == replyTopic {
+					if _, ok := h.replied[cause]; !ok && cause != "" {
+						h.replied[cause] = r.Timestamp
+					}
+				} else if _, ok := h.published[id]; !ok && id != "" {
+					h.published[id] = published{handledKey{sagaID, stepOf[r.Topic]}, r.Timestamp}
+				}
+				h.mu.Unlock()
+			})
+		}
+	}()
+	return func() { cancel(); <-done; cl.Close() }, nil
+}
+
+// hops returns, per saga and step, when its command and its reply were
+// published (first publication each).
+func (h *handledTimes) hops() map[handledKey][2]time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[handledKey][2]time.Time{}
+	for id, p := range h.published {
+		r, ok := h.replied[id]
+		if !ok {
+			continue
+		}
+		if _, seen := out[p.key]; !seen {
+			out[p.key] = [2]time.Time{p.at, r}
+		}
+	}
+	return out
 }
 
 type handledKey struct {
@@ -377,8 +471,16 @@ func breakdown(ctx context.Context, pool *pgxpool.Pool, handled *handledTimes, l
 	if err != nil {
 		return err
 	}
-	type leg struct{ command, reply []time.Duration }
+	type leg struct {
+		command, reply []time.Duration
+		// with -hops: the command leg split at the command's publish
+		// (toPublish: commit and relay; toHandler: Kafka, the
+		// participant's fetch and transaction), the reply leg at the
+		// reply's publish
+		cmdPublish, cmdConsume, replyPublish, replyConsume []time.Duration
+	}
 	legs := map[int]*leg{}
+	hops := handled.hops()
 	for rows.Next() {
 		var id string
 		var step int
@@ -394,8 +496,15 @@ func breakdown(ctx context.Context, pool *pgxpool.Pool, handled *handledTimes, l
 		if legs[step] == nil {
 			legs[step] = &leg{}
 		}
-		legs[step].command = append(legs[step].command, h.Sub(started))
-		legs[step].reply = append(legs[step].reply, finished.Sub(h))
+		l := legs[step]
+		l.command = append(l.command, h.Sub(started))
+		l.reply = append(l.reply, finished.Sub(h))
+		if hp, ok := hops[handledKey{id, step}]; ok {
+			l.cmdPublish = append(l.cmdPublish, hp[0].Sub(started))
+			l.cmdConsume = append(l.cmdConsume, h.Sub(hp[0]))
+			l.replyPublish = append(l.replyPublish, hp[1].Sub(h))
+			l.replyConsume = append(l.replyConsume, finished.Sub(hp[1]))
+		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
@@ -412,6 +521,11 @@ func breakdown(ctx context.Context, pool *pgxpool.Pool, handled *handledTimes, l
 		l := legs[step]
 		fmt.Fprintf(os.Stderr, "sagabench: %s: step %d: command leg p50 %.1f p99 %.1f ms, reply leg p50 %.1f p99 %.1f ms (%d sagas)\n",
 			label, step, ms(l.command, 0.5), ms(l.command, 0.99), ms(l.reply, 0.5), ms(l.reply, 0.99), len(l.command))
+		if len(l.cmdPublish) > 0 {
+			fmt.Fprintf(os.Stderr, "sagabench: %s: step %d hops p50/p99 ms: command written->published %.1f/%.1f, published->handled %.1f/%.1f; handled->reply published %.1f/%.1f, reply published->applied %.1f/%.1f (%d sagas)\n",
+				label, step, ms(l.cmdPublish, 0.5), ms(l.cmdPublish, 0.99), ms(l.cmdConsume, 0.5), ms(l.cmdConsume, 0.99),
+				ms(l.replyPublish, 0.5), ms(l.replyPublish, 0.99), ms(l.replyConsume, 0.5), ms(l.replyConsume, 0.99), len(l.cmdPublish))
+		}
 	}
 	return nil
 }
@@ -426,22 +540,29 @@ type result struct {
 // business change: with Orchestrator.Queue and outbox.SendTx, BEGIN, the
 // saga's statements and COMMIT in one round trip; with Start in
 // pgx.BeginFunc, in three.
-func start(ctx context.Context, pool *pgxpool.Pool, orch *saga.Orchestrator[orderData], data orderData, label string, queue bool) error {
+func start(ctx context.Context, pool *pgxpool.Pool, orch *saga.Orchestrator[orderData], w *outbox.Writer, data orderData, label string, queue bool) error {
 	opts := saga.StartOptions{CorrelationID: label}
+	ctx, committed := w.DeferNotify(ctx) // the relay is woken once the saga is committed
+	var err error
 	if !queue {
-		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 			_, err := orch.Start(ctx, tx, data, opts)
 			return err
 		})
+	} else {
+		b := &pgx.Batch{}
+		if _, err := orch.Queue(ctx, b, data, opts); err != nil {
+			return err
+		}
+		err = outbox.SendTx(ctx, pool, b)
 	}
-	b := &pgx.Batch{}
-	if _, err := orch.Queue(ctx, b, data, opts); err != nil {
-		return err
+	if err == nil {
+		committed()
 	}
-	return outbox.SendTx(ctx, pool, b)
+	return err
 }
 
-func phase(ctx context.Context, pool *pgxpool.Pool, orch *saga.Orchestrator[orderData], n, starters, rate int, label string, queue bool) (result, error) {
+func phase(ctx context.Context, pool *pgxpool.Pool, orch *saga.Orchestrator[orderData], w *outbox.Writer, n, starters, rate int, label string, queue bool) (result, error) {
 	var next atomic.Int64
 	begin := time.Now()
 	var wg sync.WaitGroup
@@ -458,7 +579,7 @@ func phase(ctx context.Context, pool *pgxpool.Pool, orch *saga.Orchestrator[orde
 						time.Sleep(d)
 					}
 				}
-				if err := start(ctx, pool, orch, orderData{OrderID: fmt.Sprintf("%s-%d", label, i), Amount: i}, label, queue); err != nil {
+				if err := start(ctx, pool, orch, w, orderData{OrderID: fmt.Sprintf("%s-%d", label, i), Amount: i}, label, queue); err != nil {
 					startErr <- err
 					return
 				}
