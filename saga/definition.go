@@ -23,13 +23,20 @@ const (
 	Compensatable StepKind = iota
 	// Pivot is the go/no-go step: once it succeeds the saga can only go
 	// forward. It has no compensation. If it is rejected, the steps before it
-	// are compensated; if its outcome stays unknown after its retries (it
-	// timed out), the saga ends failed for an operator, because undoing the
-	// steps before it could contradict a pivot that did happen.
+	// are compensated. If its outcome is unknown (it timed out on every
+	// attempt of its Retry policy), the saga neither compensates (undoing
+	// the steps before it could contradict a pivot that did happen) nor
+	// gives up: it keeps asking, re-sending the command with capped backoff
+	// (the participant's inbox answers a command it already ran with the
+	// reply it stored), running and awaiting the pivot, until a definitive
+	// reply comes, an operator acts, or the step's UnknownOutcomeBudget runs
+	// out (then it ends failed, and a late reply is still applied). If it
+	// keeps answering with errors, the saga ends failed for an operator.
 	Pivot
 	// Retriable steps come after the pivot and are expected to succeed
-	// eventually: they are retried with backoff and never compensated. If
-	// one is rejected or runs out of attempts the saga ends failed.
+	// eventually: they are retried with backoff and never compensated. One
+	// that times out keeps being asked, like a pivot. If one is rejected, or
+	// keeps answering with errors past its attempts, the saga ends failed.
 	Retriable
 )
 
@@ -162,6 +169,18 @@ type Step[D any] struct {
 	// CompensationRetry bounds the attempts of the compensation; when they
 	// run out the saga ends failed.
 	CompensationRetry RetryPolicy
+	// UnknownOutcomeBudget is, for a pivot or retriable invoked step, how
+	// long the saga keeps re-sending the command once it has timed out on
+	// every attempt of Retry (the re-asks back off as Retry says, capped at
+	// its MaxBackoff). It is counted as the backoffs and timeouts of the
+	// re-sent attempts, so the real time is at least this long. When it
+	// runs out the saga ends failed, for an operator (Admin.Retry asks
+	// again); a definitive reply arriving later is still applied. 0, the
+	// default, keeps asking until the participant answers or an operator
+	// decides (Admin.Abort, if the saga has not passed its pivot). Not
+	// allowed on compensatable steps: one whose outcome is unknown is
+	// compensated.
+	UnknownOutcomeBudget time.Duration
 }
 
 func (s *Step[D]) hasCompensation() bool { return s.CompensateLocal != nil || s.Compensate != nil }
@@ -232,6 +251,12 @@ func NewDefinition[D any](name string, version int, steps ...Step[D]) (*Definiti
 				return bad("step %q: command %q: set both Type and Payload (or PayloadContext), or neither", st.Name, inv.Command)
 			}
 		}
+		switch {
+		case st.UnknownOutcomeBudget < 0:
+			return bad("step %q: UnknownOutcomeBudget is negative (0 keeps asking until an operator decides)", st.Name)
+		case st.UnknownOutcomeBudget > 0 && (st.Kind == Compensatable || st.Invoke == nil):
+			return bad("step %q: UnknownOutcomeBudget is for invoked pivot and retriable steps: a compensatable step whose outcome is unknown is compensated", st.Name)
+		}
 		seen[st.Name] = true
 		prev = st.Kind
 		if st.Timeout <= 0 {
@@ -292,9 +317,11 @@ func (d *Definition[D]) Steps() []string {
 //   - An invoked compensatable step whose outcome is unknown (it timed out,
 //     or errored, on every attempt, or OnReply refused the reply) is
 //     compensated too, then the steps before it.
-//   - A pivot whose outcome is unknown ends the saga failed: undoing the
-//     steps before it could contradict a debit that did happen.
-//   - A retriable step that is rejected or out of attempts ends it failed.
+//   - A pivot or an invoked retriable step that times out is asked again,
+//     until a reply (or an operator): undoing the steps before it could
+//     contradict a debit that did happen.
+//   - A pivot that keeps erroring, and a retriable step that is rejected
+//     or keeps erroring, end the saga failed.
 //   - A compensation out of attempts ends it failed.
 func (d *Definition[D]) Mermaid() string {
 	var b strings.Builder
@@ -324,13 +351,17 @@ func (d *Definition[D]) Mermaid() string {
 		fmt.Fprintf(&b, "    %s -->|ok| %s\n", shape, next)
 		switch {
 		case st.Kind == Retriable:
+			if st.Invoke != nil {
+				fmt.Fprintf(&b, "    s%d -.->|times out: asks again| s%d\n", i, i)
+			}
 			fmt.Fprintf(&b, "    s%d -.->|rejected or out of attempts| failed([failed])\n", i)
 		case st.Local != nil:
 			// Rolled back: nothing of it to undo.
 			fmt.Fprintf(&b, "    s%d -.->|fails| %s\n", i, compensate(i-1))
 		case st.Kind == Pivot:
 			fmt.Fprintf(&b, "    s%d -.->|rejected| %s\n", i, compensate(i-1))
-			fmt.Fprintf(&b, "    s%d -.->|times out or errors| failed([failed])\n", i)
+			fmt.Fprintf(&b, "    s%d -.->|times out: asks again| s%d\n", i, i)
+			fmt.Fprintf(&b, "    s%d -.->|errors past its attempts| failed([failed])\n", i)
 		case st.hasCompensation():
 			fmt.Fprintf(&b, "    s%d -.->|rejected| %s\n", i, compensate(i-1))
 			fmt.Fprintf(&b, "    s%d -.->|times out or errors| %s\n", i, compensate(i))

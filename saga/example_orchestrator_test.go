@@ -94,6 +94,13 @@ func ExampleNewOrchestrator() {
 			return nil, saga.Reject(fmt.Sprintf("%s has not %d cents", d.User, d.Amount))
 		}))
 
+	// A Waiter wakes a caller when its saga finishes (a NOTIFY from the
+	// finishing transaction), without polling.
+	waiter, err := saga.NewWaiter(client)
+	if err != nil {
+		panic(err)
+	}
+
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- client.Run(runCtx) }()
@@ -110,13 +117,10 @@ func ExampleNewOrchestrator() {
 		panic(err)
 	}
 
-	// Wait for the end through the operator API.
-	var info *saga.Info
-	for info == nil || !info.Status.Finished() {
-		time.Sleep(10 * time.Millisecond)
-		if info, err = client.SagaAdmin().Get(ctx, id); err != nil {
-			panic(err)
-		}
+	// Wait for the end.
+	info, err := waiter.Wait(ctx, id)
+	if err != nil {
+		panic(err)
 	}
 	for _, a := range info.History {
 		line := fmt.Sprintf("%-13s compensation=%-5v %s", a.Name, a.Compensation, a.Outcome)

@@ -64,7 +64,8 @@ func ExampleDefinition_Mermaid() {
 	//     s0 -.->|times out or errors| c0
 	//     s1{{"charge<br/>charge_card → travel<br/><i>pivot</i>"}} -->|ok| succeeded([succeeded])
 	//     s1 -.->|rejected| c0
-	//     s1 -.->|times out or errors| failed([failed])
+	//     s1 -.->|times out: asks again| s1
+	//     s1 -.->|errors past its attempts| failed([failed])
 	//     c0[/"undo flight<br/>cancel_flight → travel"/] -->|ok| compensated([compensated])
 	//     c0 -.->|attempts exhausted| failed([failed])
 }

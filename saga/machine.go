@@ -94,6 +94,13 @@ type env[D any] interface {
 	attemptStarted(step int, compensation bool, attempt int, name string, at time.Time)
 	attemptEnded(step int, compensation bool, attempt int, name string, outcome Outcome, errText string, at time.Time, latency time.Duration)
 	finished(s *state)
+	// knownOutcome reports whether the saga's history has a definitive
+	// (succeeded or rejected) attempt of the step in that phase. Only the
+	// late-reply path asks.
+	knownOutcome(ctx context.Context, s *state, step int, compensation bool) (bool, error)
+	// late records a reply the saga did not wait for (see LateReply), and
+	// sends cmd (a compensation) if not nil.
+	late(ctx context.Context, s *state, l LateReply, cmd *outCommand) error
 }
 
 type machine[D any] struct {
@@ -185,9 +192,24 @@ func (m *machine[D]) runLocal(ctx context.Context, e env[D], s *state, fn LocalF
 }
 
 func (m *machine[D]) invoke(ctx context.Context, e env[D], s *state, inv *Invocation[D], name string, timeout time.Duration, data *D) error {
+	env, err := m.command(ctx, s, s.Step, s.Attempt, s.Compensation, inv, name, data)
+	if err != nil {
+		return err
+	}
+	now := e.now()
+	e.send(outCommand{Topic: inv.Topic, Envelope: env})
+	e.attemptStarted(s.Step, s.Compensation, s.Attempt, name, now)
+	s.Deadline = now.Add(timeout)
+	s.NextRetryAt = time.Time{}
+	s.StepStartedAt, s.StepName = now, name
+	return nil
+}
+
+// command builds the envelope of a step's (or compensation's) command.
+func (m *machine[D]) command(ctx context.Context, s *state, step, attempt int, comp bool, inv *Invocation[D], name string, data *D) (commandEnvelope, error) {
 	env := commandEnvelope{
-		SagaID: s.ID.String(), SagaType: m.def.name, Step: s.Step, StepName: name,
-		Attempt: s.Attempt, Compensation: s.Compensation, Command: inv.Command,
+		SagaID: s.ID.String(), SagaType: m.def.name, Step: step, StepName: name,
+		Attempt: attempt, Compensation: comp, Command: inv.Command,
 		ReplyTopic: m.replyTopic, PayloadType: inv.Type,
 	}
 	if inv.Payload != nil || inv.PayloadContext != nil {
@@ -199,22 +221,16 @@ func (m *machine[D]) invoke(ctx context.Context, e env[D], s *state, inv *Invoca
 			v, err = inv.Payload(data)
 		}
 		if err != nil {
-			return fmt.Errorf("saga %s: step %q: build %s payload: %w", m.def.name, name, inv.Command, err)
+			return env, fmt.Errorf("saga %s: step %q: build %s payload: %w", m.def.name, name, inv.Command, err)
 		}
 		if env.Payload, err = m.encode(inv.Type, v); err != nil {
-			return fmt.Errorf("saga %s: step %q: encode %s payload: %w", m.def.name, name, inv.Command, err)
+			return env, fmt.Errorf("saga %s: step %q: encode %s payload: %w", m.def.name, name, inv.Command, err)
 		}
 	}
 	if env.Payload == nil {
 		env.Payload = []byte{}
 	}
-	now := e.now()
-	e.send(outCommand{Topic: inv.Topic, Envelope: env})
-	e.attemptStarted(s.Step, s.Compensation, s.Attempt, name, now)
-	s.Deadline = now.Add(timeout)
-	s.NextRetryAt = time.Time{}
-	s.StepStartedAt, s.StepName = now, name
-	return nil
+	return env, nil
 }
 
 // stepDone moves to the next step (forward) or the previous one (back).
@@ -248,6 +264,20 @@ func (m *machine[D]) failed(e env[D], s *state, final, clean bool, reason string
 	}
 	if !final && s.Attempt < st.Retry.MaxAttempts {
 		m.retryLater(e, s, st.Retry)
+		return
+	}
+	if f.Outcome == OutcomeTimedOut && st.Kind != Compensatable {
+		// The outcome is unknown, and the step cannot be undone: ask
+		// again (the participant's inbox answers a command it ran with
+		// the reply it stored) until a reply comes, an operator acts, or
+		// the step's UnknownOutcomeBudget runs out.
+		if st.keepAsking(s.Attempt) {
+			s.LastError += " (outcome unknown: asking again until the participant answers or an operator acts)"
+			m.retryLater(e, s, st.Retry)
+			return
+		}
+		s.LastError += fmt.Sprintf(" (outcome still unknown after the %s UnknownOutcomeBudget: not compensating; a late reply is still applied, Retry asks again)", st.UnknownOutcomeBudget)
+		m.finish(e, s, StatusFailed)
 		return
 	}
 	switch {
@@ -295,7 +325,7 @@ func (m *machine[D]) retryLater(e env[D], s *state, p RetryPolicy) {
 func (m *machine[D]) onReply(ctx context.Context, e env[D], s *state, data *D, r *Reply) (bool, error) {
 	if s.Status.Finished() || !s.awaiting() || r.Step != s.Step || r.Attempt != s.Attempt ||
 		r.Compensation != (s.Status == StatusCompensating) {
-		return false, nil
+		return m.onLateReply(ctx, e, s, data, r)
 	}
 	st := &m.def.steps[s.Step]
 	now := e.now()
@@ -370,18 +400,27 @@ func (m *machine[D]) abort(ctx context.Context, e env[D], s *state, data *D, rea
 		return err
 	}
 	clean := true
-	if s.awaiting() {
+	attempts := s.Attempt
+	switch {
+	case s.awaiting():
 		// The step's command is out: it may run, so compensate it too.
 		now := e.now()
 		e.attemptEnded(s.Step, false, s.Attempt, m.def.steps[s.Step].Name, OutcomeAborted, reason, now, now.Sub(s.StepStartedAt))
 		clean = false
+	case !s.NextRetryAt.IsZero() && s.Attempt > 1 && s.Step < len(m.def.steps) && m.def.steps[s.Step].Invoke != nil:
+		// Backing off between attempts: the earlier attempts' commands
+		// went out, and one that timed out may yet run. Compensate the
+		// step too (a compensation of an action that never ran does
+		// nothing, and makes the late action a no-op).
+		clean = false
+		attempts = s.Attempt - 1
 	}
 	s.LastError = "aborted: " + reason
 	name := ""
 	if s.Step < len(m.def.steps) {
 		name = m.def.steps[s.Step].Name
 	}
-	m.compensateFrom(s, clean, Failure{Step: s.Step, StepName: name, Outcome: OutcomeAborted, Reason: reason, Attempts: s.Attempt})
+	m.compensateFrom(s, clean, Failure{Step: s.Step, StepName: name, Outcome: OutcomeAborted, Reason: reason, Attempts: attempts})
 	return m.advance(ctx, e, s, data)
 }
 

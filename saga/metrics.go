@@ -14,6 +14,9 @@ type metrics struct {
 	stepLatency prometheus.Observer
 	inFlight    prometheus.Gauge
 	ignored     prometheus.Counter
+	// late counts late replies recorded in saga_late_replies, by
+	// disposition (applied, compensated, recorded).
+	late *prometheus.CounterVec
 	// unknownVersion counts sagas met whose definition version the
 	// orchestrator does not have.
 	unknownVersion prometheus.Counter
@@ -34,8 +37,14 @@ func newMetrics(reg prometheus.Registerer, sagaType string) (*metrics, error) {
 		Name: "replies_ignored_total", Help: "Late or duplicate replies ignored."}, []string{"saga_type"})
 	unknown := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sagabox", Subsystem: "saga",
 		Name: "unknown_version_total", Help: "Replies and timers of sagas whose definition version this orchestrator does not have (left alone)."}, []string{"saga_type"})
+	late := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sagabox", Subsystem: "saga",
+		Name: "late_replies_total", Help: "Replies that came after the saga stopped waiting for them and told it something new, by what was done: applied (the saga still waited on the step), compensated (the action's compensation was sent), recorded (kept in saga_late_replies for an operator)."},
+		[]string{"saga_type", "disposition"})
 	if reg != nil {
 		var err error
+		if late, err = promreg.Register(reg, late); err != nil {
+			return nil, err
+		}
 		if unknown, err = promreg.Register(reg, unknown); err != nil {
 			return nil, err
 		}
@@ -60,6 +69,9 @@ func newMetrics(reg prometheus.Registerer, sagaType string) (*metrics, error) {
 	for _, st := range []Status{StatusSucceeded, StatusCompensated, StatusFailed} {
 		finished.MustCurryWith(labels).WithLabelValues(string(st))
 	}
+	for _, d := range lateDispositions {
+		late.MustCurryWith(labels).WithLabelValues(string(d))
+	}
 	return &metrics{
 		unknownVersion: unknown.With(labels),
 		started:        started.With(labels),
@@ -67,6 +79,7 @@ func newMetrics(reg prometheus.Registerer, sagaType string) (*metrics, error) {
 		stepLatency:    latency.With(labels),
 		inFlight:       inFlight.With(labels),
 		ignored:        ignored.With(labels),
+		late:           late.MustCurryWith(labels),
 	}, nil
 }
 

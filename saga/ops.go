@@ -46,6 +46,10 @@ type Info struct {
 	// Only Get fills them.
 	Actions []Action
 	Request *Action
+	// LateReplies are the replies that came after the saga stopped
+	// waiting for them and told it something new, oldest first, with what
+	// was done about them (see LateReply). Only Get fills them.
+	LateReplies []LateReply
 }
 
 // Attempt is one attempt of a step or of its compensation.
@@ -114,6 +118,19 @@ FROM sagabox.saga_steps WHERE saga_id = $1 ORDER BY started_at, compensation, st
 	})
 	if err != nil {
 		return nil, fmt.Errorf("saga: history of %s: %w", id, err)
+	}
+	rows, err = db.Query(ctx, `SELECT step, name, compensation, attempt, outcome, reason, disposition, note, received_at
+FROM sagabox.saga_late_replies WHERE saga_id = $1 ORDER BY n`, id)
+	if err != nil {
+		return nil, fmt.Errorf("saga: late replies of %s: %w", id, err)
+	}
+	i.LateReplies, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (LateReply, error) {
+		var l LateReply
+		err := r.Scan(&l.Step, &l.Name, &l.Compensation, &l.Attempt, &l.Outcome, &l.Reason, &l.Disposition, &l.Note, &l.ReceivedAt)
+		return l, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("saga: late replies of %s: %w", id, err)
 	}
 	// The attempt awaiting its reply has no history row yet (it gets one
 	// when it ends): it is described by the saga's row.

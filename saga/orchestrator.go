@@ -364,7 +364,7 @@ func (o *Orchestrator[D]) inSaga(ctx context.Context, load func(pgx.Tx) (*state,
 		if err := json.Unmarshal(raw, data); err != nil {
 			return fmt.Errorf("saga %s: data: %w", s.ID, err)
 		}
-		e = &txEnv[D]{tx: tx}
+		e = &txEnv[D]{tx: tx, writer: o.writer}
 		if changed, err = fn(e, m, s, data); err != nil || !changed {
 			return err
 		}
@@ -373,10 +373,16 @@ func (o *Orchestrator[D]) inSaga(ctx context.Context, load func(pgx.Tx) (*state,
 	if unknown != nil {
 		o.reportUnknownVersion(ctx, unknown)
 	}
-	if err != nil || !changed {
+	if err != nil {
 		return false, err
 	}
 	committed()
+	if e != nil {
+		o.recordLate(ctx, e.lates)
+	}
+	if !changed {
+		return false, nil
+	}
 	o.metrics.record(e.finishes, e.hist)
 	return true, nil
 }
@@ -425,6 +431,20 @@ func (o *Orchestrator[D]) handleReply(ctx context.Context, r *Reply, causation s
 	return used, nil
 }
 
+// recordLate counts and logs the late replies a committed transaction
+// recorded.
+func (o *Orchestrator[D]) recordLate(ctx context.Context, lates []lateNote) {
+	for _, l := range lates {
+		o.metrics.late.WithLabelValues(string(l.Disposition)).Inc()
+		level := slog.LevelInfo
+		if l.Disposition == LateRecorded && !l.Compensation && l.Outcome == OutcomeSucceeded {
+			level = slog.LevelError // an effect may be left behind: an operator must look
+		}
+		o.log.Log(ctx, level, "saga: late reply", "saga_id", l.sagaID, "step", l.Name, "compensation", l.Compensation,
+			"attempt", l.Attempt, "outcome", l.Outcome, "disposition", l.Disposition, "note", l.Note)
+	}
+}
+
 // handleReplies applies a batch of replies in one transaction, locking
 // their sagas in id order: BEGIN travels with the load, COMMIT with the
 // writes (pipeTx). If the transaction fails, each reply of a batch of
@@ -451,6 +471,9 @@ func (o *Orchestrator[D]) handleReplies(ctx context.Context, items []replyItem) 
 	}
 	for _, e := range envs {
 		o.metrics.record(e.finishes, e.hist)
+		if len(e.lates) > 0 {
+			o.recordLate(ctx, e.lates)
+		}
 	}
 	return errs
 }
@@ -530,7 +553,7 @@ func (o *Orchestrator[D]) runReplies(ctx context.Context, tx pgx.Tx, items []rep
 			if err := json.Unmarshal(raws[id], datas[id]); err != nil {
 				return nil, 0, nil, fmt.Errorf("saga %s: data: %w", id, err)
 			}
-			envs[id] = &txEnv[D]{tx: tx}
+			envs[id] = &txEnv[D]{tx: tx, writer: o.writer}
 		}
 		it.r.codec = o.codec
 		used, err := o.machines[s.DefVersion].onReply(ctx, envs[id], s, datas[id], it.r)

@@ -382,13 +382,41 @@ func TestParticipantConcurrentDeliveriesTwoInstances(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, 0)
 	var n calls
+	// meet holds the first handler of a shared command until the other
+	// instance's handler runs it too: both are in flight at once, neither
+	// committed. Later runs (the loser's retry alone) pass.
+	var mu sync.Mutex
+	arrivals := map[uuid.UUID]chan struct{}{}
+	sharedIDs := map[uuid.UUID]bool{}
+	meet := func(id uuid.UUID) {
+		mu.Lock()
+		if !sharedIDs[id] {
+			mu.Unlock()
+			return
+		}
+		ch, ok := arrivals[id]
+		if !ok {
+			ch = make(chan struct{})
+			arrivals[id] = ch
+			mu.Unlock()
+			select {
+			case <-ch:
+			case <-time.After(time.Minute):
+				t.Errorf("saga %s: the other instance never ran the shared command", id)
+			}
+			return
+		}
+		delete(sharedIDs, id)
+		close(ch)
+		mu.Unlock()
+	}
 	mk := func() *saga.Participant {
 		return w.participant("twin", w.pool, saga.HandleFunc("apply", func(ctx context.Context, tx pgx.Tx, cmd *saga.Command) (any, error) {
 			n.inc(cmd.SagaID)
 			if err := effect(ctx, tx, cmd, "apply"); err != nil {
 				return nil, err
 			}
-			time.Sleep(20 * time.Millisecond) // both in flight
+			meet(cmd.SagaID) // both in flight
 			if cmd.Step == 1 {
 				return nil, saga.Reject("step 1 is refused")
 			}
@@ -399,6 +427,9 @@ func TestParticipantConcurrentDeliveriesTwoInstances(t *testing.T) {
 	for round := range 6 {
 		shared := command(uuid.New(), "apply", 1, false)
 		shared.Step = round % 2 // half rejected
+		mu.Lock()
+		sharedIDs[shared.SagaID] = true
+		mu.Unlock()
 		other := func() *saga.Command { return command(uuid.New(), "apply", 1, false) }
 		// Each instance decodes its own copy of the command.
 		copyB := *shared

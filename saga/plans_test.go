@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,7 +80,8 @@ func TestInboxLookupStaysOnThePrimaryKeyAsTheInboxGrows(t *testing.T) {
 func TestTimerPollStaysOnItsIndexAsSagasAccumulate(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, 0)
-	pool := w.onePool(nil)
+	polls := &pollCounter{}
+	pool := w.onePool(polls)
 	o := w.orchestrator(orderDefinition(tuning{}), func(c *saga.Config, rt *testRuntime) {
 		rt.pool = pool
 		c.PollInterval = 5 * time.Millisecond
@@ -89,25 +92,42 @@ func TestTimerPollStaysOnItsIndexAsSagasAccumulate(t *testing.T) {
 		go func() { defer close(done); o.RunTimers(ctx) }()
 		return func() { cancel(); <-done }
 	}
+	// Counted polls, not a time window: a busy machine polls less often.
+	waitPolls := func(n int64, what string) {
+		start := polls.n.Load()
+		testkit.Eventually(t, 2*time.Minute, what, func() bool { return polls.n.Load()-start >= n })
+	}
 	stop := runTimers()
-	time.Sleep(200 * time.Millisecond) // dozens of polls on an empty table
+	waitPolls(40, "dozens of polls on an empty table") // past the plan cache's five custom plans
 	_, err := w.pool.Exec(w.ctx, `INSERT INTO sagabox.sagas (id, saga_type, definition_version, status, step, attempt, data, finished_at)
 		SELECT gen_random_uuid(), 'create_order', 3, 'succeeded', 3, 1, '{}', now() FROM generate_series(1, 20000)`)
 	testkit.Must(t, err, "finished sagas")
-	time.Sleep(20 * time.Millisecond)
+	waitPolls(4, "polls on the grown table")
 	stop()
-	// 300 ms of polls every 5 ms, two workers, two queries each: about 240
-	// queries. A scan of the table in each would read millions of tuples;
-	// what the index walks read (and the count of sagas in flight that
-	// RunTimers makes when it starts) stays far below.
+	// 200 poll queries (deadline and retry, two workers). A scan of the
+	// table in each would read millions of tuples; what the index walks
+	// read (and the count of sagas in flight that RunTimers makes when it
+	// starts) stays far below.
 	before := w.tuplesRead(pool, "sagas")
 	stop = runTimers()
-	time.Sleep(300 * time.Millisecond)
+	waitPolls(200, "200 timer poll queries")
 	stop()
 	if read := w.tuplesRead(pool, "sagas") - before; read > 100000 {
-		t.Fatalf("the timer polls of 300 ms read %d saga tuples with 20,000 finished sagas: they scan the table", read)
+		t.Fatalf("%d timer poll queries read %d saga tuples with 20,000 finished sagas: they scan the table", polls.n.Load(), read)
 	}
 }
+
+// pollCounter counts the timer poll's queries (loadDue) a pool runs.
+type pollCounter struct{ n atomic.Int64 }
+
+func (c *pollCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	if strings.Contains(data.SQL, "FOR UPDATE SKIP LOCKED") && strings.Contains(data.SQL, "ORDER BY") {
+		c.n.Add(1)
+	}
+	return ctx
+}
+
+func (c *pollCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
 
 func TestReplyBatchLoadsStayOnThePrimaryKeyAsSagasAccumulate(t *testing.T) {
 	t.Parallel()

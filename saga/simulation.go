@@ -20,6 +20,7 @@ type Simulation[D any] struct {
 	codec   *outbox.Codec
 	sent    []SentCommand
 	history []Attempt
+	lates   []LateReply
 }
 
 // SentCommand is a command the saga sent.
@@ -113,6 +114,9 @@ func (sim *Simulation[D]) Now() time.Time { return sim.clock }
 // Sent returns the commands sent so far, in order.
 func (sim *Simulation[D]) Sent() []SentCommand { return append([]SentCommand(nil), sim.sent...) }
 
+// LateReplies returns the late replies recorded so far (see LateReply).
+func (sim *Simulation[D]) LateReplies() []LateReply { return append([]LateReply(nil), sim.lates...) }
+
 // History returns the attempts so far.
 func (sim *Simulation[D]) History() []Attempt { return append([]Attempt(nil), sim.history...) }
 
@@ -145,3 +149,20 @@ func (e *simEnv[D]) attemptEnded(step int, comp bool, attempt int, _ string, out
 }
 
 func (e *simEnv[D]) finished(*state) {}
+
+func (e *simEnv[D]) knownOutcome(_ context.Context, _ *state, step int, comp bool) (bool, error) {
+	for _, h := range e.history {
+		if h.Step == step && h.Compensation == comp && (h.Outcome == OutcomeSucceeded || h.Outcome == OutcomeRejected) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func (e *simEnv[D]) late(_ context.Context, _ *state, l LateReply, cmd *outCommand) error {
+	e.lates = append(e.lates, l)
+	if cmd != nil {
+		e.send(*cmd)
+	}
+	return nil
+}

@@ -112,6 +112,17 @@ type txEnv[D any] struct {
 	hist     []*histOp
 	cmds     []outCommand
 	finishes []Status
+	// For late replies only: the writer of their compensations, and what
+	// became of them (for the metrics).
+	writer *outbox.Writer
+	lates  []lateNote
+}
+
+// lateNote is a late reply recorded in the transaction, for the log and
+// the metrics after the commit.
+type lateNote struct {
+	sagaID uuid.UUID
+	LateReply
 }
 
 func (e *txEnv[D]) now() time.Time { return time.Now() }
@@ -150,6 +161,48 @@ func (e *txEnv[D]) attemptEnded(step int, comp bool, attempt int, name string, o
 }
 
 func (e *txEnv[D]) finished(s *state) { e.finishes = append(e.finishes, s.Status) }
+
+// knownOutcomeSQL walks saga_steps' primary key (saga, step, phase).
+const knownOutcomeSQL = `SELECT EXISTS (SELECT 1 FROM sagabox.saga_steps
+WHERE saga_id = $1 AND step = $2 AND compensation = $3 AND outcome IN ('succeeded', 'rejected'))`
+
+func (e *txEnv[D]) knownOutcome(ctx context.Context, s *state, step int, comp bool) (bool, error) {
+	for _, h := range e.hist {
+		if h.ended && h.step == step && h.compensation == comp && (h.outcome == OutcomeSucceeded || h.outcome == OutcomeRejected) {
+			return true, nil
+		}
+	}
+	var known bool
+	if err := e.tx.QueryRow(ctx, knownOutcomeSQL, [16]byte(s.ID), step, comp).Scan(&known); err != nil {
+		return false, fmt.Errorf("saga %s: history: %w", s.ID, err)
+	}
+	return known, nil
+}
+
+const insertLateSQL = `INSERT INTO sagabox.saga_late_replies
+	(saga_id, step, compensation, attempt, name, outcome, reason, disposition, note, received_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`
+
+// late writes the late reply's row, and its compensation to the outbox,
+// at once: this path is rare, and the saga's row may not change.
+func (e *txEnv[D]) late(ctx context.Context, s *state, l LateReply, cmd *outCommand) error {
+	if _, err := e.tx.Exec(ctx, insertLateSQL, [16]byte(s.ID), l.Step, l.Compensation, l.Attempt, l.Name, string(l.Outcome),
+		l.Reason, string(l.Disposition), l.Note, l.ReceivedAt); err != nil {
+		return fmt.Errorf("saga %s: record late reply: %w", s.ID, err)
+	}
+	if cmd != nil {
+		if e.writer == nil {
+			return fmt.Errorf("saga %s: late reply: no outbox writer to send %s", s.ID, cmd.Envelope.Command)
+		}
+		msg := outbox.Message{Topic: cmd.Topic, Key: s.ID.String(), Type: CommandType, Value: cmd.Envelope,
+			CorrelationID: s.CorrelationID, SagaID: s.ID.String()}
+		if err := e.writer.Write(ctx, e.tx, msg); err != nil {
+			return fmt.Errorf("saga %s: late reply: send %s: %w", s.ID, cmd.Envelope.Command, err)
+		}
+	}
+	e.lates = append(e.lates, lateNote{sagaID: s.ID, LateReply: l})
+	return nil
+}
 
 const insertSagaSQL = `
 INSERT INTO sagabox.sagas (id, saga_type, definition_version, status, step, attempt, compensation,

@@ -191,20 +191,31 @@ func TestOrderSagaCancelsWithTheParticipantsOwnWords(t *testing.T) {
 }
 
 // When the debit's outcome stays unknown (no reply after every attempt),
-// the saga neither approves nor compensates: the money may have been
-// taken. It ends failed, the order stays PENDING, for an operator.
-func TestOrderSagaStopsForAnOperatorWhenTheDebitStaysUnknown(t *testing.T) {
+// the saga neither approves nor compensates (the money may have been
+// taken) nor gives up: it keeps asking userservice, whose inbox answers a
+// debit it made with the reply it stored, and the order stays PENDING.
+// When the answer comes, late, it is applied: the order is approved.
+func TestOrderSagaKeepsAskingWhileTheDebitStaysUnknown(t *testing.T) {
 	t.Parallel()
 	h, repo, id := newSaga(t)
 	h.SucceedWith(schemas.NameStockReserved, reserved)
-	for attempt := 1; attempt <= saga.DefaultMaxAttempts; attempt++ {
-		h.ExpectCommands(schemas.CommandDebitCredit)
+	for attempt := 1; attempt <= saga.DefaultMaxAttempts+5; attempt++ {
+		if c := h.ExpectCommands(schemas.CommandDebitCredit)[0]; c.Attempt != attempt {
+			t.Fatalf("debit attempt %d, want %d", c.Attempt, attempt)
+		}
 		h.Timeout()
+		h.ExpectStatus(saga.StatusRunning)
+		h.ExpectCommands() // no release_stock
+		if o := repo.orders[id]; o.Status != domain.StatusPending || len(repo.events) != 0 {
+			t.Fatalf("order %+v, events %v", o, repo.events)
+		}
 		h.Wait(time.Minute)
 	}
-	h.ExpectStatus(saga.StatusFailed)
-	h.ExpectCommands() // no release_stock
-	if o := repo.orders[id]; o.Status != domain.StatusPending || len(repo.events) != 0 {
+	h.ExpectCommands(schemas.CommandDebitCredit)
+	h.Timeout() // backing off: the answer comes to an attempt no longer awaited
+	h.SucceedWith(schemas.NameCreditDebited, &schemas.CreditDebited{OrderID: id.String(), AmountCents: 1800})
+	h.ExpectStatus(saga.StatusSucceeded)
+	if o := repo.orders[id]; o.Status != domain.StatusApproved || len(repo.events) != 1 {
 		t.Fatalf("order %+v, events %v", o, repo.events)
 	}
 }

@@ -203,18 +203,224 @@ func TestCompensationThatKeepsFailingEndsFailed(t *testing.T) {
 	h.ExpectStatus(saga.StatusCompensated)
 }
 
-// Invariant: a pivot whose outcome stays unknown is not compensated around:
-// the saga ends failed for an operator.
-func TestPivotTimeoutEndsFailed(t *testing.T) {
-	h := sagatest.New(t, tripDefinition(t), nil, trip{}).Start()
+// toPivot runs the trip to its pivot (charge_card attempt 1 in flight).
+func toPivot(t *testing.T, def *saga.Definition[trip]) *sagatest.Harness[trip] {
+	h := sagatest.New(t, def, nil, trip{}).Start()
 	for _, c := range []string{"book_flight", "book_hotel"} {
 		h.ExpectCommands(c)
 		h.Succeed()
 	}
 	h.ExpectCommands("charge_card")
+	return h
+}
+
+// Invariant: a pivot whose outcome stays unknown is neither compensated
+// around nor given up: past its retry budget the command is re-sent with
+// capped backoff, the saga running and awaiting the pivot, and a definitive
+// reply that comes late (to an attempt no longer in flight) is applied,
+// once.
+func TestPivotWhoseOutcomeIsUnknownKeepsBeingAsked(t *testing.T) {
+	h := toPivot(t, tripDefinition(t))
 	h.Timeout().Wait(time.Second).Timeout().Wait(2 * time.Second).Timeout()
 	h.ExpectCommands("charge_card", "charge_card")
-	h.ExpectStatus(saga.StatusFailed)
+	// Past the retry policy's 3 attempts: asked again, the backoff capped
+	// at the policy's 3 s.
+	for attempt := 4; attempt <= 12; attempt++ {
+		h.Wait(3 * time.Second)
+		cmd := h.ExpectCommands("charge_card")[0]
+		if cmd.Attempt != attempt {
+			t.Fatalf("re-sent attempt %d, want %d", cmd.Attempt, attempt)
+		}
+		h.ExpectStatus(saga.StatusRunning)
+		h.Timeout()
+	}
+	if !strings.Contains(h.Sim.LastError(), "outcome unknown: asking again") {
+		t.Fatalf("last error %q", h.Sim.LastError())
+	}
+	// Backing off before attempt 13; attempt 2's reply comes at last.
+	if !h.Deliver(saga.Reply{Step: 3, Attempt: 2, Outcome: saga.OutcomeSucceeded}) {
+		t.Fatal("the late definitive reply to the pivot was ignored")
+	}
+	h.ExpectCommands("send_email")
+	for _, a := range []int{1, 12, 13} {
+		if h.Deliver(saga.Reply{Step: 3, Attempt: a, Outcome: saga.OutcomeSucceeded}) {
+			t.Fatalf("the pivot's reply was applied twice (attempt %d)", a)
+		}
+	}
+	h.Succeed().ExpectStatus(saga.StatusSucceeded)
+	late := h.Sim.LateReplies()
+	if len(late) != 1 || late[0].Disposition != saga.LateApplied || late[0].Attempt != 2 || late[0].Name != "charge" {
+		t.Fatalf("late replies %+v, want the one applied", late)
+	}
+	if got := h.Trace(); !slices.Equal(got[len(got)-2:], []string{"charge#13:succeeded", "email#1:succeeded"}) {
+		t.Fatalf("history ends %v", got[len(got)-2:])
+	}
+}
+
+// Invariant: the replies the late path may use match on step and phase:
+// an error reply to an old attempt, a compensation's reply, or a reply for
+// another step do not move the pivot.
+func TestStaleRepliesToAnUnknownPivotAreNotMisapplied(t *testing.T) {
+	h := toPivot(t, tripDefinition(t))
+	h.Timeout()
+	for _, r := range []saga.Reply{
+		{Step: 3, Attempt: 1, Outcome: saga.OutcomeError, Reason: "old attempt's error"},
+		{Step: 3, Attempt: 1, Compensation: true, Outcome: saga.OutcomeSucceeded},
+		{Step: 2, Attempt: 1, Outcome: saga.OutcomeRejected},
+		{Step: 4, Attempt: 1, Outcome: saga.OutcomeSucceeded},
+	} {
+		if h.Deliver(r) {
+			t.Fatalf("stale reply %+v was applied", r)
+		}
+	}
+	h.ExpectStatus(saga.StatusRunning)
+	h.Wait(time.Second).ExpectCommands("charge_card")
+	// A late rejection is definitive too: the steps before the pivot are
+	// compensated.
+	if !h.Deliver(saga.Reply{Step: 3, Attempt: 1, Outcome: saga.OutcomeRejected, Reason: "card declined"}) {
+		t.Fatal("the late rejection was ignored")
+	}
+	h.ExpectCommands("cancel_hotel")
+}
+
+// Invariant: with an UnknownOutcomeBudget, a pivot that stays silent ends
+// failed once the budget is spent; a definitive reply arriving after that
+// is applied, and so is one arriving after an operator's retry, once.
+func TestPivotUnknownOutcomeBudgetThenLateReplies(t *testing.T) {
+	inv := func(cmd string) *saga.Invocation[trip] { return &saga.Invocation[trip]{Topic: "travel", Command: cmd} }
+	def := saga.MustDefinition("pay", 1,
+		saga.Step[trip]{Name: "hotel", Invoke: inv("book_hotel"), Compensate: inv("cancel_hotel"), Timeout: 10 * time.Second, Retry: retry},
+		saga.Step[trip]{Name: "charge", Kind: saga.Pivot, Invoke: inv("charge_card"), Timeout: 10 * time.Second, Retry: retry,
+			UnknownOutcomeBudget: 30 * time.Second},
+		saga.Step[trip]{Name: "email", Kind: saga.Retriable, Invoke: inv("send_email"), Timeout: 10 * time.Second, Retry: retry},
+	)
+	for _, afterRetry := range []bool{false, true} {
+		h := sagatest.New(t, def, nil, trip{}).Start()
+		h.ExpectCommands("book_hotel")
+		h.Succeed()
+		h.ExpectCommands("charge_card")
+		h.Timeout().Wait(time.Second).Timeout().Wait(2 * time.Second).Timeout()
+		h.ExpectCommands("charge_card", "charge_card")
+		// Re-asks of 3 s backoff + 10 s timeout: two fit in 30 s.
+		for range 2 {
+			h.Wait(3 * time.Second).ExpectCommands("charge_card")
+			h.ExpectStatus(saga.StatusRunning).Timeout()
+		}
+		h.ExpectStatus(saga.StatusFailed)
+		if !strings.Contains(h.Sim.LastError(), "UnknownOutcomeBudget") {
+			t.Fatalf("last error %q", h.Sim.LastError())
+		}
+		h.Wait(time.Hour).ExpectCommands() // failed: nothing more is sent
+		if afterRetry {
+			if err := h.Sim.Retry(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if c := h.ExpectCommands("charge_card")[0]; c.Attempt != 1 {
+				t.Fatalf("retry sent attempt %d", c.Attempt)
+			}
+		}
+		// The reply to attempt 4, sent before the saga failed.
+		if !h.Deliver(saga.Reply{Step: 1, Attempt: 4, Outcome: saga.OutcomeSucceeded}) {
+			t.Fatalf("after retry %v: the late reply was ignored", afterRetry)
+		}
+		h.ExpectCommands("send_email")
+		if h.Deliver(saga.Reply{Step: 1, Attempt: 1, Outcome: saga.OutcomeSucceeded}) {
+			t.Fatalf("after retry %v: the pivot's reply was applied twice", afterRetry)
+		}
+		h.Succeed().ExpectStatus(saga.StatusSucceeded)
+		if late := h.Sim.LateReplies(); len(late) != 1 || late[0].Disposition != saga.LateApplied {
+			t.Fatalf("after retry %v: late replies %+v", afterRetry, late)
+		}
+	}
+}
+
+// Invariant: an invoked retriable step that times out keeps being asked;
+// one that keeps answering errors ends the saga failed.
+func TestRetriableStepThatTimesOutKeepsBeingAsked(t *testing.T) {
+	h := toPivot(t, tripDefinition(t))
+	h.Succeed()
+	h.ExpectCommands("send_email")
+	h.Timeout().Wait(time.Second).Timeout().Wait(2 * time.Second).Timeout()
+	h.ExpectCommands("send_email", "send_email")
+	for range 5 {
+		h.Wait(3 * time.Second).ExpectCommands("send_email")
+		h.ExpectStatus(saga.StatusRunning).Timeout()
+	}
+	h.Wait(3 * time.Second).ExpectCommands("send_email")
+	h.Succeed().ExpectStatus(saga.StatusSucceeded)
+}
+
+// Invariant: an abort while a step backs off between attempts compensates
+// that step too: the attempt that timed out may yet run.
+func TestAbortWhileBackingOffCompensatesTheStep(t *testing.T) {
+	h := sagatest.New(t, tripDefinition(t), nil, trip{}).Start()
+	h.ExpectCommands("book_flight")
+	h.Succeed()
+	h.ExpectCommands("book_hotel")
+	h.Timeout() // attempt 2 due in 1 s
+	if err := h.Sim.Abort(context.Background(), "customer cancelled"); err != nil {
+		t.Fatal(err)
+	}
+	h.ExpectCommands("cancel_hotel")
+	h.Succeed()
+	h.ExpectCommands("cancel_flight")
+	h.Succeed().ExpectStatus(saga.StatusCompensated)
+	if f := h.Failure(); f.Outcome != saga.OutcomeAborted || f.StepName != "hotel" || f.Attempts != 1 {
+		t.Fatalf("failure %+v", f)
+	}
+	h.Wait(time.Hour).ExpectCommands() // the backed-off attempt is never sent
+}
+
+// Invariant: a reply the saga can no longer use is recorded, never
+// silently dropped; an action that succeeded after the saga compensated
+// past it gets its compensation (again: the participant's inbox makes a
+// second one a no-op); a duplicate of a reply the saga used is not news.
+func TestLateRepliesAreRecordedAndLateActionsCompensated(t *testing.T) {
+	h := sagatest.New(t, tripDefinition(t), nil, trip{}).Start()
+	h.ExpectCommands("book_flight")
+	h.Succeed()
+	h.ExpectCommands("book_hotel")
+	h.Timeout().Wait(time.Second).Timeout().Wait(2 * time.Second).Timeout()
+	h.ExpectCommands("book_hotel", "book_hotel", "cancel_hotel")
+	h.Succeed()
+	h.ExpectCommands("cancel_flight")
+	h.Succeed().ExpectStatus(saga.StatusCompensated)
+
+	if h.Deliver(saga.Reply{Step: 1, Attempt: 1, Outcome: saga.OutcomeSucceeded}) {
+		t.Fatal("a duplicate of the flight's used reply changed the saga")
+	}
+	if len(h.Sim.LateReplies()) != 0 {
+		t.Fatalf("a duplicate was recorded as news: %+v", h.Sim.LateReplies())
+	}
+	// The hotel was booked after all (attempt 2 ran): cancel it.
+	if h.Deliver(saga.Reply{Step: 2, Attempt: 2, Outcome: saga.OutcomeSucceeded}) {
+		t.Fatal("a late reply changed a compensated saga")
+	}
+	if c := h.ExpectCommands("cancel_hotel")[0]; !c.Compensation || c.Step != 2 {
+		t.Fatalf("compensation %+v", c)
+	}
+	late := h.Sim.LateReplies()
+	if len(late) != 1 || late[0].Disposition != saga.LateCompensated || late[0].Name != "hotel" {
+		t.Fatalf("late replies %+v", late)
+	}
+	h.ExpectStatus(saga.StatusCompensated)
+
+	// A pivot that succeeds after an abort cannot be compensated: recorded
+	// for an operator.
+	h = toPivot(t, tripDefinition(t))
+	if err := h.Sim.Abort(context.Background(), "operator gave up on the card"); err != nil {
+		t.Fatal(err)
+	}
+	h.ExpectCommands("cancel_hotel")
+	h.Succeed()
+	h.ExpectCommands("cancel_flight")
+	h.Succeed().ExpectStatus(saga.StatusCompensated)
+	h.Deliver(saga.Reply{Step: 3, Attempt: 1, Outcome: saga.OutcomeSucceeded})
+	h.ExpectCommands()
+	late = h.Sim.LateReplies()
+	if len(late) != 1 || late[0].Disposition != saga.LateRecorded || !strings.Contains(late[0].Note, "no compensation") {
+		t.Fatalf("late replies %+v", late)
+	}
 }
 
 // Invariant: the compensations learn which step failed and how: a
@@ -329,9 +535,11 @@ func TestDefinitionRules(t *testing.T) {
 // The diagram draws the transitions the machine takes, and no other: a
 // rejected or rolled back step compensates only the steps before it, an
 // invoked step whose outcome is unknown is compensated too, and a pivot
-// whose outcome is unknown ends failed (TestRejectionAtEachStep,
-// TestTimeoutRetriesWithBackoffThenCompensates, TestPivotTimeoutEndsFailed
-// and TestFailedLocalStepIsNotCompensated drive these paths).
+// or retriable step whose outcome is unknown is asked again
+// (TestRejectionAtEachStep, TestTimeoutRetriesWithBackoffThenCompensates,
+// TestPivotWhoseOutcomeIsUnknownKeepsBeingAsked,
+// TestRetriableStepThatTimesOutKeepsBeingAsked and
+// TestFailedLocalStepIsNotCompensated drive these paths).
 func TestMermaid(t *testing.T) {
 	m := tripDefinition(t).Mermaid()
 	want := []string{
@@ -347,8 +555,10 @@ func TestMermaid(t *testing.T) {
 		"    s2 -.->|times out or errors| c2",
 		"    s3{{\"charge<br/>charge_card → travel<br/><i>pivot</i>\"}} -->|ok| s4",
 		"    s3 -.->|rejected| c2",
-		"    s3 -.->|times out or errors| failed([failed])",
+		"    s3 -.->|times out: asks again| s3",
+		"    s3 -.->|errors past its attempts| failed([failed])",
 		"    s4[\"email<br/>send_email → travel<br/><i>retriable</i>\"] -->|ok| succeeded([succeeded])",
+		"    s4 -.->|times out: asks again| s4",
 		"    s4 -.->|rejected or out of attempts| failed([failed])",
 		"    c2[/\"undo hotel<br/>cancel_hotel → travel\"/] -->|ok| c1",
 		"    c2 -.->|attempts exhausted| failed([failed])",
