@@ -31,6 +31,9 @@ bench: ## outbox relay benchmark: sagabox vs watermill forwarder vs ceiling (see
 bench-saga: ## three-step saga end to end (see BENCHMARKS.md)
 	$(GO) run ./cmd/sagabench
 
+bench-compare: ## outboxbench and sagabench of OLD (a commit) and of the work tree, side by side: make bench-compare OLD=<commit>
+	bash scripts/bench-compare.sh $(OLD)
+
 bench-shop: ## the shop over HTTP with concurrent customers (see BENCHMARKS.md)
 	$(GO) run ./cmd/shopbench
 
