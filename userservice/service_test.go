@@ -2,6 +2,7 @@ package userservice_test
 
 import (
 	"context"
+	"errors"
 	"crypto/ed25519"
 	"fmt"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"github.com/sagabox/sagabox/internal/testkit"
 	"github.com/sagabox/sagabox/userservice"
 	"github.com/sagabox/sagabox/userservice/adapters"
+	"github.com/sagabox/sagabox/userservice/app"
 	"github.com/sagabox/sagabox/userservice/ports"
 )
 
@@ -303,5 +305,34 @@ func TestServesHealthMetricsJWKSAndOpenAPI(t *testing.T) {
 	}
 	if res := testkit.Call(t, b.h, "GET", "/signup", nil); res.Status != 405 || res.Code() != "method_not_allowed" {
 		t.Errorf("wrong method: %d %s", res.Status, res.Raw)
+	}
+}
+
+// Issue 11.1: an account signed up with the admin email before the admin
+// was bootstrapped must not become an admin, and keeps no path to the role:
+// start-up stops with an error naming the account, and nothing about it
+// changes (role, password).
+func TestAdminBootstrapNeverPromotesAnExistingAccount(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const squatter = "boss@shop.test"
+	id := b.signUp(t, squatter) // password-123, the attacker's
+	var hashBefore string
+	testkit.Must(t, b.db.Pool.QueryRow(context.Background(), `SELECT password_hash FROM users WHERE id = $1`, id).Scan(&hashBefore), "hash")
+
+	_, err := userservice.New(testkit.Ctx(t), userservice.Config{Pool: b.db.Pool, AdminEmail: "Boss@shop.test", AdminPassword: "the-real-admin-pw",
+		PasswordParams: adapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1}})
+	var taken *app.AdminEmailTakenError
+	if !errors.As(err, &taken) || taken.UserID.String() != id || !strings.Contains(err.Error(), squatter) {
+		t.Fatalf("start-up with a non-admin account at ADMIN_EMAIL: err %v, want an AdminEmailTakenError naming %s", err, squatter)
+	}
+	var role, hash string
+	testkit.Must(t, b.db.Pool.QueryRow(context.Background(), `SELECT role, password_hash FROM users WHERE id = $1`, id).Scan(&role, &hash), "read")
+	if role != "user" || hash != hashBefore {
+		t.Fatalf("the existing account changed: role %q, password changed %v", role, hash != hashBefore)
+	}
+	tok := b.login(t, squatter, "password-123")
+	if res := testkit.Call(t, b.h, "GET", "/users/"+id, nil, testkit.Bearer(tok)...); res.Body["role"] != "user" {
+		t.Fatalf("the squatter's role: %s", res.Raw)
 	}
 }

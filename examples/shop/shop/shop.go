@@ -28,6 +28,7 @@ import (
 	"github.com/sagabox/sagabox/saga"
 	"github.com/sagabox/sagabox/schemas"
 	"github.com/sagabox/sagabox/userservice"
+	"github.com/sagabox/sagabox/userservice/app"
 	useradapters "github.com/sagabox/sagabox/userservice/adapters"
 )
 
@@ -306,13 +307,20 @@ func ensureAdmin(ctx context.Context, users *userservice.Service, cfg Config) (A
 	if a.Email == "" {
 		a.Email, a.Password, a.Generated = DefaultAdminEmail, rand.Text(), true
 	}
-	if _, err := users.App().BootstrapAdmin(ctx, a.Email, a.Password); err != nil {
+	_, err := users.App().BootstrapAdmin(ctx, a.Email, a.Password)
+	var taken *app.AdminEmailTakenError
+	if err != nil && !(a.Generated && errors.As(err, &taken)) {
 		return a, fmt.Errorf("shop: %w", err)
 	}
-	tok, err := users.App().Login(ctx, a.Email, a.Password)
+	var tok app.Token
+	if err == nil {
+		tok, err = users.App().Login(ctx, a.Email, a.Password)
+	}
 	if err != nil && a.Generated {
 		// The account is left from an earlier run, with a password printed
-		// then: make a new admin rather than print one that does not work.
+		// then, or a customer signed up with the default admin email (it is
+		// never promoted): make a new admin rather than print one that does
+		// not work.
 		a.Email = "admin-" + randomHex(3) + "@sagabox.local"
 		if _, err := users.App().BootstrapAdmin(ctx, a.Email, a.Password); err != nil {
 			return a, fmt.Errorf("shop: %w", err)
