@@ -28,8 +28,8 @@ import (
 	"github.com/sagabox/sagabox/saga"
 	"github.com/sagabox/sagabox/schemas"
 	"github.com/sagabox/sagabox/userservice"
-	"github.com/sagabox/sagabox/userservice/app"
 	useradapters "github.com/sagabox/sagabox/userservice/adapters"
+	"github.com/sagabox/sagabox/userservice/app"
 )
 
 // Defaults.
