@@ -389,3 +389,32 @@ func TestOrderReadModel(t *testing.T) {
 		t.Fatalf("a command applied as an order event: %v", err)
 	}
 }
+
+// Issue 11.5: a NUL byte or invalid UTF-8 in a path, a query or a JSON
+// string is a 400 naming the field, never a 500 from Postgres (SQLSTATE
+// 22021).
+func TestInvalidTextIsA400NamingTheField(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for _, c := range []struct{ name, method, path, body, field string }{
+		{"NUL in a SKU path", "GET", "/products/TEA%00", "", "path"},
+		{"invalid UTF-8 in a SKU path", "GET", "/products/TEA%ff", "", "path"},
+		{"NUL in the cursor", "GET", "/products?after=A%00", "", "after"},
+		{"invalid UTF-8 in the cursor", "GET", "/products?after=%c3%28", "", "after"},
+		{"NUL in an order view path", "GET", "/catalog/orders/x%00", "", "path"},
+		{"NUL in a product name", "POST", "/products", `{"sku":"NUL-1","name":"Tea\u0000","price":100,"stock":1}`, "name"},
+		{"invalid UTF-8 in a SKU", "POST", "/products", "{\"sku\":\"A\xff\",\"name\":\"Tea\",\"price\":100,\"stock\":1}", "sku"},
+	} {
+		var body any
+		if c.body != "" {
+			body = c.body
+		}
+		res := testkit.Call(t, b.h, c.method, c.path, body, testkit.Bearer(b.admin)...)
+		if res.Status != 400 || res.Code() != "invalid_text" || res.Body["field"] != c.field {
+			t.Errorf("%s: %d %s, want 400 invalid_text naming %s", c.name, res.Status, res.Raw, c.field)
+		}
+	}
+	if n := b.count(t, "products"); n != 0 {
+		t.Fatalf("invalid text wrote %d products", n)
+	}
+}

@@ -396,3 +396,29 @@ func (b bundle) foreignToken(t *testing.T) string {
 	testkit.Must(t, err, "issue")
 	return tok
 }
+
+// Issue 11.5: a NUL byte or invalid UTF-8 in a path, a query or a JSON
+// string is a 400 naming the field, and writes nothing.
+func TestInvalidTextIsA400NamingTheField(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for _, c := range []struct{ name, method, path, body, field string }{
+		{"NUL in a SKU", "POST", "/orders", `{"items":[{"sku":"TEA-1","quantity":1},{"sku":"TEA\u0000","quantity":1}]}`, "items[1].sku"},
+		{"invalid UTF-8 in a SKU", "POST", "/orders", "{\"items\":[{\"sku\":\"TEA\xff\",\"quantity\":1}]}", "items[0].sku"},
+		{"NUL in an order path", "GET", "/orders/%00", "", "path"},
+		{"NUL in the cursor", "GET", "/orders?before=%00", "", "before"},
+		{"invalid UTF-8 in the limit", "GET", "/orders?limit=%ff", "", "limit"},
+	} {
+		var body any
+		if c.body != "" {
+			body = c.body
+		}
+		res := testkit.Call(t, b.h, c.method, c.path, body, testkit.Bearer(b.user)...)
+		if res.Status != 400 || res.Code() != "invalid_text" || res.Body["field"] != c.field {
+			t.Errorf("%s: %d %s, want 400 invalid_text naming %s", c.name, res.Status, res.Raw, c.field)
+		}
+	}
+	if got := b.written(t); got != "orders 0, sagas 0, outbox 0" {
+		t.Fatalf("written: %s", got)
+	}
+}

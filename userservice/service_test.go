@@ -336,3 +336,30 @@ func TestAdminBootstrapNeverPromotesAnExistingAccount(t *testing.T) {
 		t.Fatalf("the squatter's role: %s", res.Raw)
 	}
 }
+
+// Issue 11.5: a NUL byte or invalid UTF-8 in any text is a 400 naming the
+// field, decided before the password hash is paid for; never a 500 from
+// Postgres (SQLSTATE 22021).
+func TestInvalidTextIsA400NamingTheField(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	before := b.users(t)
+	for _, c := range []struct{ name, path, body, field string }{
+		{"NUL in the name", "/signup", `{"email":"nul@example.com","password":"password-123","name":"A\u0000B"}`, "name"},
+		{"invalid UTF-8 in the name", "/signup", "{\"email\":\"bad@example.com\",\"password\":\"password-123\",\"name\":\"A\xffB\"}", "name"},
+		{"NUL in the password", "/signup", `{"email":"pw@example.com","password":"password-\u0000123","name":"A"}`, "password"},
+		{"NUL in a login email", "/login", `{"email":"carol\u0000@example.com","password":"password-123"}`, "email"},
+		{"invalid UTF-8 in a login email", "/login", "{\"email\":\"carol\xc3@example.com\",\"password\":\"password-123\"}", "email"},
+	} {
+		res := testkit.Call(t, b.h, "POST", c.path, c.body)
+		if res.Status != 400 || res.Code() != "invalid_text" || res.Body["field"] != c.field {
+			t.Errorf("%s: %d %s, want 400 invalid_text naming %s", c.name, res.Status, res.Raw, c.field)
+		}
+	}
+	if res := testkit.Call(t, b.h, "GET", "/users/%00", nil); res.Status != 400 || res.Code() != "invalid_text" || res.Body["field"] != "path" {
+		t.Errorf("NUL in the path: %d %s", res.Status, res.Raw)
+	}
+	if n := b.users(t); n != before {
+		t.Fatalf("invalid text wrote users: %d, want %d", n, before)
+	}
+}

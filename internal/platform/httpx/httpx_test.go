@@ -212,3 +212,63 @@ func TestServeDrainsInFlightRequests(t *testing.T) {
 		t.Fatal("still serving after shutdown")
 	}
 }
+
+// Issue 11.5: a NUL byte or invalid UTF-8 anywhere a handler reads text is
+// a 400 invalid_text naming where it is, never reaches the handler (which
+// would pay for a hash, or hand it to Postgres: SQLSTATE 22021, a 500).
+func TestTextMustBeValidUTF8WithoutNUL(t *testing.T) {
+	t.Parallel()
+	reached := 0
+	mux := http.NewServeMux()
+	mux.Handle("POST /items/{id}", Handle(quiet, func(w http.ResponseWriter, r *http.Request) error {
+		var req struct {
+			Name  string `json:"name"`
+			Lines []struct {
+				SKU string `json:"sku"`
+			} `json:"lines"`
+		}
+		if err := DecodeJSON(w, r, &req); err != nil {
+			return err
+		}
+		reached++
+		WriteJSON(w, 200, req)
+		return nil
+	}))
+	h := Middleware(quiet, nil, JSONErrors(mux))
+	cases := []struct {
+		name, target, body string
+		status             int
+		in, field          string
+	}{
+		{"valid", "/items/a?q=é", `{"name":"Zoë","lines":[{"sku":"A-1"}]}`, 200, "", ""},
+		{"escaped non-ASCII", "/items/a", `{"name":"Zo\u00eb"}`, 200, "", ""},
+		{"NUL in path", "/items/a%00b", `{}`, 400, "path", "path"},
+		{"invalid UTF-8 in path", "/items/a%ffb", `{}`, 400, "path", "path"},
+		{"NUL in query", "/items/a?after=x%00", `{}`, 400, "query", "after"},
+		{"invalid UTF-8 in query", "/items/a?after=%c3%28", `{}`, 400, "query", "after"},
+		{"NUL in query name", "/items/a?x%00=1", `{}`, 400, "query", `x\0`},
+		{"escaped NUL in JSON", "/items/a", `{"name":"a\u0000b"}`, 400, "body", "name"},
+		{"raw invalid UTF-8 in JSON", "/items/a", "{\"name\":\"a\xffb\"}", 400, "body", "name"},
+		{"nested", "/items/a", `{"name":"ok","lines":[{"sku":"A"},{"sku":"B\u0000"}]}`, 400, "body", "lines[1].sku"},
+		{"in a key", "/items/a", "{\"na\xc3me\":\"x\"}", 400, "body", "na\uFFFDme"},
+	}
+	for _, c := range cases {
+		before := reached
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("POST", "/items/x", strings.NewReader(c.body))
+		req.URL, _ = req.URL.Parse(c.target)
+		req.RequestURI = c.target
+		h.ServeHTTP(rec, req)
+		var body map[string]any
+		_ = json.Unmarshal(rec.Body.Bytes(), &body)
+		if rec.Code != c.status {
+			t.Errorf("%s: %d %s, want %d", c.name, rec.Code, rec.Body, c.status)
+			continue
+		}
+		if c.status == 400 {
+			if body["code"] != "invalid_text" || body["in"] != c.in || body["field"] != c.field || reached != before {
+				t.Errorf("%s: %s (handler reached %v), want invalid_text in %s field %q", c.name, rec.Body, reached != before, c.in, c.field)
+			}
+		}
+	}
+}
