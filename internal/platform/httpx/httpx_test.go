@@ -272,3 +272,76 @@ func TestTextMustBeValidUTF8WithoutNUL(t *testing.T) {
 		}
 	}
 }
+
+// Issue 11.6: a client sending its body one byte at a time is cut off once
+// ReadTimeout has passed, instead of holding the connection forever; so is
+// one that stays silent after its headers.
+func TestSlowClientsAreCutOff(t *testing.T) {
+	t.Parallel()
+	h := Handle(quiet, func(w http.ResponseWriter, r *http.Request) error {
+		var v map[string]any
+		if err := DecodeJSON(w, r, &v); err != nil {
+			return err
+		}
+		WriteJSON(w, 200, v)
+		return nil
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		served <- ServeConfig(ctx, l, h, quiet, ServerConfig{ReadHeaderTimeout: 300 * time.Millisecond, ReadTimeout: 300 * time.Millisecond})
+	}()
+	defer func() { cancel(); <-served }()
+
+	for _, c := range []struct {
+		name string
+		drip bool
+	}{{"body one byte every 50ms", true}, {"silent after the headers", false}} {
+		conn, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = io.WriteString(conn, "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+		testkitMust(t, err)
+		closed := make(chan struct{})
+		go func() {
+			_, _ = io.Copy(io.Discard, conn) // returns when the server closes the connection
+			close(closed)
+		}()
+		// Generous: the server must cut the client off within ReadTimeout;
+		// 30s only guards a loaded machine. The drip alone would take
+		// 100000 × 50ms.
+		deadline := time.After(30 * time.Second)
+		tick := time.NewTicker(50 * time.Millisecond)
+	drip:
+		for {
+			select {
+			case <-closed:
+				break drip
+			case <-deadline:
+				conn.Close()
+				t.Fatalf("%s: the connection is still open after 30s", c.name)
+			case <-tick.C:
+				if c.drip {
+					if _, err := io.WriteString(conn, " "); err != nil {
+						<-closed
+						break drip
+					}
+				}
+			}
+		}
+		tick.Stop()
+		conn.Close()
+	}
+}
+
+func testkitMust(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
