@@ -363,3 +363,30 @@ func TestInvalidTextIsA400NamingTheField(t *testing.T) {
 		t.Fatalf("invalid text wrote users: %d, want %d", n, before)
 	}
 }
+
+// Issue 11.7: NFC and NFD spellings of one address, in any case, are one
+// account; a look-alike with a Cyrillic letter is refused.
+func TestLookAlikeEmailsAreOneAccountOrRefused(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	res := testkit.Call(t, b.h, "POST", "/signup", map[string]string{"email": "ren\u00e9@example.com", "password": "password-123", "name": "René"})
+	if res.Status != 201 {
+		t.Fatalf("signup: %d %s", res.Status, res.Raw)
+	}
+	for _, email := range []string{"rene\u0301@example.com", "RENE\u0301@EXAMPLE.COM", "REN\u00c9@example.com"} {
+		res := testkit.Call(t, b.h, "POST", "/signup", map[string]string{"email": email, "password": "password-456", "name": "Other"})
+		if res.Status != 409 || res.Code() != "email_taken" {
+			t.Errorf("signup %q: %d %s, want 409 email_taken", email, res.Status, res.Raw)
+		}
+	}
+	b.login(t, "RENE\u0301@example.com", "password-123") // any spelling logs in
+	for _, email := range []string{"r\u0435ne@example.com", "rene@ex\u0430mple.com"} {
+		res := testkit.Call(t, b.h, "POST", "/signup", map[string]string{"email": email, "password": "password-456", "name": "Other"})
+		if res.Status != 400 || res.Code() != "validation_failed" || res.Body["field"] != "email" {
+			t.Errorf("signup %q: %d %s, want 400 on email", email, res.Status, res.Raw)
+		}
+	}
+	if n := b.users(t); n != 2 { // the admin and René
+		t.Fatalf("%d users, want 2", n)
+	}
+}

@@ -104,7 +104,7 @@ type Token struct {
 // Login checks the credentials and issues a token. A wrong email and a wrong
 // password are the same ErrInvalidCredentials, and take the same time.
 func (a *Application) Login(ctx context.Context, email, password string) (Token, error) {
-	u, err := a.repo.ByEmail(ctx, email)
+	u, err := a.repo.ByEmail(ctx, domain.CanonicalEmail(email))
 	if errors.Is(err, domain.ErrUserNotFound) || len(password) > 4*domain.MaxPasswordLen {
 		_, _ = a.hasher.Verify(ctx, password, a.dummyHash)
 		return Token{}, ErrInvalidCredentials

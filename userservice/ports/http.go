@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -110,7 +109,7 @@ func (h *handlers) login(w http.ResponseWriter, r *http.Request) error {
 	}
 	// Rate limit before hashing: limited attempts must cost us nothing.
 	client := clientAddr(r)
-	account := strings.ToLower(strings.TrimSpace(req.Email)) + "|" + client
+	account := domain.CanonicalEmail(req.Email) + "|" + client
 	for _, l := range []struct {
 		lim *ratelimit.Limiter
 		key string
