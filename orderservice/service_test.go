@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagabox/sagabox/internal/platform/auth"
 	"github.com/sagabox/sagabox/internal/platform/httpx"
@@ -420,5 +422,59 @@ func TestInvalidTextIsA400NamingTheField(t *testing.T) {
 	}
 	if got := b.written(t); got != "orders 0, sagas 0, outbox 0" {
 		t.Fatalf("written: %s", got)
+	}
+}
+
+// Issue 11.8: a read whose pooled connection the server has just
+// terminated (a restart, a failover, pg_terminate_backend) is retried once
+// on a fresh connection instead of answering 500.
+func TestReadsRetryOnceWhenTheirConnectionWasTerminated(t *testing.T) {
+	t.Parallel()
+	ctx := testkit.Ctx(t)
+	b := setup(t)
+	// A pool of the service's own that never pings before handing out a
+	// connection, so the terminated one is what the read gets.
+	pc, err := pgxpool.ParseConfig(b.db.URL)
+	testkit.Must(t, err, "parse")
+	pc.MaxConns = 2
+	pc.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	testkit.Must(t, err, "pool")
+	defer pool.Close()
+	verifier, err := auth.NewVerifier(auth.VerifierConfig{
+		Keys:   func(context.Context) ([]byte, error) { return b.issuer.JWKS(), nil },
+		Issuer: orderservice.DefaultIssuer, Audience: orderservice.DefaultAudience})
+	testkit.Must(t, err, "verifier")
+	svc, err := orderservice.New(ctx, orderservice.Config{Pool: pool, Verifier: verifier, Catalog: b.catalog})
+	testkit.Must(t, err, "orderservice on the pool")
+	defer svc.Close()
+	h := svc.Handler()
+
+	res := testkit.Call(t, h, "POST", "/orders", `{"items":[{"sku":"TEA-1","quantity":1}]}`, testkit.Bearer(b.user)...)
+	if res.Status != 202 {
+		t.Fatalf("place: %d %s", res.Status, res.Raw)
+	}
+	id := res.Body["orderId"].(string)
+	for _, path := range []string{"/orders/" + id, "/orders"} {
+		if res := testkit.Call(t, h, "GET", path, nil, testkit.Bearer(b.user)...); res.Status != 200 {
+			t.Fatalf("GET %s before: %d %s", path, res.Status, res.Raw)
+		}
+		admin, err := pgx.Connect(ctx, testkit.AdminURL())
+		testkit.Must(t, err, "admin connection")
+		var killed int
+		testkit.Must(t, admin.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`,
+			b.db.Name).Scan(&killed), "terminate")
+		testkit.Eventually(t, 30*time.Second, "the terminated backends to be gone", func() bool {
+			var n int
+			testkit.Must(t, admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1`, b.db.Name).Scan(&n), "count")
+			return n == 0
+		})
+		admin.Close(ctx)
+		if killed == 0 {
+			t.Fatal("no pooled connection to terminate")
+		}
+		if res := testkit.Call(t, h, "GET", path, nil, testkit.Bearer(b.user)...); res.Status != 200 {
+			t.Fatalf("GET %s after its connection was terminated: %d %s", path, res.Status, res.Raw)
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sagabox/sagabox/catalogservice/domain"
 	"github.com/sagabox/sagabox/internal/migrate"
+	"github.com/sagabox/sagabox/internal/platform/dbpool"
 )
 
 //go:embed migrations/*.sql
@@ -64,22 +65,26 @@ func (c *Catalog) AddProduct(ctx context.Context, p *domain.Product) error {
 
 // Product returns the product with sku, or domain.ErrProductNotFound.
 func (c *Catalog) Product(ctx context.Context, sku string) (*domain.Product, error) {
-	return scanProduct(c.pool.QueryRow(ctx, `SELECT `+productColumns+` FROM products WHERE sku = $1`, sku))
+	return dbpool.ReadRetry(ctx, c.pool, func(ctx context.Context) (*domain.Product, error) {
+		return scanProduct(c.pool.QueryRow(ctx, `SELECT `+productColumns+` FROM products WHERE sku = $1`, sku))
+	})
 }
 
 // Products returns up to limit products with a SKU after `after`, by SKU
 // (keyset pagination: the primary key index serves it at any depth).
 func (c *Catalog) Products(ctx context.Context, after string, limit int) ([]domain.Product, error) {
-	rows, err := c.pool.Query(ctx, `SELECT `+productColumns+` FROM products WHERE sku > $1 ORDER BY sku LIMIT $2`, after, limit)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (domain.Product, error) {
-		p, err := scanProduct(r)
+	return dbpool.ReadRetry(ctx, c.pool, func(ctx context.Context) ([]domain.Product, error) {
+		rows, err := c.pool.Query(ctx, `SELECT `+productColumns+` FROM products WHERE sku > $1 ORDER BY sku LIMIT $2`, after, limit)
 		if err != nil {
-			return domain.Product{}, err
+			return nil, err
 		}
-		return *p, nil
+		return pgx.CollectRows(rows, func(r pgx.CollectableRow) (domain.Product, error) {
+			p, err := scanProduct(r)
+			if err != nil {
+				return domain.Product{}, err
+			}
+			return *p, nil
+		})
 	})
 }
 
@@ -237,5 +242,7 @@ func scanView(row pgx.Row) (*domain.OrderView, error) {
 // OrderView returns the view of orderID, or domain.ErrOrderNotFound. A row
 // claimed by an event that changed nothing is not a view yet.
 func (c *Catalog) OrderView(ctx context.Context, orderID string) (*domain.OrderView, error) {
-	return scanView(c.pool.QueryRow(ctx, `SELECT `+viewColumns+` FROM order_views WHERE order_id = $1 AND status <> ''`, orderID))
+	return dbpool.ReadRetry(ctx, c.pool, func(ctx context.Context) (*domain.OrderView, error) {
+		return scanView(c.pool.QueryRow(ctx, `SELECT `+viewColumns+` FROM order_views WHERE order_id = $1 AND status <> ''`, orderID))
+	})
 }

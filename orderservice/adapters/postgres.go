@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagabox/sagabox/internal/migrate"
+	"github.com/sagabox/sagabox/internal/platform/dbpool"
 	"github.com/sagabox/sagabox/orderservice/domain"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/saga"
@@ -117,7 +118,15 @@ ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTH
 // ByIdempotencyKey returns the user's order made with key and the
 // fingerprint of its request, or domain.ErrOrderNotFound.
 func (r *Orders) ByIdempotencyKey(ctx context.Context, userID uuid.UUID, key string) (*domain.Order, string, error) {
-	return byKey(ctx, r.pool, userID, key)
+	type found struct {
+		o  *domain.Order
+		fp string
+	}
+	f, err := dbpool.ReadRetry(ctx, r.pool, func(ctx context.Context) (found, error) {
+		o, fp, err := byKey(ctx, r.pool, userID, key)
+		return found{o, fp}, err
+	})
+	return f.o, f.fp, err
 }
 
 func byKey(ctx context.Context, q saga.Querier, userID uuid.UUID, key string) (*domain.Order, string, error) {
@@ -138,9 +147,13 @@ type rowWithExtra struct {
 
 func (r rowWithExtra) Scan(dest ...any) error { return r.Row.Scan(append(dest, r.extra)...) }
 
-// Order returns an order, or domain.ErrOrderNotFound.
+// Order returns an order, or domain.ErrOrderNotFound. Like every read of
+// this repository it is retried once on a fresh connection when its pooled
+// one was broken (dbpool.ReadRetry).
 func (r *Orders) Order(ctx context.Context, id uuid.UUID) (*domain.Order, error) {
-	return scanOrder(r.pool.QueryRow(ctx, `SELECT `+orderColumns+` FROM orders WHERE id = $1`, id))
+	return dbpool.ReadRetry(ctx, r.pool, func(ctx context.Context) (*domain.Order, error) {
+		return scanOrder(r.pool.QueryRow(ctx, `SELECT `+orderColumns+` FROM orders WHERE id = $1`, id))
+	})
 }
 
 // OrdersOf returns up to limit orders of userID, newest first, created
@@ -151,17 +164,19 @@ func (r *Orders) OrdersOf(ctx context.Context, userID, before uuid.UUID, limit i
 	if before != uuid.Nil {
 		cursor = before
 	}
-	rows, err := r.pool.Query(ctx, `SELECT `+orderColumns+` FROM orders
+	return dbpool.ReadRetry(ctx, r.pool, func(ctx context.Context) ([]domain.Order, error) {
+		rows, err := r.pool.Query(ctx, `SELECT `+orderColumns+` FROM orders
 WHERE user_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3`, userID, cursor, limit)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (domain.Order, error) {
-		o, err := scanOrder(row)
 		if err != nil {
-			return domain.Order{}, err
+			return nil, err
 		}
-		return *o, nil
+		return pgx.CollectRows(rows, func(row pgx.CollectableRow) (domain.Order, error) {
+			o, err := scanOrder(row)
+			if err != nil {
+				return domain.Order{}, err
+			}
+			return *o, nil
+		})
 	})
 }
 
@@ -207,7 +222,9 @@ func (r *Orders) Update(ctx context.Context, tx pgx.Tx, id uuid.UUID, fn func(*d
 // Saga returns the state and step history of the order's saga (it has the
 // order's ID), or an error wrapping saga.ErrNotFound once it is cleaned up.
 func (r *Orders) Saga(ctx context.Context, orderID uuid.UUID) (*saga.Info, error) {
-	return saga.NewAdmin(r.pool).Get(ctx, orderID)
+	return dbpool.ReadRetry(ctx, r.pool, func(ctx context.Context) (*saga.Info, error) {
+		return saga.NewAdmin(r.pool).Get(ctx, orderID)
+	})
 }
 
 func orderCreated(o *domain.Order) outbox.Message {
