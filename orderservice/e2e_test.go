@@ -79,7 +79,7 @@ func startShopWithPools(t *testing.T, ctx context.Context, maxConns int) *shop {
 	}
 
 	ul, uurl := listen()
-	users, err := userservice.New(ctx, userservice.Config{Pool: pool(), Messaging: msg,
+	users, err := userservice.New(ctx, userservice.Config{Pool: pool(), Messaging: msg, SignupBurst: 1000,
 		PasswordParams: useradapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1}})
 	testkit.Must(t, err, "userservice")
 	t.Cleanup(users.Close)

@@ -40,7 +40,7 @@ func setup(t *testing.T) bundle {
 	key := auth.GenerateKey()
 	svc, err := userservice.New(testkit.Ctx(t), userservice.Config{
 		Pool: db.Pool, SigningKey: key, AdminEmail: adminEmail, AdminPassword: adminPass,
-		LoginBurst: 3, LoginEvery: time.Hour,
+		LoginBurst: 3, LoginEvery: time.Hour, SignupBurst: 100,
 		// Cheap hashing: the tests check behaviour, not cost.
 		PasswordParams: adapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1},
 	})
@@ -388,5 +388,42 @@ func TestLookAlikeEmailsAreOneAccountOrRefused(t *testing.T) {
 	}
 	if n := b.users(t); n != 2 { // the admin and René
 		t.Fatalf("%d users, want 2", n)
+	}
+}
+
+// Issue 11.2: sign-ups are limited per client address (each account comes
+// with starting credit): past the burst a 429 too_many_signups with
+// Retry-After, before anything is hashed or written; another address is not
+// affected.
+func TestSignUpsAreRateLimitedPerClient(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	svc, err := userservice.New(testkit.Ctx(t), userservice.Config{Pool: b.db.Pool, SignupBurst: 2, SignupEvery: time.Hour,
+		PasswordParams: adapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1}})
+	testkit.Must(t, err, "userservice")
+	defer svc.Close()
+	signUp := func(addr, email string) *httptest.ResponseRecorder {
+		body := fmt.Sprintf(`{"email":%q,"password":"password-123","name":"M"}`, email)
+		req := httptest.NewRequest("POST", "/signup", strings.NewReader(body))
+		req.RemoteAddr = addr
+		rec := httptest.NewRecorder()
+		svc.Handler().ServeHTTP(rec, req)
+		return rec
+	}
+	before := b.users(t)
+	for i := range 2 {
+		if rec := signUp("198.51.100.7:4000", fmt.Sprintf("m%d@example.com", i)); rec.Code != 201 {
+			t.Fatalf("sign-up %d: %d %s", i, rec.Code, rec.Body)
+		}
+	}
+	rec := signUp("198.51.100.7:4001", "m2@example.com")
+	if rec.Code != 429 || !strings.Contains(rec.Body.String(), `"too_many_signups"`) || rec.Header().Get("Retry-After") == "" {
+		t.Fatalf("third sign-up from one address: %d %v %s", rec.Code, rec.Header(), rec.Body)
+	}
+	if rec := signUp("203.0.113.9:4000", "other@example.com"); rec.Code != 201 {
+		t.Fatalf("sign-up from another address: %d %s", rec.Code, rec.Body)
+	}
+	if n := b.users(t); n != before+3 {
+		t.Fatalf("%d users, want %d", n, before+3)
 	}
 }

@@ -43,6 +43,8 @@ const (
 	DefaultAdminEmail = "admin@sagabox.local"
 	// DefaultPartitions is how many partitions each topic gets.
 	DefaultPartitions = 3
+	// DefaultSignupBurst is the demo's sign-ups per client address.
+	DefaultSignupBurst = 10_000
 	// DefaultSagaPollInterval is how often the orchestrator looks for due
 	// timeouts and retries.
 	DefaultSagaPollInterval = 200 * time.Millisecond
@@ -82,6 +84,12 @@ type Config struct {
 	// MaxConns is each service's pool size. Defaults to the services'
 	// default (10).
 	MaxConns int
+	// SignupBurst is how many sign-ups userservice accepts per client
+	// address before one per minute (SIGNUP_BURST). Defaults to
+	// DefaultSignupBurst: every customer of the demo, the scenario and the
+	// benchmark signs up from 127.0.0.1. A deployment keeps userservice's
+	// default (5).
+	SignupBurst int
 	// SagaPollInterval defaults to DefaultSagaPollInterval.
 	SagaPollInterval time.Duration
 	// Logger receives the services' logs. Defaults to discarding them.
@@ -104,6 +112,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.SagaPollInterval <= 0 {
 		c.SagaPollInterval = DefaultSagaPollInterval
+	}
+	if c.SignupBurst <= 0 {
+		c.SignupBurst = DefaultSignupBurst
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -225,7 +236,7 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 	jwks := s.UsersURL + "/.well-known/jwks.json"
 
 	users, err := userservice.New(ctx, userservice.Config{DatabaseURL: dbURLs[0], MaxConns: cfg.MaxConns,
-		Messaging: msg, PasswordParams: cfg.PasswordParams, Logger: cfg.Logger})
+		Messaging: msg, PasswordParams: cfg.PasswordParams, SignupBurst: cfg.SignupBurst, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
