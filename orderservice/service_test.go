@@ -478,3 +478,55 @@ func TestReadsRetryOnceWhenTheirConnectionWasTerminated(t *testing.T) {
 		}
 	}
 }
+
+// Issue 11.3: a customer's PENDING orders are capped: one more is a 429
+// with Retry-After that writes nothing, also when the orders arrive at once;
+// other customers are not affected, and a decided order frees its place.
+func TestPendingOrdersAreCappedPerCustomer(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	verifier, err := auth.NewVerifier(auth.VerifierConfig{
+		Keys:   func(context.Context) ([]byte, error) { return b.issuer.JWKS(), nil },
+		Issuer: orderservice.DefaultIssuer, Audience: orderservice.DefaultAudience})
+	testkit.Must(t, err, "verifier")
+	svc, err := orderservice.New(testkit.Ctx(t), orderservice.Config{Pool: b.db.Pool, Verifier: verifier, Catalog: b.catalog, MaxPendingOrders: 3})
+	testkit.Must(t, err, "orderservice")
+	defer svc.Close()
+	place := func(token string) testkit.Response {
+		return testkit.Call(t, svc.Handler(), "POST", "/orders", `{"items":[{"sku":"TEA-1","quantity":1}]}`, testkit.Bearer(token)...)
+	}
+	// Six at once (no Kafka here: they all stay PENDING): three pass.
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	var refused testkit.Response
+	var wg sync.WaitGroup
+	for range 6 {
+		wg.Go(func() {
+			res := place(b.user)
+			mu.Lock()
+			defer mu.Unlock()
+			statuses[res.Status]++
+			if res.Status == 429 {
+				refused = res
+			}
+		})
+	}
+	wg.Wait()
+	if statuses[202] != 3 || statuses[429] != 3 {
+		t.Fatalf("statuses %v, want 3 × 202 and 3 × 429", statuses)
+	}
+	if refused.Code() != "too_many_pending_orders" || refused.Header.Get("Retry-After") == "" || refused.Body["maxPendingOrders"] != float64(3) {
+		t.Fatalf("refusal: %v %s", refused.Header, refused.Raw)
+	}
+	if got := b.written(t); got != "orders 3, sagas 3, outbox 6" {
+		t.Fatalf("written: %s", got)
+	}
+	if res := place(b.other); res.Status != 202 {
+		t.Fatalf("another customer: %d %s", res.Status, res.Raw)
+	}
+	_, err = b.db.Pool.Exec(context.Background(), `UPDATE orders SET status = 'CANCELLED' WHERE id = (SELECT id FROM orders WHERE user_id = $1 LIMIT 1)`, b.userID)
+	testkit.Must(t, err, "decide one")
+	if res := place(b.user); res.Status != 202 {
+		t.Fatalf("after one was decided: %d %s", res.Status, res.Raw)
+	}
+}

@@ -219,6 +219,20 @@ func (r *Orders) Update(ctx context.Context, tx pgx.Tx, id uuid.UUID, fn func(*d
 	return r.writer.Write(ctx, tx, event)
 }
 
+// PendingOrders counts userID's PENDING orders inside tx, after taking a
+// transaction-scoped advisory lock on the user: a second order of the same
+// user waits here until the first commits, then counts it (READ COMMITTED:
+// each statement sees what committed before it). The partial index
+// orders_pending (migration 002) keeps the count to the pending rows.
+func (r *Orders) PendingOrders(ctx context.Context, tx pgx.Tx, userID uuid.UUID) (int, error) {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('orderservice.pending:' || $1::text, 0))`, userID); err != nil {
+		return 0, fmt.Errorf("lock pending orders of %s: %w", userID, err)
+	}
+	var n int
+	err := tx.QueryRow(ctx, `SELECT count(*) FROM orders WHERE user_id = $1 AND status = 'PENDING'`, userID).Scan(&n)
+	return n, err
+}
+
 // Saga returns the state and step history of the order's saga (it has the
 // order's ID), or an error wrapping saga.ErrNotFound once it is cleaned up.
 func (r *Orders) Saga(ctx context.Context, orderID uuid.UUID) (*saga.Info, error) {

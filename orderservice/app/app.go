@@ -38,6 +38,10 @@ type Repository interface {
 	Update(ctx context.Context, tx pgx.Tx, id uuid.UUID, fn func(*domain.Order) error) error
 	// Saga returns the order's saga (it has the order's ID).
 	Saga(ctx context.Context, orderID uuid.UUID) (*saga.Info, error)
+	// PendingOrders counts the user's PENDING orders as tx sees them, after
+	// taking a per-user lock held until tx ends, so that concurrent orders
+	// of one user count each other.
+	PendingOrders(ctx context.Context, tx pgx.Tx, userID uuid.UUID) (int, error)
 }
 
 // Catalog says what the catalog sells (adapters.Catalog): the list price
@@ -58,14 +62,29 @@ type Application struct {
 	repo    Repository
 	catalog Catalog
 	sagas   SagaStarter
+	opts    Options
 	now     func() time.Time
+}
+
+// DefaultMaxPendingOrders is Options.MaxPendingOrders' default.
+const DefaultMaxPendingOrders = 10
+
+// Options are the use cases' limits.
+type Options struct {
+	// MaxPendingOrders is how many PENDING orders one customer may have;
+	// one more is refused with *domain.TooManyPendingError. Defaults to
+	// DefaultMaxPendingOrders; negative: no cap.
+	MaxPendingOrders int
 }
 
 // New returns the application. catalog may be nil: then SKUs are not
 // checked when the order is placed, and an unknown SKU cancels the order
 // through the saga (the catalog rejects the reservation).
-func New(repo Repository, catalog Catalog, sagas SagaStarter) *Application {
-	return &Application{repo: repo, catalog: catalog, sagas: sagas, now: now}
+func New(repo Repository, catalog Catalog, sagas SagaStarter, opts Options) *Application {
+	if opts.MaxPendingOrders == 0 {
+		opts.MaxPendingOrders = DefaultMaxPendingOrders
+	}
+	return &Application{repo: repo, catalog: catalog, sagas: sagas, opts: opts, now: now}
 }
 
 // now is the database's precision, so that what the API answers at once is
@@ -87,7 +106,8 @@ type PlaceOrder struct {
 // the Idempotency-Key had already made this order: nothing was written.
 //
 // Errors: *domain.ValidationError, *domain.UnknownSKUError,
-// domain.ErrIdempotencyKeyReused, ErrCatalogUnavailable.
+// *domain.TooManyPendingError, domain.ErrIdempotencyKeyReused,
+// ErrCatalogUnavailable.
 func (a *Application) PlaceOrder(ctx context.Context, cmd PlaceOrder) (order *domain.Order, replayed bool, err error) {
 	if cmd.IdempotencyKey != "" {
 		if err := domain.ValidateIdempotencyKey(cmd.IdempotencyKey); err != nil {
@@ -115,6 +135,17 @@ func (a *Application) PlaceOrder(ctx context.Context, cmd PlaceOrder) (order *do
 	}
 	data := SagaData{OrderID: o.ID, UserID: o.UserID, Items: o.Items}
 	stored, storedFP, replayed, err := a.repo.Create(ctx, o, cmd.IdempotencyKey, fingerprint, func(ctx context.Context, tx pgx.Tx) error {
+		// The cap, counted after this order's INSERT and under the user's
+		// lock: two orders placed at once cannot both be the last one.
+		if max := a.opts.MaxPendingOrders; max > 0 {
+			n, err := a.repo.PendingOrders(ctx, tx, o.UserID)
+			if err != nil {
+				return err
+			}
+			if n > max {
+				return &domain.TooManyPendingError{Max: max}
+			}
+		}
 		// The saga has the order's ID: one order, one saga, found by ID.
 		_, err := a.sagas.Start(ctx, tx, data, saga.StartOptions{ID: o.ID})
 		return err

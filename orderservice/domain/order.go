@@ -67,6 +67,15 @@ var (
 	ErrIdempotencyKeyReused = errors.New("this Idempotency-Key was used for a different request")
 )
 
+// TooManyPendingError refuses an order of a customer who already has Max
+// orders PENDING: stock is reserved before credit is checked, so without a
+// cap one account could hold stock with orders it can never pay for.
+type TooManyPendingError struct{ Max int }
+
+func (e *TooManyPendingError) Error() string {
+	return fmt.Sprintf("you already have %d orders pending: wait until one of them is decided", e.Max)
+}
+
 // ValidationError names the field that is wrong.
 type ValidationError struct {
 	Field   string

@@ -61,6 +61,10 @@ type handlers struct {
 	log *slog.Logger
 }
 
+// PendingRetryAfterSeconds is the Retry-After of a 429
+// too_many_pending_orders: a saga usually decides in well under a second.
+const PendingRetryAfterSeconds = 2
+
 // The API's JSON is camelCase, as issue 4 specified {"orderId", "status"}.
 
 type itemJSON struct {
@@ -164,6 +168,10 @@ func (h *handlers) placeOrder(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	o, replayed, err := h.app.PlaceOrder(r.Context(), cmd)
+	var tp *domain.TooManyPendingError
+	if errors.As(err, &tp) {
+		w.Header().Set("Retry-After", strconv.Itoa(PendingRetryAfterSeconds))
+	}
 	if err != nil {
 		return mapError(err)
 	}
@@ -234,8 +242,12 @@ func mapError(err error) error {
 	var (
 		ve *domain.ValidationError
 		ue *domain.UnknownSKUError
+		tp *domain.TooManyPendingError
 	)
 	switch {
+	case errors.As(err, &tp):
+		return httpx.NewError(http.StatusTooManyRequests, "too_many_pending_orders", "%s", tp.Error()).
+			With("maxPendingOrders", tp.Max).With("retryAfterSeconds", PendingRetryAfterSeconds)
 	case errors.As(err, &ve):
 		return httpx.BadRequest("validation_failed", "%s %s", ve.Field, ve.Message).With("field", ve.Field)
 	case errors.As(err, &ue):

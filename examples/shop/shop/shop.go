@@ -90,6 +90,10 @@ type Config struct {
 	// benchmark signs up from 127.0.0.1. A deployment keeps userservice's
 	// default (5).
 	SignupBurst int
+	// MaxPendingOrders caps each customer's PENDING orders
+	// (MAX_PENDING_ORDERS). Defaults to orderservice's (10); the open-loop
+	// benchmark raises it.
+	MaxPendingOrders int
 	// SagaPollInterval defaults to DefaultSagaPollInterval.
 	SagaPollInterval time.Duration
 	// Logger receives the services' logs. Defaults to discarding them.
@@ -247,7 +251,7 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 		return nil, err
 	}
 	s.cleanup = append(s.cleanup, func() error { catalog.Close(); return nil })
-	orders, err := orderservice.New(ctx, orderservice.Config{DatabaseURL: dbURLs[2], MaxConns: cfg.MaxConns,
+	orders, err := orderservice.New(ctx, orderservice.Config{DatabaseURL: dbURLs[2], MaxConns: cfg.MaxConns, MaxPendingOrders: cfg.MaxPendingOrders,
 		JWKSURL: jwks, CatalogURL: s.CatalogURL, Messaging: msg, Logger: cfg.Logger,
 		Saga: saga.Config{PollInterval: cfg.SagaPollInterval}})
 	if err != nil {
