@@ -93,7 +93,7 @@ func startShopWithPools(t *testing.T, ctx context.Context, maxConns int) *shop {
 	ol, ourl := listen()
 	orders, err := orderservice.New(ctx, orderservice.Config{Pool: pool(), JWKSURL: jwks, CatalogURL: curl, Messaging: msg,
 		MaxPendingOrders: 100, // TestTinyPoolsDoNotDeadlockUnderLoad places 24 at once
-		Saga: saga.Config{PollInterval: 100 * time.Millisecond}})
+		Saga:             saga.Config{PollInterval: 100 * time.Millisecond}})
 	testkit.Must(t, err, "orderservice")
 	t.Cleanup(orders.Close)
 
