@@ -21,6 +21,8 @@ import (
 	"github.com/sagabox/sagabox/internal/platform/config"
 	"github.com/sagabox/sagabox/internal/testkit"
 	"github.com/sagabox/sagabox/orderservice"
+	"github.com/sagabox/sagabox/orderservice/adapters"
+	"github.com/sagabox/sagabox/orderservice/app"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/saga"
 	"github.com/sagabox/sagabox/schemas"
@@ -48,6 +50,19 @@ func startShop(t *testing.T, ctx context.Context) *shop {
 // service a pool of that many connections instead of the test kit's 16.
 func startShopWithPools(t *testing.T, ctx context.Context, maxConns int) *shop {
 	t.Helper()
+	return startShopWith(t, ctx, shopOptions{maxConns: maxConns})
+}
+
+type shopOptions struct {
+	maxConns int
+	// catalog, when set, wraps the order service's catalog client; it gets
+	// the catalog's database.
+	catalog func(c app.Catalog, catalogDB *pgxpool.Pool) app.Catalog
+}
+
+func startShopWith(t *testing.T, ctx context.Context, opts shopOptions) *shop {
+	t.Helper()
+	maxConns := opts.maxConns
 	pool := func() *pgxpool.Pool {
 		db := testkit.NewDatabase(t)
 		if maxConns <= 0 {
@@ -86,12 +101,17 @@ func startShopWithPools(t *testing.T, ctx context.Context, maxConns int) *shop {
 	jwks := uurl + "/.well-known/jwks.json"
 
 	cl, curl := listen()
-	catalog, err := catalogservice.New(ctx, catalogservice.Config{Pool: pool(), JWKSURL: jwks, Messaging: msg})
+	catalogDB := pool()
+	catalog, err := catalogservice.New(ctx, catalogservice.Config{Pool: catalogDB, JWKSURL: jwks, Messaging: msg})
 	testkit.Must(t, err, "catalogservice")
 	t.Cleanup(catalog.Close)
 
 	ol, ourl := listen()
-	orders, err := orderservice.New(ctx, orderservice.Config{Pool: pool(), JWKSURL: jwks, CatalogURL: curl, Messaging: msg,
+	var catalogClient app.Catalog
+	if opts.catalog != nil {
+		catalogClient = opts.catalog(adapters.NewCatalog(curl, nil), catalogDB)
+	}
+	orders, err := orderservice.New(ctx, orderservice.Config{Pool: pool(), JWKSURL: jwks, CatalogURL: curl, Catalog: catalogClient, Messaging: msg,
 		MaxPendingOrders: 100, // TestTinyPoolsDoNotDeadlockUnderLoad places 24 at once
 		Saga:             saga.Config{PollInterval: 100 * time.Millisecond}})
 	testkit.Must(t, err, "orderservice")
@@ -408,6 +428,55 @@ func TestTinyPoolsDoNotDeadlockUnderLoad(t *testing.T) {
 			t.Errorf("order %s: %v", id, o)
 		}
 	}
+	stop()
+	s.stopped(t)
+}
+
+// raisePriceAfterQuote is the catalog client of orderservice, raising the
+// price of sku in the catalog right after it quoted it: an admin changing
+// the price between POST /orders and the saga's reservation.
+type raisePriceAfterQuote struct {
+	app.Catalog
+	db    *pgxpool.Pool
+	sku   string
+	price int64
+}
+
+func (c raisePriceAfterQuote) Prices(ctx context.Context, skus []string) (map[string]int64, error) {
+	p, err := c.Catalog.Prices(ctx, skus)
+	if err == nil {
+		_, err = c.db.Exec(ctx, `UPDATE products SET price_cents = $2 WHERE sku = $1`, c.sku, c.price)
+	}
+	return p, err
+}
+
+// Issue 11.4: a price raised between POST /orders (total 1200) and the
+// reservation (5000) is not charged: the order is cancelled with "price
+// changed", the stock is given back and the credit untouched; the catalog's
+// read model shows the order as it was, at the price it was placed at.
+func TestAPriceRaisedAfterTheOrderIsNeverCharged(t *testing.T) {
+	t.Parallel()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	s := startShopWith(t, ctx, shopOptions{catalog: func(c app.Catalog, db *pgxpool.Pool) app.Catalog {
+		return raisePriceAfterQuote{Catalog: c, db: db, sku: "LAMP-1", price: 5000}
+	}})
+	if st, body := call(t, "POST", s.catalog+"/products", s.admin, map[string]any{"sku": "LAMP-1", "name": "Lamp", "price": 1200, "stock": 3}); st != 201 {
+		t.Fatalf("add product: %d %v", st, body)
+	}
+	id, token := s.customer(t, "ann@example.com")
+	st, placed := call(t, "POST", s.orders+"/orders", token, map[string]any{"items": []any{line("LAMP-1", 1)}})
+	if st != 202 {
+		t.Fatalf("place: %d %v", st, placed)
+	}
+	o := s.decided(t, token, placed["orderId"].(string))
+	if o["status"] != "CANCELLED" || o["reason"] != "price changed" || o["totalCents"] != float64(1200) {
+		t.Fatalf("order: %v (%s)", o, history(o))
+	}
+	if c := s.credit(t, id, token); c != 10000 {
+		t.Fatalf("credit %v: charged for an order it cancelled", c)
+	}
+	testkit.Eventually(t, 60*time.Second, "the stock to be given back", func() bool { return s.stock(t, "LAMP-1") == 3 })
 	stop()
 	s.stopped(t)
 }

@@ -167,9 +167,10 @@ func sameRequest(stored *domain.Order, storedFP, fingerprint string) (*domain.Or
 }
 
 // priceFromCatalog checks that the catalog sells every SKU and prices the
-// order at its list prices, which OrderCreated carries. The saga's
-// reservation may charge other prices (a price changed meanwhile); the
-// order then takes those.
+// order at its list prices, which OrderCreated carries: the prices the
+// customer is shown and the most the saga will charge. A reservation at a
+// higher price (it rose meanwhile) cancels the order with "price changed";
+// at a lower one the order takes it.
 func (a *Application) priceFromCatalog(ctx context.Context, o *domain.Order) error {
 	if a.catalog == nil {
 		return nil

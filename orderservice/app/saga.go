@@ -32,8 +32,9 @@ const (
 type SagaData struct {
 	OrderID uuid.UUID `json:"order_id"`
 	UserID  uuid.UUID `json:"user_id"`
-	// Items are the order's lines; once the stock is reserved, with the
-	// prices the catalog reserved it at.
+	// Items are the order's lines, with the prices the customer was shown;
+	// once the stock is reserved, with the prices the catalog reserved it
+	// at, which are never higher (domain.Order.CheckQuote).
 	Items      []domain.Item `json:"items"`
 	TotalCents int64         `json:"total_cents"`
 	// StockReserved is set by reserve_stock's reply. Only sagas that
@@ -72,6 +73,8 @@ func cancelReason(ctx context.Context, d *SagaData) string {
 		return domain.ReasonInsufficientStock
 	case f.Rejected() && f.StepName == StepDebitCredit && strings.HasPrefix(f.Reason, domain.ReasonInsufficientCredit):
 		return domain.ReasonInsufficientCredit
+	case f.StepName == StepReserveStock && strings.HasPrefix(f.Reason, domain.ReasonPriceChanged):
+		return domain.ReasonPriceChanged
 	case f.Rejected():
 		return f.Reason
 	case f.TimedOut():
@@ -131,9 +134,15 @@ func OrderSaga(repo Repository) *saga.Definition[SagaData] {
 						priced[i] = domain.Item{SKU: l.Sku, Quantity: l.Quantity, UnitPriceCents: l.UnitPriceCents}
 					}
 					// Check the reservation against the order with the
-					// domain's rule; a mismatch fails the step, which
-					// releases the stock and cancels the order.
+					// domain's rules; a mismatch, or a price above the one
+					// the customer saw (CheckQuote), fails the step, which
+					// releases the stock and cancels the order ("price
+					// changed"): the saga never charges more than the
+					// order said.
 					check := &domain.Order{Status: domain.StatusPending, Items: slices.Clone(d.Items)}
+					if err := check.CheckQuote(priced); err != nil {
+						return err
+					}
 					if err := check.Price(priced, res.TotalCents, now()); err != nil {
 						return err
 					}

@@ -48,6 +48,9 @@ func (s Status) Final() bool { return s == StatusApproved || s == StatusCancelle
 const (
 	ReasonInsufficientStock  = "insufficient stock"
 	ReasonInsufficientCredit = "insufficient credit"
+	// ReasonPriceChanged: a product's price rose between the order and the
+	// reservation; the customer is not charged more than the order showed.
+	ReasonPriceChanged = "price changed"
 )
 
 // UnknownSKUError names the SKUs of an order that the catalog does not sell.
@@ -193,6 +196,39 @@ func (o *Order) Price(priced []Item, totalCents int64, now time.Time) error {
 		return fmt.Errorf("the priced lines add up to %d cents, not %d", sum, totalCents)
 	}
 	o.TotalCents, o.UpdatedAt = totalCents, now
+	return nil
+}
+
+// PriceChangedError is CheckQuote's refusal: the reservation priced a line
+// above the price the customer was shown when ordering.
+type PriceChangedError struct {
+	SKU                   string
+	QuotedCents, NowCents int64
+}
+
+func (e *PriceChangedError) Error() string {
+	return fmt.Sprintf("%s: %s costs %d cents now, the order was placed at %d", ReasonPriceChanged, e.SKU, e.NowCents, e.QuotedCents)
+}
+
+// CheckQuote checks reserved prices against the order's: the order carries
+// the unit prices the customer saw (the catalog's list prices when it was
+// placed) and is never charged more. A line priced higher is a
+// *PriceChangedError, and the saga cancels the order with
+// ReasonPriceChanged rather than charge without the customer's consent. A
+// lower price is taken (the customer pays less). An order placed without a
+// price (no catalog asked at the door: UnitPriceCents 0) takes the
+// reservation's.
+func (o *Order) CheckQuote(reserved []Item) error {
+	quoted := map[string]int64{}
+	for _, it := range o.Items {
+		quoted[strings.ToUpper(it.SKU)] = it.UnitPriceCents
+	}
+	for _, r := range reserved {
+		q := quoted[strings.ToUpper(r.SKU)]
+		if q > 0 && r.UnitPriceCents > q {
+			return &PriceChangedError{SKU: r.SKU, QuotedCents: q, NowCents: r.UnitPriceCents}
+		}
+	}
 	return nil
 }
 
