@@ -480,3 +480,74 @@ func TestAPriceRaisedAfterTheOrderIsNeverCharged(t *testing.T) {
 	stop()
 	s.stopped(t)
 }
+
+// callWith is call with request headers, returning the response's too.
+func callWith(t *testing.T, method, url, token string, body any, headers ...string) (int, http.Header, map[string]any) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		testkit.Must(t, err, "marshal")
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	testkit.Must(t, err, "request")
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	res, err := http.DefaultClient.Do(req)
+	testkit.Must(t, err, "%s %s", method, url)
+	defer res.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(res.Body).Decode(&out)
+	return res.StatusCode, res.Header, out
+}
+
+// Read-your-writes: a client that writes, then reads, never sees an older
+// state than the one it was answered. POST /orders with Prefer: wait=N
+// answers the decided order; GET /orders/{id}?wait=N&status=PENDING
+// long-polls until the status changes; the catalog's read model, asked for
+// at least the order's version, waits for its consumer to get there.
+func TestReadYourWrites(t *testing.T) {
+	t.Parallel()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	s := startShop(t, ctx)
+	if st, body := call(t, "POST", s.catalog+"/products", s.admin, map[string]any{"sku": "RYW-1", "name": "Read", "price": 100, "stock": 10}); st != 201 {
+		t.Fatalf("add product: %d %v", st, body)
+	}
+	_, token := s.customer(t, "ryw@example.com")
+	order := map[string]any{"items": []any{line("RYW-1", 1)}}
+
+	st, h, o := callWith(t, "POST", s.orders+"/orders", token, order, "Prefer", "wait=25")
+	if st != 201 || o["status"] != "APPROVED" || h.Get("Preference-Applied") != "wait=25" || o["version"] != float64(2) || o["saga"] == nil {
+		t.Fatalf("POST with Prefer: wait=25: %d %v %v", st, h, o)
+	}
+	id := o["orderId"].(string)
+	st, _, v := callWith(t, "GET", fmt.Sprintf("%s/catalog/orders/%s?min_version=%v&wait=25", s.catalog, id, o["version"]), token, nil)
+	if st != 200 || v["status"] != "APPROVED" || v["version"] != float64(2) || v["totalCents"] != float64(100) {
+		t.Fatalf("catalog view at min_version 2: %d %v", st, v)
+	}
+	// An order from nobody's point of view yet: 409 view_behind, not an
+	// older state.
+	if st, h, v := callWith(t, "GET", fmt.Sprintf("%s/catalog/orders/%s?min_version=3&wait=0", s.catalog, id), token, nil); st != 409 ||
+		v["code"] != "view_behind" || v["version"] != float64(2) || h.Get("Retry-After") == "" {
+		t.Fatalf("catalog view ahead of the order: %d %v", st, v)
+	}
+
+	st, _, p := callWith(t, "POST", s.orders+"/orders", token, order)
+	if st != 202 || p["status"] != "PENDING" || p["version"] != float64(1) {
+		t.Fatalf("POST without Prefer: %d %v", st, p)
+	}
+	st, _, got := callWith(t, "GET", s.orders+"/orders/"+p["orderId"].(string)+"?wait=25&status=PENDING", token, nil)
+	if st != 200 || got["status"] != "APPROVED" {
+		t.Fatalf("long poll from PENDING: %d %v", st, got)
+	}
+	if st, _, bad := callWith(t, "GET", s.orders+"/orders/"+id+"?wait=31", token, nil); st != 400 || bad["code"] != "invalid_wait" {
+		t.Fatalf("wait=31: %d %v", st, bad)
+	}
+	stop()
+	s.stopped(t)
+}

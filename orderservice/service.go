@@ -222,7 +222,13 @@ func (s *Service) init(ctx context.Context) error {
 	if catalog == nil {
 		s.log.Warn("orderservice: CATALOG_URL is not set: SKUs are not checked when an order is placed; the saga cancels orders for unknown SKUs")
 	}
-	s.app = app.New(repo, catalog, s.orch, app.Options{MaxPendingOrders: s.cfg.MaxPendingOrders})
+	// Read-your-writes: POST /orders with Prefer: wait and GET /orders/{id}
+	// ?wait= wait for the saga's end through one LISTEN per process.
+	waiter, err := saga.NewWaiter(s.client)
+	if err != nil {
+		return fmt.Errorf("orderservice: %w", err)
+	}
+	s.app = app.New(repo, catalog, s.orch, app.Options{MaxPendingOrders: s.cfg.MaxPendingOrders, Waiter: waiter})
 
 	s.health = httpx.NewHealth()
 	s.health.Add("postgres", repo.Ping)

@@ -194,7 +194,8 @@ func (c *Catalog) ProductNames(ctx context.Context, tx pgx.Tx, skus []string) (m
 }
 
 // UpdateOrderView runs fn on the view of orderID (empty when new) inside tx
-// with the row locked, and saves it when fn reports a change.
+// with the row locked, and saves it with one more version: every call is
+// one order event applied (see migration 002).
 func (c *Catalog) UpdateOrderView(ctx context.Context, tx pgx.Tx, orderID string, fn func(*domain.OrderView) (bool, error)) error {
 	if _, err := tx.Exec(ctx, `INSERT INTO order_views (order_id, updated_at) VALUES ($1, 'epoch') ON CONFLICT (order_id) DO NOTHING`, orderID); err != nil {
 		return fmt.Errorf("claim order view: %w", err)
@@ -203,10 +204,10 @@ func (c *Catalog) UpdateOrderView(ctx context.Context, tx pgx.Tx, orderID string
 	if err != nil {
 		return fmt.Errorf("lock order view: %w", err)
 	}
-	changed, err := fn(v)
-	if err != nil || !changed {
+	if _, err := fn(v); err != nil {
 		return err
 	}
+	v.Version++
 	items, err := json.Marshal(v.Items)
 	if err != nil {
 		return err
@@ -214,18 +215,18 @@ func (c *Catalog) UpdateOrderView(ctx context.Context, tx pgx.Tx, orderID string
 	if v.Items == nil {
 		items = []byte("[]")
 	}
-	_, err = tx.Exec(ctx, `UPDATE order_views SET user_id = $2, items = $3, total_cents = $4, status = $5, reason = $6, updated_at = $7 WHERE order_id = $1`,
-		v.OrderID, v.UserID, items, v.TotalCents, string(v.Status), v.Reason, v.UpdatedAt)
+	_, err = tx.Exec(ctx, `UPDATE order_views SET user_id = $2, items = $3, total_cents = $4, status = $5, reason = $6, updated_at = $7, version = $8 WHERE order_id = $1`,
+		v.OrderID, v.UserID, items, v.TotalCents, string(v.Status), v.Reason, v.UpdatedAt, v.Version)
 	return err
 }
 
-const viewColumns = `order_id, user_id, items, total_cents, status, reason, updated_at`
+const viewColumns = `order_id, user_id, items, total_cents, status, reason, updated_at, version`
 
 func scanView(row pgx.Row) (*domain.OrderView, error) {
 	var v domain.OrderView
 	var items []byte
 	var status string
-	err := row.Scan(&v.OrderID, &v.UserID, &items, &v.TotalCents, &status, &v.Reason, &v.UpdatedAt)
+	err := row.Scan(&v.OrderID, &v.UserID, &items, &v.TotalCents, &status, &v.Reason, &v.UpdatedAt, &v.Version)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, domain.ErrOrderNotFound
 	}

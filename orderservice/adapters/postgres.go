@@ -50,13 +50,13 @@ func NewOrders(pool *pgxpool.Pool, writer *outbox.Writer) *Orders {
 // Ping checks the database, for /readyz.
 func (r *Orders) Ping(ctx context.Context) error { return r.pool.Ping(ctx) }
 
-const orderColumns = `id, user_id, items, total_cents, status, reason, created_at, updated_at`
+const orderColumns = `id, user_id, items, total_cents, status, reason, created_at, updated_at, version`
 
 func scanOrder(row pgx.Row) (*domain.Order, error) {
 	var o domain.Order
 	var items []byte
 	var status string
-	err := row.Scan(&o.ID, &o.UserID, &items, &o.TotalCents, &status, &o.Reason, &o.CreatedAt, &o.UpdatedAt)
+	err := row.Scan(&o.ID, &o.UserID, &items, &o.TotalCents, &status, &o.Reason, &o.CreatedAt, &o.UpdatedAt, &o.Version)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, domain.ErrOrderNotFound
 	}
@@ -90,7 +90,7 @@ func (r *Orders) Create(ctx context.Context, o *domain.Order, key, fingerprint s
 	}
 	err = pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `INSERT INTO orders (`+orderColumns+`, idempotency_key, request_fingerprint)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $10)
 ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING`,
 			o.ID, o.UserID, items, o.TotalCents, string(o.Status), o.Reason, o.CreatedAt, o.UpdatedAt, nullKey, fingerprint)
 		if err != nil {
@@ -106,6 +106,7 @@ ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTH
 		if err := r.writer.Write(ctx, tx, orderCreated(o)); err != nil {
 			return err
 		}
+		o.Version = 1 // OrderCreated
 		stored = o
 		return start(ctx, tx)
 	})
@@ -198,8 +199,12 @@ func (r *Orders) Update(ctx context.Context, tx pgx.Tx, id uuid.UUID, fn func(*d
 	if err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, `UPDATE orders SET items = $2, total_cents = $3, status = $4, reason = $5, updated_at = $6 WHERE id = $1`,
-		o.ID, items, o.TotalCents, string(o.Status), o.Reason, o.UpdatedAt); err != nil {
+	// Every event the change writes (below) counts one version.
+	if o.Status != before && (o.Status == domain.StatusApproved || o.Status == domain.StatusCancelled) {
+		o.Version++
+	}
+	if _, err := tx.Exec(ctx, `UPDATE orders SET items = $2, total_cents = $3, status = $4, reason = $5, updated_at = $6, version = $7 WHERE id = $1`,
+		o.ID, items, o.TotalCents, string(o.Status), o.Reason, o.UpdatedAt, o.Version); err != nil {
 		return fmt.Errorf("update order %s: %w", o.ID, err)
 	}
 	if o.Status == before {

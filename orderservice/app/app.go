@@ -69,8 +69,17 @@ type Application struct {
 // DefaultMaxPendingOrders is Options.MaxPendingOrders' default.
 const DefaultMaxPendingOrders = 10
 
-// Options are the use cases' limits.
+// SagaWaiter waits for a saga to finish (*saga.Waiter: LISTEN/NOTIFY on
+// the saga's terminal transition, no polling). See saga.Waiter.Wait.
+type SagaWaiter interface {
+	Wait(ctx context.Context, id uuid.UUID) (*saga.Info, error)
+}
+
+// Options are the use cases' limits and helpers.
 type Options struct {
+	// Waiter lets AwaitOrder wait for the order's saga. Nil: AwaitOrder
+	// answers at once.
+	Waiter SagaWaiter
 	// MaxPendingOrders is how many PENDING orders one customer may have;
 	// one more is refused with *domain.TooManyPendingError. Defaults to
 	// DefaultMaxPendingOrders; negative: no cap.
@@ -221,6 +230,29 @@ func (a *Application) Order(ctx context.Context, viewer, id uuid.UUID) (*OrderDe
 		return nil, err
 	}
 	return &OrderDetails{Order: o, Saga: info}, nil
+}
+
+// AwaitOrder is Order for a client that will wait (a long poll, `Prefer:
+// wait`): while the order's status is still `from` and PENDING, it waits
+// until the order's saga finishes or ctx ends, then answers the order as it
+// is. Only the saga's end changes an order's status (PENDING to APPROVED or
+// CANCELLED, in the transaction that finishes the saga), so waiting for it
+// is waiting for the status to change, without polling the table. A
+// decided order never changes again and is answered at once, as is one
+// whose status is already other than `from`.
+func (a *Application) AwaitOrder(ctx context.Context, viewer, id uuid.UUID, from domain.Status) (*OrderDetails, error) {
+	d, err := a.Order(ctx, viewer, id)
+	if err != nil || d.Order.Status != from || from != domain.StatusPending || a.opts.Waiter == nil {
+		return d, err
+	}
+	if _, err := a.opts.Waiter.Wait(ctx, id); err != nil && ctx.Err() == nil && !errors.Is(err, saga.ErrNotFound) {
+		return nil, err
+	}
+	// ctx may be over (the client's wait): read the order as it is now on a
+	// short context of our own.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	return a.Order(rctx, viewer, id)
 }
 
 // Orders lists the viewer's orders, newest first, limit at a time, older

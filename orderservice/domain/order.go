@@ -147,6 +147,11 @@ type Order struct {
 	Reason     string // why it was cancelled
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
+	// Version counts the order's events (OrderCreated is 1, OrderApproved
+	// or OrderCancelled 2): a read model that has applied Version events of
+	// the order shows at least this state (catalogservice's
+	// GET /catalog/orders/{id}?min_version=). Set by the repository.
+	Version int
 }
 
 // NewOrder makes a PENDING order for userID with new ID.

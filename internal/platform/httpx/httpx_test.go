@@ -345,3 +345,33 @@ func testkitMust(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+func TestPreferWaitFollowsRFC7240(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		prefer []string
+		want   time.Duration
+		ok     bool
+	}{
+		{nil, 0, false},
+		{[]string{"wait=5"}, 5 * time.Second, true},
+		{[]string{"respond-async, wait=10"}, 10 * time.Second, true},
+		{[]string{"return=minimal", "Wait = 3"}, 3 * time.Second, true},
+		{[]string{"wait=600"}, MaxWait, true},
+		{[]string{"wait=soon"}, 0, false},
+		{[]string{"wait=-1"}, 0, false},
+	} {
+		r := httptest.NewRequest("GET", "/", nil)
+		for _, p := range c.prefer {
+			r.Header.Add("Prefer", p)
+		}
+		if got, ok := PreferWait(r, MaxWait); got != c.want || ok != c.ok {
+			t.Errorf("Prefer %q: %v %v, want %v %v", c.prefer, got, ok, c.want, c.ok)
+		}
+	}
+	for q, ok := range map[string]bool{"": true, "?wait=0": true, "?wait=30": true, "?wait=31": false, "?wait=x": false, "?wait=-2": false} {
+		if _, err := QueryWait(httptest.NewRequest("GET", "/"+q, nil), MaxWait); (err == nil) != ok {
+			t.Errorf("%q: %v", q, err)
+		}
+	}
+}
