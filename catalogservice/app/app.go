@@ -90,6 +90,14 @@ func (a *Application) OrderViewCommitted(orderID string) {
 	}
 }
 
+// OrderViewWaiters is how many requests wait for the view of orderID (for
+// tests and metrics).
+func (a *Application) OrderViewWaiters(orderID string) int {
+	a.views.mu.Lock()
+	defer a.views.mu.Unlock()
+	return len(a.views.waiters[orderID])
+}
+
 // AwaitOrderView is OrderView for a client that has seen version
 // minVersion of the order (from the order service) and must not read an
 // older state: it waits until the view has applied at least that many of
