@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: help test lint vet tidy-check fmt-check generate-check bench bench-saga bench-shop demo migrate
+.PHONY: help test lint vet tidy-check fmt-check generate-check bench bench-saga bench-shop demo migrate compose-secrets
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ bench-shop: ## the shop over HTTP with concurrent customers (see BENCHMARKS.md)
 
 demo: ## the embedded shop: three services, in-process Kafka and Schema Registry, a scripted scenario
 	$(GO) run ./examples/shop -scenario
+
+compose-secrets: ## create the docker compose secrets, readable by the services (deploy/secrets/README.md)
+	sh deploy/secrets/create.sh
 
 migrate: ## apply the outbox and saga migrations to DATABASE_URL
 	$(GO) run ./cmd/sagabox migrate
