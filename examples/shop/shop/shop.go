@@ -50,15 +50,6 @@ const (
 	DefaultSagaPollInterval = 200 * time.Millisecond
 )
 
-// Ports says where each part listens on 127.0.0.1. Zero picks a free port.
-type Ports struct {
-	Users, Catalog, Orders, Kafka, Registry int
-}
-
-// DemoPorts are docker-compose.yml's ports, so the same curl commands and
-// tools work against either.
-var DemoPorts = Ports{Users: 8001, Catalog: 8002, Orders: 8003, Kafka: 9092, Registry: 8081}
-
 // Config configures the shop.
 type Config struct {
 	// DatabaseURL is a Postgres server on which the shop may create its
@@ -70,7 +61,8 @@ type Config struct {
 	// sagabox_users, sagabox_catalog and sagabox_orders, creating them when
 	// missing and keeping them.
 	Fresh bool
-	// Ports defaults to all zero: random ports. The demo uses DemoPorts.
+	// Ports defaults to all zero: random ports. The demo uses DefaultPorts,
+	// or what its flags and environment say (PortsFromEnv).
 	Ports Ports
 	// AdminEmail and AdminPassword make sure this admin exists (ADMIN_EMAIL,
 	// ADMIN_PASSWORD). Both or neither; neither: an admin with a generated
@@ -170,6 +162,9 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	if err := cfg.Ports.checkPorts(); err != nil {
+		return nil, err
+	}
 	s := &Shop{cfg: cfg, done: make(chan struct{})}
 	defer func() {
 		if err != nil {
@@ -206,13 +201,16 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 		kopts = append(kopts, kfake.Ports(cfg.Ports.Kafka))
 	}
 	cluster, err := kfake.NewCluster(kopts...)
+	if err != nil && cfg.Ports.Kafka != 0 {
+		return nil, cfg.Ports.portError(&cfg.Ports.Kafka, err)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("shop: start Kafka (kfake) on 127.0.0.1:%d: %w", cfg.Ports.Kafka, err)
+		return nil, fmt.Errorf("shop: start Kafka (kfake): %w", err)
 	}
 	s.cleanup = append(s.cleanup, func() error { cluster.Close(); return nil })
 	s.Brokers = cluster.ListenAddrs()
 
-	rl, err := listen("Schema Registry", cfg.Ports.Registry)
+	rl, err := listen(&cfg.Ports, &cfg.Ports.Registry)
 	if err != nil {
 		return nil, err
 	}
@@ -225,11 +223,8 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 	// The services. Listening first gives the URLs they point at each other
 	// with, and fails early on a taken port.
 	var ls [3]net.Listener
-	for i, p := range []struct {
-		name string
-		port int
-	}{{userservice.Name, cfg.Ports.Users}, {catalogservice.Name, cfg.Ports.Catalog}, {orderservice.Name, cfg.Ports.Orders}} {
-		if ls[i], err = listen(p.name, p.port); err != nil {
+	for i, port := range []*int{&cfg.Ports.Users, &cfg.Ports.Catalog, &cfg.Ports.Orders} {
+		if ls[i], err = listen(&cfg.Ports, port); err != nil {
 			return nil, err
 		}
 		l := ls[i]
@@ -306,11 +301,12 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 	return s, nil
 }
 
-// listen listens on 127.0.0.1:port (0: any free port).
-func listen(what string, port int) (net.Listener, error) {
-	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+// listen listens on 127.0.0.1:*port (0: any free port), which is one of
+// ports' fields.
+func listen(ports *Ports, port *int) (net.Listener, error) {
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", *port))
 	if err != nil {
-		return nil, fmt.Errorf("shop: %s cannot listen on 127.0.0.1:%d (is another shop or docker compose running?): %w", what, port, err)
+		return nil, ports.portError(port, err)
 	}
 	return l, nil
 }
