@@ -97,15 +97,14 @@ The shop is running.
 		fmt.Printf("Admin: %s (password from ADMIN_PASSWORD)\n", a.Email)
 	}
 	fmt.Printf(`
-Try it:
+Try it (with jq):
 
   curl -s -XPOST %[1]s/signup -H 'Content-Type: application/json' \
     -d '{"email":"me@example.com","password":"correct horse battery","name":"Me"}'
   TOKEN=$(curl -s -XPOST %[1]s/login -H 'Content-Type: application/json' \
-    -d '{"email":"me@example.com","password":"correct horse battery"}' | sed 's/.*"token":"\([^"]*\)".*/\1/')
-  curl -s %[2]s/products
-  ORDER_ID=$(curl -s -XPOST %[3]s/orders -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-    -d '{"items":[{"sku":"TEA-1","quantity":2}]}' | sed 's/.*"orderId":"\([^"]*\)".*/\1/')
-  curl -s %[3]s/orders/$ORDER_ID -H "Authorization: Bearer $TOKEN"
+    -d '{"email":"me@example.com","password":"correct horse battery"}' | jq -r .token)
+  curl -s %[2]s/products | jq
+  curl -s -XPOST %[3]s/orders -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    -H 'Prefer: wait=10' -d '{"items":[{"sku":"TEA-1","quantity":2}]}' | jq   # the decided order: APPROVED
 `, s.UsersURL, s.CatalogURL, s.OrdersURL)
 }
