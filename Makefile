@@ -31,8 +31,8 @@ bench: ## outbox relay benchmark: sagabox vs watermill forwarder vs ceiling (see
 bench-saga: ## three-step saga end to end (see BENCHMARKS.md)
 	$(GO) run ./cmd/sagabench
 
-bench-shop: ## the shop over HTTP with concurrent customers (see BENCHMARKS.md)
-	$(GO) run ./cmd/shopbench
+bench-shop: ## the shop's capacity over HTTP: open-loop rates, highest with p99 < 500 ms (see BENCHMARKS.md)
+	$(GO) run ./cmd/shopbench -search
 
 demo: ## the embedded shop: three services, in-process Kafka and Schema Registry, a scripted scenario
 	$(GO) run ./examples/shop -scenario
