@@ -188,7 +188,7 @@ func (h *handlers) placeOrder(w http.ResponseWriter, r *http.Request) error {
 	// the final order and Preference-Applied. Otherwise, as without it:
 	// 202, the order is accepted, the saga decides it: poll (or long-poll)
 	// the Location.
-	if wait, ok := httpx.PreferWait(r, httpx.MaxWait); ok && wait > 0 && o.Status == domain.StatusPending {
+	if wait, ok := httpx.PreferWait(r, httpx.MaxWait); ok && wait > 0 { // a replay may be decided already
 		httpx.ExtendWriteDeadline(w, wait+10*time.Second)
 		ctx, cancel := context.WithTimeout(r.Context(), wait)
 		d, err := h.app.AwaitOrder(ctx, userID, o.ID, domain.StatusPending)

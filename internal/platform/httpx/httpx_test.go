@@ -375,3 +375,50 @@ func TestPreferWaitFollowsRFC7240(t *testing.T) {
 		}
 	}
 }
+
+// A handler that waits on purpose (a long poll) past WriteTimeout still
+// delivers its answer once it extends its write deadline, through the
+// middleware's wrapper; one that does not is cut off.
+func TestExtendWriteDeadlineOutlivesWriteTimeout(t *testing.T) {
+	t.Parallel()
+	const hold = 600 * time.Millisecond // the handler's deliberate wait: what is under test
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /extended", func(w http.ResponseWriter, r *http.Request) {
+		if !ExtendWriteDeadline(w, 30*time.Second) {
+			t.Error("the deadline could not be extended through the middleware")
+		}
+		time.Sleep(hold)
+		WriteJSON(w, 200, map[string]string{"ok": "yes"})
+	})
+	mux.HandleFunc("GET /plain", func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(hold)
+		WriteJSON(w, 200, map[string]string{"ok": "yes"})
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		served <- ServeConfig(ctx, l, Middleware(quiet, nil, mux), quiet, ServerConfig{WriteTimeout: 100 * time.Millisecond})
+	}()
+	defer func() { cancel(); <-served }()
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	res, err := client.Get("http://" + l.Addr().String() + "/extended")
+	if err != nil {
+		t.Fatalf("extended: %v", err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || !strings.Contains(string(body), "yes") {
+		t.Fatalf("extended: %d %s", res.StatusCode, body)
+	}
+	if res, err := client.Get("http://" + l.Addr().String() + "/plain"); err == nil {
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if strings.Contains(string(body), "yes") {
+			t.Fatalf("a handler past WriteTimeout still answered: %s", body)
+		}
+	}
+}
