@@ -280,14 +280,14 @@ func pick(rnd *rand.Rand) string {
 
 // result of one open-loop run.
 type result struct {
-	rate            float64 // asked
-	due, decided    int
-	failed          int // errors, refusals, not decided within the minute
-	perSec          float64
-	p50, p99        float64 // ms, from due to the final status
-	firstErr        error
-	elapsed         time.Duration
-	approved, other int
+	rate         float64 // asked
+	due, decided int
+	failed       int // errors, refusals, not decided within the minute
+	perSec       float64
+	p50, p99     float64 // ms, from due to the final status
+	firstErr     error
+	elapsed      time.Duration
+	approved     int
 }
 
 func (r result) print(prefix string) {
