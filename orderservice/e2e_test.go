@@ -521,12 +521,12 @@ func TestReadYourWrites(t *testing.T) {
 	_, token := s.customer(t, "ryw@example.com")
 	order := map[string]any{"items": []any{line("RYW-1", 1)}}
 
-	st, h, o := callWith(t, "POST", s.orders+"/orders", token, order, "Prefer", "wait=25")
-	if st != 201 || o["status"] != "APPROVED" || h.Get("Preference-Applied") != "wait=25" || o["version"] != float64(2) || o["saga"] == nil {
-		t.Fatalf("POST with Prefer: wait=25: %d %v %v", st, h, o)
+	st, h, o := callWith(t, "POST", s.orders+"/orders", token, order, "Prefer", "wait=30")
+	if st != 201 || o["status"] != "APPROVED" || h.Get("Preference-Applied") != "wait=30" || o["version"] != float64(2) || o["saga"] == nil {
+		t.Fatalf("POST with Prefer: wait=30: %d %v %v", st, h, o)
 	}
 	id := o["orderId"].(string)
-	st, _, v := callWith(t, "GET", fmt.Sprintf("%s/catalog/orders/%s?min_version=%v&wait=25", s.catalog, id, o["version"]), token, nil)
+	st, _, v := callWith(t, "GET", fmt.Sprintf("%s/catalog/orders/%s?min_version=%v&wait=30", s.catalog, id, o["version"]), token, nil)
 	if st != 200 || v["status"] != "APPROVED" || v["version"] != float64(2) || v["totalCents"] != float64(100) {
 		t.Fatalf("catalog view at min_version 2: %d %v", st, v)
 	}
@@ -541,7 +541,7 @@ func TestReadYourWrites(t *testing.T) {
 	if st != 202 || p["status"] != "PENDING" || p["version"] != float64(1) {
 		t.Fatalf("POST without Prefer: %d %v", st, p)
 	}
-	st, _, got := callWith(t, "GET", s.orders+"/orders/"+p["orderId"].(string)+"?wait=25&status=PENDING", token, nil)
+	st, _, got := callWith(t, "GET", s.orders+"/orders/"+p["orderId"].(string)+"?wait=30&status=PENDING", token, nil)
 	if st != 200 || got["status"] != "APPROVED" {
 		t.Fatalf("long poll from PENDING: %d %v", st, got)
 	}

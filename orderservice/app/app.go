@@ -245,6 +245,19 @@ func (a *Application) AwaitOrder(ctx context.Context, viewer, id uuid.UUID, from
 	if err != nil || d.Order.Status != from || from != domain.StatusPending || a.opts.Waiter == nil {
 		return d, err
 	}
+	return a.awaitSaga(ctx, viewer, id)
+}
+
+// AwaitPlaced is AwaitOrder for an order the caller has just placed and
+// knows PENDING (o, as PlaceOrder returned it): it spares the first read.
+func (a *Application) AwaitPlaced(ctx context.Context, o *domain.Order) (*OrderDetails, error) {
+	if o.Status != domain.StatusPending || a.opts.Waiter == nil {
+		return a.AwaitOrder(ctx, o.UserID, o.ID, o.Status)
+	}
+	return a.awaitSaga(ctx, o.UserID, o.ID)
+}
+
+func (a *Application) awaitSaga(ctx context.Context, viewer, id uuid.UUID) (*OrderDetails, error) {
 	if _, err := a.opts.Waiter.Wait(ctx, id); err != nil && ctx.Err() == nil && !errors.Is(err, saga.ErrNotFound) {
 		return nil, err
 	}

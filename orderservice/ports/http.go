@@ -191,7 +191,7 @@ func (h *handlers) placeOrder(w http.ResponseWriter, r *http.Request) error {
 	if wait, ok := httpx.PreferWait(r, httpx.MaxWait); ok && wait > 0 { // a replay may be decided already
 		httpx.ExtendWriteDeadline(w, wait+10*time.Second)
 		ctx, cancel := context.WithTimeout(r.Context(), wait)
-		d, err := h.app.AwaitOrder(ctx, userID, o.ID, domain.StatusPending)
+		d, err := h.app.AwaitPlaced(ctx, o)
 		cancel()
 		if err != nil {
 			return mapError(err)
