@@ -204,7 +204,7 @@ func (o *Order) Price(priced []Item, totalCents int64, now time.Time) error {
 	return nil
 }
 
-// PriceChangedError is CheckQuote's refusal: the reservation priced a line
+// PriceChangedError is Charge's refusal: the reservation priced a line
 // above the price the customer was shown when ordering.
 type PriceChangedError struct {
 	SKU                   string
@@ -215,26 +215,36 @@ func (e *PriceChangedError) Error() string {
 	return fmt.Sprintf("%s: %s costs %d cents now, the order was placed at %d", ReasonPriceChanged, e.SKU, e.NowCents, e.QuotedCents)
 }
 
-// CheckQuote checks reserved prices against the order's: the order carries
-// the unit prices the customer saw (the catalog's list prices when it was
-// placed) and is never charged more. A line priced higher is a
-// *PriceChangedError, and the saga cancels the order with
-// ReasonPriceChanged rather than charge without the customer's consent. A
-// lower price is taken (the customer pays less). An order placed without a
-// price (no catalog asked at the door: UnitPriceCents 0) takes the
-// reservation's.
-func (o *Order) CheckQuote(reserved []Item) error {
+// Charge is what the order is charged for a reservation at the prices
+// reserved: the prices the customer was shown when ordering (the order's
+// UnitPriceCents, the catalog's list prices then), never others. A line the
+// reservation priced higher is a *PriceChangedError, and the saga cancels
+// the order with ReasonPriceChanged rather than charge without the
+// customer's consent. A line priced lower is still charged at the price
+// shown: the customer agreed to it, and the order, its charge and the
+// catalog's view of it (built from OrderCreated's prices) stay one story.
+// A line placed without a price (no catalog asked at the door:
+// UnitPriceCents 0) takes the reservation's. reserved must already match
+// the order's lines (Price checks that).
+func (o *Order) Charge(reserved []Item) ([]Item, int64, error) {
 	quoted := map[string]int64{}
 	for _, it := range o.Items {
 		quoted[strings.ToUpper(it.SKU)] = it.UnitPriceCents
 	}
-	for _, r := range reserved {
+	out := make([]Item, len(reserved))
+	var total int64
+	for i, r := range reserved {
 		q := quoted[strings.ToUpper(r.SKU)]
 		if q > 0 && r.UnitPriceCents > q {
-			return &PriceChangedError{SKU: r.SKU, QuotedCents: q, NowCents: r.UnitPriceCents}
+			return nil, 0, &PriceChangedError{SKU: r.SKU, QuotedCents: q, NowCents: r.UnitPriceCents}
 		}
+		out[i] = r
+		if q > 0 {
+			out[i].UnitPriceCents = q
+		}
+		total += int64(out[i].Quantity) * out[i].UnitPriceCents
 	}
-	return nil
+	return out, total, nil
 }
 
 // Approve makes a PENDING order APPROVED. Approving an approved order is a
