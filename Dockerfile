@@ -1,9 +1,12 @@
 # One multi-stage Dockerfile for the three services:
 #   docker build --build-arg SERVICE=orderservice -t sagabox/orderservice .
 # The build stage compiles a static binary; the runtime stage is a small
-# Alpine image running as an unprivileged user (wget is there for the health
-# check).
-FROM golang:1.26-bookworm AS build
+# Alpine image running as an unprivileged user, uid 10001 (wget is there for
+# the health check). Alpine 3.23 is supported until November 2027
+# (https://alpinelinux.org/releases/); move to the next release before then.
+# Secrets mounted by docker compose must be readable by uid 10001: see
+# deploy/secrets/README.md.
+FROM golang:1.26-trixie AS build
 ARG SERVICE
 WORKDIR /src
 COPY go.mod go.sum ./
@@ -11,7 +14,7 @@ RUN go mod download
 COPY . .
 RUN test -n "$SERVICE" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/service ./${SERVICE}/cmd/${SERVICE}
 
-FROM alpine:3.20
+FROM alpine:3.23
 RUN adduser -D -H -u 10001 sagabox
 COPY --from=build /out/service /usr/local/bin/service
 USER 10001:10001

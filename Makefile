@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: help test lint vet tidy-check fmt-check generate-check bench bench-saga bench-shop demo migrate
+.PHONY: help test lint vet tidy-check fmt-check generate-check bench bench-saga bench-shop demo migrate compose-secrets
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -34,11 +34,14 @@ bench-saga: ## three-step saga end to end (see BENCHMARKS.md)
 bench-compare: ## outboxbench and sagabench of OLD (a commit) and of the work tree, side by side: make bench-compare OLD=<commit>
 	bash scripts/bench-compare.sh $(OLD)
 
-bench-shop: ## the shop over HTTP with concurrent customers (see BENCHMARKS.md)
-	$(GO) run ./cmd/shopbench
+bench-shop: ## the shop's capacity over HTTP: open-loop rates, highest with p99 < 500 ms (see BENCHMARKS.md)
+	$(GO) run ./cmd/shopbench -search
 
 demo: ## the embedded shop: three services, in-process Kafka and Schema Registry, a scripted scenario
 	$(GO) run ./examples/shop -scenario
+
+compose-secrets: ## create the docker compose secrets, readable by the services (deploy/secrets/README.md)
+	sh deploy/secrets/create.sh
 
 migrate: ## apply the outbox and saga migrations to DATABASE_URL
 	$(GO) run ./cmd/sagabox migrate

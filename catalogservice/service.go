@@ -184,7 +184,10 @@ func (s *Service) init(ctx context.Context) error {
 
 	// The read model's feed: order.events, deduplicated by the inbox.
 	if _, err := saga.NewConsumer(s.client, saga.ConsumerConfig{Name: Name + "-order-view", Topic: schemas.TopicOrderEvents,
-		Handler: ports.OrderEventsHandler(s.app, s.log)}); err != nil {
+		Handler: ports.OrderEventsHandler(s.app, s.log),
+		// Wakes GET /catalog/orders/{id}?min_version=&wait= once the view
+		// it waits for is committed.
+		AfterCommit: func(_ context.Context, e *saga.Event) { s.app.OrderViewCommitted(e.Key) }}); err != nil {
 		return err
 	}
 

@@ -389,3 +389,70 @@ func TestOrderReadModel(t *testing.T) {
 		t.Fatalf("a command applied as an order event: %v", err)
 	}
 }
+
+// Issue 11.5: a NUL byte or invalid UTF-8 in a path, a query or a JSON
+// string is a 400 naming the field, never a 500 from Postgres (SQLSTATE
+// 22021).
+func TestInvalidTextIsA400NamingTheField(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for _, c := range []struct{ name, method, path, body, field string }{
+		{"NUL in a SKU path", "GET", "/products/TEA%00", "", "path"},
+		{"invalid UTF-8 in a SKU path", "GET", "/products/TEA%ff", "", "path"},
+		{"NUL in the cursor", "GET", "/products?after=A%00", "", "after"},
+		{"invalid UTF-8 in the cursor", "GET", "/products?after=%c3%28", "", "after"},
+		{"NUL in an order view path", "GET", "/catalog/orders/x%00", "", "path"},
+		{"NUL in a product name", "POST", "/products", `{"sku":"NUL-1","name":"Tea\u0000","price":100,"stock":1}`, "name"},
+		{"invalid UTF-8 in a SKU", "POST", "/products", "{\"sku\":\"A\xff\",\"name\":\"Tea\",\"price\":100,\"stock\":1}", "sku"},
+	} {
+		var body any
+		if c.body != "" {
+			body = c.body
+		}
+		res := testkit.Call(t, b.h, c.method, c.path, body, testkit.Bearer(b.admin)...)
+		if res.Status != 400 || res.Code() != "invalid_text" || res.Body["field"] != c.field {
+			t.Errorf("%s: %d %s, want 400 invalid_text naming %s", c.name, res.Status, res.Raw, c.field)
+		}
+	}
+	if n := b.count(t, "products"); n != 0 {
+		t.Fatalf("invalid text wrote %d products", n)
+	}
+}
+
+// Read-your-writes: a reader asking for at least version 2 of an order's
+// view waits for the consumer's commit (an in-process signal, no polling)
+// and then gets version 2, never the older state; asking for a version the
+// view does not reach in time is a 409 view_behind.
+func TestOrderViewWaitsForTheVersionTheClientSaw(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.addProduct(t, "W", "Wait", 50, 10)
+	order := uuid.NewString()
+	at := time.Now().UTC().Truncate(time.Millisecond)
+	b.apply(t, schemas.OrderCreated{OrderID: order, UserID: b.userID, OccurredAt: at,
+		Items: []schemas.OrderLine{{Sku: "W", Quantity: 1, UnitPriceCents: 50}}, TotalCents: 50})
+	b.svc.App().OrderViewCommitted(order)
+	if res := testkit.Call(t, b.h, "GET", "/catalog/orders/"+order+"?min_version=1", nil, testkit.Bearer(b.user)...); res.Status != 200 || res.Body["version"] != float64(1) {
+		t.Fatalf("version 1: %d %s", res.Status, res.Raw)
+	}
+	got := make(chan testkit.Response, 1)
+	go func() {
+		got <- testkit.Call(t, b.h, "GET", "/catalog/orders/"+order+"?min_version=2&wait=30", nil, testkit.Bearer(b.user)...)
+	}()
+	testkit.Eventually(t, 30*time.Second, "the reader to wait", func() bool { return b.svc.App().OrderViewWaiters(order) == 1 })
+	// Apply the approval as the consumer does, then signal the commit.
+	b.apply(t, &schemas.OrderApproved{OrderID: order, UserID: b.userID, TotalCents: 50, OccurredAt: at.Add(time.Second)})
+	b.svc.App().OrderViewCommitted(order)
+	select {
+	case res := <-got:
+		if res.Status != 200 || res.Body["status"] != "APPROVED" || res.Body["version"] != float64(2) {
+			t.Fatalf("waited view: %d %s", res.Status, res.Raw)
+		}
+	case <-time.After(25 * time.Second): // the wait is 30 s: only the signal answers sooner
+		t.Fatal("the waiting reader was not woken by the commit")
+	}
+	res := testkit.Call(t, b.h, "GET", "/catalog/orders/"+order+"?min_version=3&wait=0", nil, testkit.Bearer(b.user)...)
+	if res.Status != 409 || res.Code() != "view_behind" || res.Body["version"] != float64(2) || res.Header.Get("Retry-After") == "" {
+		t.Fatalf("ahead of the view: %d %s", res.Status, res.Raw)
+	}
+}

@@ -21,6 +21,8 @@ import (
 	"github.com/sagabox/sagabox/internal/platform/config"
 	"github.com/sagabox/sagabox/internal/testkit"
 	"github.com/sagabox/sagabox/orderservice"
+	"github.com/sagabox/sagabox/orderservice/adapters"
+	"github.com/sagabox/sagabox/orderservice/app"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/saga"
 	"github.com/sagabox/sagabox/schemas"
@@ -48,6 +50,19 @@ func startShop(t *testing.T, ctx context.Context) *shop {
 // service a pool of that many connections instead of the test kit's 16.
 func startShopWithPools(t *testing.T, ctx context.Context, maxConns int) *shop {
 	t.Helper()
+	return startShopWith(t, ctx, shopOptions{maxConns: maxConns})
+}
+
+type shopOptions struct {
+	maxConns int
+	// catalog, when set, wraps the order service's catalog client; it gets
+	// the catalog's database.
+	catalog func(c app.Catalog, catalogDB *pgxpool.Pool) app.Catalog
+}
+
+func startShopWith(t *testing.T, ctx context.Context, opts shopOptions) *shop {
+	t.Helper()
+	maxConns := opts.maxConns
 	pool := func() *pgxpool.Pool {
 		db := testkit.NewDatabase(t)
 		if maxConns <= 0 {
@@ -79,20 +94,26 @@ func startShopWithPools(t *testing.T, ctx context.Context, maxConns int) *shop {
 	}
 
 	ul, uurl := listen()
-	users, err := userservice.New(ctx, userservice.Config{Pool: pool(), Messaging: msg,
+	users, err := userservice.New(ctx, userservice.Config{Pool: pool(), Messaging: msg, SignupBurst: 1000,
 		PasswordParams: useradapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1}})
 	testkit.Must(t, err, "userservice")
 	t.Cleanup(users.Close)
 	jwks := uurl + "/.well-known/jwks.json"
 
 	cl, curl := listen()
-	catalog, err := catalogservice.New(ctx, catalogservice.Config{Pool: pool(), JWKSURL: jwks, Messaging: msg})
+	catalogDB := pool()
+	catalog, err := catalogservice.New(ctx, catalogservice.Config{Pool: catalogDB, JWKSURL: jwks, Messaging: msg})
 	testkit.Must(t, err, "catalogservice")
 	t.Cleanup(catalog.Close)
 
 	ol, ourl := listen()
-	orders, err := orderservice.New(ctx, orderservice.Config{Pool: pool(), JWKSURL: jwks, CatalogURL: curl, Messaging: msg,
-		Saga: saga.Config{PollInterval: 100 * time.Millisecond}})
+	var catalogClient app.Catalog
+	if opts.catalog != nil {
+		catalogClient = opts.catalog(adapters.NewCatalog(curl, nil), catalogDB)
+	}
+	orders, err := orderservice.New(ctx, orderservice.Config{Pool: pool(), JWKSURL: jwks, CatalogURL: curl, Catalog: catalogClient, Messaging: msg,
+		MaxPendingOrders: 100, // TestTinyPoolsDoNotDeadlockUnderLoad places 24 at once
+		Saga:             saga.Config{PollInterval: 100 * time.Millisecond}})
 	testkit.Must(t, err, "orderservice")
 	t.Cleanup(orders.Close)
 
@@ -406,6 +427,126 @@ func TestTinyPoolsDoNotDeadlockUnderLoad(t *testing.T) {
 		if o := s.decided(t, token, id); o["status"] != "APPROVED" {
 			t.Errorf("order %s: %v", id, o)
 		}
+	}
+	stop()
+	s.stopped(t)
+}
+
+// raisePriceAfterQuote is the catalog client of orderservice, raising the
+// price of sku in the catalog right after it quoted it: an admin changing
+// the price between POST /orders and the saga's reservation.
+type raisePriceAfterQuote struct {
+	app.Catalog
+	db    *pgxpool.Pool
+	sku   string
+	price int64
+}
+
+func (c raisePriceAfterQuote) Prices(ctx context.Context, skus []string) (map[string]int64, error) {
+	p, err := c.Catalog.Prices(ctx, skus)
+	if err == nil {
+		_, err = c.db.Exec(ctx, `UPDATE products SET price_cents = $2 WHERE sku = $1`, c.sku, c.price)
+	}
+	return p, err
+}
+
+// Issue 11.4: a price raised between POST /orders (total 1200) and the
+// reservation (5000) is not charged: the order is cancelled with "price
+// changed", the stock is given back and the credit untouched; the catalog's
+// read model shows the order as it was, at the price it was placed at.
+func TestAPriceRaisedAfterTheOrderIsNeverCharged(t *testing.T) {
+	t.Parallel()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	s := startShopWith(t, ctx, shopOptions{catalog: func(c app.Catalog, db *pgxpool.Pool) app.Catalog {
+		return raisePriceAfterQuote{Catalog: c, db: db, sku: "LAMP-1", price: 5000}
+	}})
+	if st, body := call(t, "POST", s.catalog+"/products", s.admin, map[string]any{"sku": "LAMP-1", "name": "Lamp", "price": 1200, "stock": 3}); st != 201 {
+		t.Fatalf("add product: %d %v", st, body)
+	}
+	id, token := s.customer(t, "ann@example.com")
+	st, placed := call(t, "POST", s.orders+"/orders", token, map[string]any{"items": []any{line("LAMP-1", 1)}})
+	if st != 202 {
+		t.Fatalf("place: %d %v", st, placed)
+	}
+	o := s.decided(t, token, placed["orderId"].(string))
+	if o["status"] != "CANCELLED" || o["reason"] != "price changed" || o["totalCents"] != float64(1200) {
+		t.Fatalf("order: %v (%s)", o, history(o))
+	}
+	if c := s.credit(t, id, token); c != 10000 {
+		t.Fatalf("credit %v: charged for an order it cancelled", c)
+	}
+	testkit.Eventually(t, 60*time.Second, "the stock to be given back", func() bool { return s.stock(t, "LAMP-1") == 3 })
+	stop()
+	s.stopped(t)
+}
+
+// callWith is call with request headers, returning the response's too.
+func callWith(t *testing.T, method, url, token string, body any, headers ...string) (int, http.Header, map[string]any) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		testkit.Must(t, err, "marshal")
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	testkit.Must(t, err, "request")
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	res, err := http.DefaultClient.Do(req)
+	testkit.Must(t, err, "%s %s", method, url)
+	defer res.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(res.Body).Decode(&out)
+	return res.StatusCode, res.Header, out
+}
+
+// Read-your-writes: a client that writes, then reads, never sees an older
+// state than the one it was answered. POST /orders with Prefer: wait=N
+// answers the decided order; GET /orders/{id}?wait=N&status=PENDING
+// long-polls until the status changes; the catalog's read model, asked for
+// at least the order's version, waits for its consumer to get there.
+func TestReadYourWrites(t *testing.T) {
+	t.Parallel()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	s := startShop(t, ctx)
+	if st, body := call(t, "POST", s.catalog+"/products", s.admin, map[string]any{"sku": "RYW-1", "name": "Read", "price": 100, "stock": 10}); st != 201 {
+		t.Fatalf("add product: %d %v", st, body)
+	}
+	_, token := s.customer(t, "ryw@example.com")
+	order := map[string]any{"items": []any{line("RYW-1", 1)}}
+
+	st, h, o := callWith(t, "POST", s.orders+"/orders", token, order, "Prefer", "wait=30")
+	if st != 201 || o["status"] != "APPROVED" || h.Get("Preference-Applied") != "wait=30" || o["version"] != float64(2) || o["saga"] == nil {
+		t.Fatalf("POST with Prefer: wait=30: %d %v %v", st, h, o)
+	}
+	id := o["orderId"].(string)
+	st, _, v := callWith(t, "GET", fmt.Sprintf("%s/catalog/orders/%s?min_version=%v&wait=30", s.catalog, id, o["version"]), token, nil)
+	if st != 200 || v["status"] != "APPROVED" || v["version"] != float64(2) || v["totalCents"] != float64(100) {
+		t.Fatalf("catalog view at min_version 2: %d %v", st, v)
+	}
+	// An order from nobody's point of view yet: 409 view_behind, not an
+	// older state.
+	if st, h, v := callWith(t, "GET", fmt.Sprintf("%s/catalog/orders/%s?min_version=3&wait=0", s.catalog, id), token, nil); st != 409 ||
+		v["code"] != "view_behind" || v["version"] != float64(2) || h.Get("Retry-After") == "" {
+		t.Fatalf("catalog view ahead of the order: %d %v", st, v)
+	}
+
+	st, _, p := callWith(t, "POST", s.orders+"/orders", token, order)
+	if st != 202 || p["status"] != "PENDING" || p["version"] != float64(1) {
+		t.Fatalf("POST without Prefer: %d %v", st, p)
+	}
+	st, _, got := callWith(t, "GET", s.orders+"/orders/"+p["orderId"].(string)+"?wait=30&status=PENDING", token, nil)
+	if st != 200 || got["status"] != "APPROVED" {
+		t.Fatalf("long poll from PENDING: %d %v", st, got)
+	}
+	if st, _, bad := callWith(t, "GET", s.orders+"/orders/"+id+"?wait=31", token, nil); st != 400 || bad["code"] != "invalid_wait" {
+		t.Fatalf("wait=31: %d %v", st, bad)
 	}
 	stop()
 	s.stopped(t)

@@ -68,6 +68,10 @@ type Config struct {
 	// orders are stored PENDING with their saga's first command, which waits
 	// in the outbox until a relay runs.
 	Messaging config.Kafka
+	// MaxPendingOrders is how many PENDING orders a customer may have
+	// (MAX_PENDING_ORDERS); one more is a 429 with Retry-After. Defaults to
+	// app.DefaultMaxPendingOrders (10).
+	MaxPendingOrders int
 	// Saga tunes the order saga's orchestrator (poll interval, retention...).
 	// ReplyTopic is set by the service.
 	Saga saga.Config
@@ -81,14 +85,15 @@ type Config struct {
 func ConfigFromEnv() (Config, error) {
 	e := config.FromOS()
 	cfg := Config{
-		Addr:        e.String("HTTP_ADDR", DefaultAddr),
-		DatabaseURL: e.Required("DATABASE_URL"),
-		MaxConns:    e.Int("DB_MAX_CONNS", DefaultMaxConns),
-		JWKSURL:     e.Required("JWKS_URL"),
-		Issuer:      e.String("JWT_ISSUER", DefaultIssuer),
-		Audience:    e.String("JWT_AUDIENCE", DefaultAudience),
-		CatalogURL:  e.String("CATALOG_URL", ""),
-		Messaging:   config.KafkaFromEnv(e),
+		Addr:             e.String("HTTP_ADDR", DefaultAddr),
+		DatabaseURL:      e.Required("DATABASE_URL"),
+		MaxConns:         e.Int("DB_MAX_CONNS", DefaultMaxConns),
+		JWKSURL:          e.Required("JWKS_URL"),
+		Issuer:           e.String("JWT_ISSUER", DefaultIssuer),
+		Audience:         e.String("JWT_AUDIENCE", DefaultAudience),
+		CatalogURL:       e.String("CATALOG_URL", ""),
+		MaxPendingOrders: e.Int("MAX_PENDING_ORDERS", app.DefaultMaxPendingOrders),
+		Messaging:        config.KafkaFromEnv(e),
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: e.LogLevel("LOG_LEVEL", slog.LevelInfo)}))
 	return cfg, e.Err()
@@ -107,6 +112,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Audience == "" {
 		c.Audience = DefaultAudience
+	}
+	if c.MaxPendingOrders <= 0 {
+		c.MaxPendingOrders = app.DefaultMaxPendingOrders
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -214,7 +222,13 @@ func (s *Service) init(ctx context.Context) error {
 	if catalog == nil {
 		s.log.Warn("orderservice: CATALOG_URL is not set: SKUs are not checked when an order is placed; the saga cancels orders for unknown SKUs")
 	}
-	s.app = app.New(repo, catalog, s.orch)
+	// Read-your-writes: POST /orders with Prefer: wait and GET /orders/{id}
+	// ?wait= wait for the saga's end through one LISTEN per process.
+	waiter, err := saga.NewWaiter(s.client)
+	if err != nil {
+		return fmt.Errorf("orderservice: %w", err)
+	}
+	s.app = app.New(repo, catalog, s.orch, app.Options{MaxPendingOrders: s.cfg.MaxPendingOrders, Waiter: waiter})
 
 	s.health = httpx.NewHealth()
 	s.health.Add("postgres", repo.Ping)

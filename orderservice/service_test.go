@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagabox/sagabox/internal/platform/auth"
 	"github.com/sagabox/sagabox/internal/platform/httpx"
@@ -395,4 +397,136 @@ func (b bundle) foreignToken(t *testing.T) string {
 	tok, _, err := other.Issue(b.userID, auth.RoleUser)
 	testkit.Must(t, err, "issue")
 	return tok
+}
+
+// Issue 11.5: a NUL byte or invalid UTF-8 in a path, a query or a JSON
+// string is a 400 naming the field, and writes nothing.
+func TestInvalidTextIsA400NamingTheField(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for _, c := range []struct{ name, method, path, body, field string }{
+		{"NUL in a SKU", "POST", "/orders", `{"items":[{"sku":"TEA-1","quantity":1},{"sku":"TEA\u0000","quantity":1}]}`, "items[1].sku"},
+		{"invalid UTF-8 in a SKU", "POST", "/orders", "{\"items\":[{\"sku\":\"TEA\xff\",\"quantity\":1}]}", "items[0].sku"},
+		{"NUL in an order path", "GET", "/orders/%00", "", "path"},
+		{"NUL in the cursor", "GET", "/orders?before=%00", "", "before"},
+		{"invalid UTF-8 in the limit", "GET", "/orders?limit=%ff", "", "limit"},
+	} {
+		var body any
+		if c.body != "" {
+			body = c.body
+		}
+		res := testkit.Call(t, b.h, c.method, c.path, body, testkit.Bearer(b.user)...)
+		if res.Status != 400 || res.Code() != "invalid_text" || res.Body["field"] != c.field {
+			t.Errorf("%s: %d %s, want 400 invalid_text naming %s", c.name, res.Status, res.Raw, c.field)
+		}
+	}
+	if got := b.written(t); got != "orders 0, sagas 0, outbox 0" {
+		t.Fatalf("written: %s", got)
+	}
+}
+
+// Issue 11.8: a read whose pooled connection the server has just
+// terminated (a restart, a failover, pg_terminate_backend) is retried once
+// on a fresh connection instead of answering 500.
+func TestReadsRetryOnceWhenTheirConnectionWasTerminated(t *testing.T) {
+	t.Parallel()
+	ctx := testkit.Ctx(t)
+	b := setup(t)
+	// A pool of the service's own that never pings before handing out a
+	// connection, so the terminated one is what the read gets.
+	pc, err := pgxpool.ParseConfig(b.db.URL)
+	testkit.Must(t, err, "parse")
+	pc.MaxConns = 2
+	pc.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	testkit.Must(t, err, "pool")
+	defer pool.Close()
+	verifier, err := auth.NewVerifier(auth.VerifierConfig{
+		Keys:   func(context.Context) ([]byte, error) { return b.issuer.JWKS(), nil },
+		Issuer: orderservice.DefaultIssuer, Audience: orderservice.DefaultAudience})
+	testkit.Must(t, err, "verifier")
+	svc, err := orderservice.New(ctx, orderservice.Config{Pool: pool, Verifier: verifier, Catalog: b.catalog})
+	testkit.Must(t, err, "orderservice on the pool")
+	defer svc.Close()
+	h := svc.Handler()
+
+	res := testkit.Call(t, h, "POST", "/orders", `{"items":[{"sku":"TEA-1","quantity":1}]}`, testkit.Bearer(b.user)...)
+	if res.Status != 202 {
+		t.Fatalf("place: %d %s", res.Status, res.Raw)
+	}
+	id := res.Body["orderId"].(string)
+	for _, path := range []string{"/orders/" + id, "/orders"} {
+		if res := testkit.Call(t, h, "GET", path, nil, testkit.Bearer(b.user)...); res.Status != 200 {
+			t.Fatalf("GET %s before: %d %s", path, res.Status, res.Raw)
+		}
+		admin, err := pgx.Connect(ctx, testkit.AdminURL())
+		testkit.Must(t, err, "admin connection")
+		var killed int
+		testkit.Must(t, admin.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`,
+			b.db.Name).Scan(&killed), "terminate")
+		testkit.Eventually(t, 30*time.Second, "the terminated backends to be gone", func() bool {
+			var n int
+			testkit.Must(t, admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1`, b.db.Name).Scan(&n), "count")
+			return n == 0
+		})
+		admin.Close(ctx)
+		if killed == 0 {
+			t.Fatal("no pooled connection to terminate")
+		}
+		if res := testkit.Call(t, h, "GET", path, nil, testkit.Bearer(b.user)...); res.Status != 200 {
+			t.Fatalf("GET %s after its connection was terminated: %d %s", path, res.Status, res.Raw)
+		}
+	}
+}
+
+// Issue 11.3: a customer's PENDING orders are capped: one more is a 429
+// with Retry-After that writes nothing, also when the orders arrive at once;
+// other customers are not affected, and a decided order frees its place.
+func TestPendingOrdersAreCappedPerCustomer(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	verifier, err := auth.NewVerifier(auth.VerifierConfig{
+		Keys:   func(context.Context) ([]byte, error) { return b.issuer.JWKS(), nil },
+		Issuer: orderservice.DefaultIssuer, Audience: orderservice.DefaultAudience})
+	testkit.Must(t, err, "verifier")
+	svc, err := orderservice.New(testkit.Ctx(t), orderservice.Config{Pool: b.db.Pool, Verifier: verifier, Catalog: b.catalog, MaxPendingOrders: 3})
+	testkit.Must(t, err, "orderservice")
+	defer svc.Close()
+	place := func(token string) testkit.Response {
+		return testkit.Call(t, svc.Handler(), "POST", "/orders", `{"items":[{"sku":"TEA-1","quantity":1}]}`, testkit.Bearer(token)...)
+	}
+	// Six at once (no Kafka here: they all stay PENDING): three pass.
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	var refused testkit.Response
+	var wg sync.WaitGroup
+	for range 6 {
+		wg.Go(func() {
+			res := place(b.user)
+			mu.Lock()
+			defer mu.Unlock()
+			statuses[res.Status]++
+			if res.Status == 429 {
+				refused = res
+			}
+		})
+	}
+	wg.Wait()
+	if statuses[202] != 3 || statuses[429] != 3 {
+		t.Fatalf("statuses %v, want 3 × 202 and 3 × 429", statuses)
+	}
+	if refused.Code() != "too_many_pending_orders" || refused.Header.Get("Retry-After") == "" || refused.Body["maxPendingOrders"] != float64(3) {
+		t.Fatalf("refusal: %v %s", refused.Header, refused.Raw)
+	}
+	if got := b.written(t); got != "orders 3, sagas 3, outbox 6" {
+		t.Fatalf("written: %s", got)
+	}
+	if res := place(b.other); res.Status != 202 {
+		t.Fatalf("another customer: %d %s", res.Status, res.Raw)
+	}
+	_, err = b.db.Pool.Exec(context.Background(), `UPDATE orders SET status = 'CANCELLED' WHERE id = (SELECT id FROM orders WHERE user_id = $1 LIMIT 1)`, b.userID)
+	testkit.Must(t, err, "decide one")
+	if res := place(b.user); res.Status != 202 {
+		t.Fatalf("after one was decided: %d %s", res.Status, res.Raw)
+	}
 }

@@ -60,6 +60,12 @@ type ConsumerConfig struct {
 	Topic string
 	// Handler handles each event. Required.
 	Handler EventHandler
+	// AfterCommit, when set, is called with each event once the
+	// transaction that handled it (or found it in the inbox, a redelivery)
+	// has committed: what it wrote is visible to every reader. For
+	// in-process signals, such as waking requests waiting for a read model
+	// to catch up; it must not block.
+	AfterCommit func(ctx context.Context, e *Event)
 	// ConsumerGroup defaults to Name.
 	ConsumerGroup string
 	// NackResendSleep defaults to DefaultConsumerNackResendSleep.
@@ -145,7 +151,13 @@ func (c *Consumer) Run(ctx context.Context) error {
 	})
 	return runRouter(ctx, consumeConfig{Brokers: c.rt.Brokers(), ConsumerGroup: c.cfg.ConsumerGroup, Topic: c.cfg.Topic,
 		Sarama: c.cfg.OverwriteSaramaConfig, NackResendSleep: c.cfg.NackResendSleep, Logger: c.rt.Logger(),
-		Name: "consumer_" + c.cfg.Name}, func(msg *message.Message) error { _, err := h(msg); return err })
+		Name: "consumer_" + c.cfg.Name}, func(msg *message.Message) error {
+		_, err := h(msg)
+		if err == nil && c.cfg.AfterCommit != nil {
+			c.cfg.AfterCommit(msg.Context(), c.event(msg))
+		}
+		return err
+	})
 }
 
 func (c *Consumer) event(msg *message.Message) *Event {

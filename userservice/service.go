@@ -37,6 +37,8 @@ const (
 	DefaultAudience     = "sagabox"
 	DefaultLoginBurst   = 5
 	DefaultLoginEvery   = 20 * time.Second
+	DefaultSignupBurst  = 5
+	DefaultSignupEvery  = time.Minute
 	DefaultClientBurst  = 50
 	DefaultClientEvery  = time.Second
 	DefaultMaxConns     = 10
@@ -75,6 +77,13 @@ type Config struct {
 	// LoginEvery (LOGIN_BURST, LOGIN_EVERY). Default to 5 and 20s.
 	LoginBurst int
 	LoginEvery time.Duration
+	// SignupBurst sign-ups per client address, then one per SignupEvery
+	// (SIGNUP_BURST, SIGNUP_EVERY). Default to 5 and 1m: every account
+	// comes with starting credit, so one client must not mint them by the
+	// hundred. Behind a proxy every client has the proxy's address: limit
+	// at the edge, or raise these.
+	SignupBurst int
+	SignupEvery time.Duration
 	// Messaging says where Kafka and the Schema Registry are (KAFKA_BROKERS,
 	// SCHEMA_REGISTRY_URL). Without brokers the service serves HTTP only
 	// and does not consume saga commands.
@@ -103,6 +112,8 @@ func ConfigFromEnv() (Config, error) {
 		AdminPassword:       e.Secret("ADMIN_PASSWORD", ""),
 		LoginBurst:          e.Int("LOGIN_BURST", DefaultLoginBurst),
 		LoginEvery:          e.Duration("LOGIN_EVERY", DefaultLoginEvery),
+		SignupBurst:         e.Int("SIGNUP_BURST", DefaultSignupBurst),
+		SignupEvery:         e.Duration("SIGNUP_EVERY", DefaultSignupEvery),
 		Messaging:           config.KafkaFromEnv(e),
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: e.LogLevel("LOG_LEVEL", slog.LevelInfo)}))
@@ -141,6 +152,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.LoginEvery <= 0 {
 		c.LoginEvery = DefaultLoginEvery
+	}
+	if c.SignupBurst <= 0 {
+		c.SignupBurst = DefaultSignupBurst
+	}
+	if c.SignupEvery <= 0 {
+		c.SignupEvery = DefaultSignupEvery
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -258,6 +275,7 @@ func (s *Service) init(ctx context.Context) error {
 		App: s.app, Verifier: verifier, JWKS: jwks, Health: s.health, Metrics: metrics, Logger: s.log,
 		LoginPerAccount: ratelimit.New(cfg.LoginEvery, cfg.LoginBurst),
 		LoginPerClient:  ratelimit.New(DefaultClientEvery, DefaultClientBurst),
+		SignupPerClient: ratelimit.New(cfg.SignupEvery, cfg.SignupBurst),
 	})
 	return nil
 }

@@ -3,6 +3,7 @@ package userservice_test
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -17,6 +18,7 @@ import (
 	"github.com/sagabox/sagabox/internal/testkit"
 	"github.com/sagabox/sagabox/userservice"
 	"github.com/sagabox/sagabox/userservice/adapters"
+	"github.com/sagabox/sagabox/userservice/app"
 	"github.com/sagabox/sagabox/userservice/ports"
 )
 
@@ -38,7 +40,7 @@ func setup(t *testing.T) bundle {
 	key := auth.GenerateKey()
 	svc, err := userservice.New(testkit.Ctx(t), userservice.Config{
 		Pool: db.Pool, SigningKey: key, AdminEmail: adminEmail, AdminPassword: adminPass,
-		LoginBurst: 3, LoginEvery: time.Hour,
+		LoginBurst: 3, LoginEvery: time.Hour, SignupBurst: 100,
 		// Cheap hashing: the tests check behaviour, not cost.
 		PasswordParams: adapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1},
 	})
@@ -303,5 +305,125 @@ func TestServesHealthMetricsJWKSAndOpenAPI(t *testing.T) {
 	}
 	if res := testkit.Call(t, b.h, "GET", "/signup", nil); res.Status != 405 || res.Code() != "method_not_allowed" {
 		t.Errorf("wrong method: %d %s", res.Status, res.Raw)
+	}
+}
+
+// Issue 11.1: an account signed up with the admin email before the admin
+// was bootstrapped must not become an admin, and keeps no path to the role:
+// start-up stops with an error naming the account, and nothing about it
+// changes (role, password).
+func TestAdminBootstrapNeverPromotesAnExistingAccount(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const squatter = "boss@shop.test"
+	id := b.signUp(t, squatter) // password-123, the attacker's
+	var hashBefore string
+	testkit.Must(t, b.db.Pool.QueryRow(context.Background(), `SELECT password_hash FROM users WHERE id = $1`, id).Scan(&hashBefore), "hash")
+
+	_, err := userservice.New(testkit.Ctx(t), userservice.Config{Pool: b.db.Pool, AdminEmail: "Boss@shop.test", AdminPassword: "the-real-admin-pw",
+		PasswordParams: adapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1}})
+	var taken *app.AdminEmailTakenError
+	if !errors.As(err, &taken) || taken.UserID.String() != id || !strings.Contains(err.Error(), squatter) {
+		t.Fatalf("start-up with a non-admin account at ADMIN_EMAIL: err %v, want an AdminEmailTakenError naming %s", err, squatter)
+	}
+	var role, hash string
+	testkit.Must(t, b.db.Pool.QueryRow(context.Background(), `SELECT role, password_hash FROM users WHERE id = $1`, id).Scan(&role, &hash), "read")
+	if role != "user" || hash != hashBefore {
+		t.Fatalf("the existing account changed: role %q, password changed %v", role, hash != hashBefore)
+	}
+	tok := b.login(t, squatter, "password-123")
+	if res := testkit.Call(t, b.h, "GET", "/users/"+id, nil, testkit.Bearer(tok)...); res.Body["role"] != "user" {
+		t.Fatalf("the squatter's role: %s", res.Raw)
+	}
+}
+
+// Issue 11.5: a NUL byte or invalid UTF-8 in any text is a 400 naming the
+// field, decided before the password hash is paid for; never a 500 from
+// Postgres (SQLSTATE 22021).
+func TestInvalidTextIsA400NamingTheField(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	before := b.users(t)
+	for _, c := range []struct{ name, path, body, field string }{
+		{"NUL in the name", "/signup", `{"email":"nul@example.com","password":"password-123","name":"A\u0000B"}`, "name"},
+		{"invalid UTF-8 in the name", "/signup", "{\"email\":\"bad@example.com\",\"password\":\"password-123\",\"name\":\"A\xffB\"}", "name"},
+		{"NUL in the password", "/signup", `{"email":"pw@example.com","password":"password-\u0000123","name":"A"}`, "password"},
+		{"NUL in a login email", "/login", `{"email":"carol\u0000@example.com","password":"password-123"}`, "email"},
+		{"invalid UTF-8 in a login email", "/login", "{\"email\":\"carol\xc3@example.com\",\"password\":\"password-123\"}", "email"},
+	} {
+		res := testkit.Call(t, b.h, "POST", c.path, c.body)
+		if res.Status != 400 || res.Code() != "invalid_text" || res.Body["field"] != c.field {
+			t.Errorf("%s: %d %s, want 400 invalid_text naming %s", c.name, res.Status, res.Raw, c.field)
+		}
+	}
+	if res := testkit.Call(t, b.h, "GET", "/users/%00", nil); res.Status != 400 || res.Code() != "invalid_text" || res.Body["field"] != "path" {
+		t.Errorf("NUL in the path: %d %s", res.Status, res.Raw)
+	}
+	if n := b.users(t); n != before {
+		t.Fatalf("invalid text wrote users: %d, want %d", n, before)
+	}
+}
+
+// Issue 11.7: NFC and NFD spellings of one address, in any case, are one
+// account; a look-alike with a Cyrillic letter is refused.
+func TestLookAlikeEmailsAreOneAccountOrRefused(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	res := testkit.Call(t, b.h, "POST", "/signup", map[string]string{"email": "ren\u00e9@example.com", "password": "password-123", "name": "René"})
+	if res.Status != 201 {
+		t.Fatalf("signup: %d %s", res.Status, res.Raw)
+	}
+	for _, email := range []string{"rene\u0301@example.com", "RENE\u0301@EXAMPLE.COM", "REN\u00c9@example.com"} {
+		res := testkit.Call(t, b.h, "POST", "/signup", map[string]string{"email": email, "password": "password-456", "name": "Other"})
+		if res.Status != 409 || res.Code() != "email_taken" {
+			t.Errorf("signup %q: %d %s, want 409 email_taken", email, res.Status, res.Raw)
+		}
+	}
+	b.login(t, "RENE\u0301@example.com", "password-123") // any spelling logs in
+	for _, email := range []string{"r\u0435ne@example.com", "rene@ex\u0430mple.com"} {
+		res := testkit.Call(t, b.h, "POST", "/signup", map[string]string{"email": email, "password": "password-456", "name": "Other"})
+		if res.Status != 400 || res.Code() != "validation_failed" || res.Body["field"] != "email" {
+			t.Errorf("signup %q: %d %s, want 400 on email", email, res.Status, res.Raw)
+		}
+	}
+	if n := b.users(t); n != 2 { // the admin and René
+		t.Fatalf("%d users, want 2", n)
+	}
+}
+
+// Issue 11.2: sign-ups are limited per client address (each account comes
+// with starting credit): past the burst a 429 too_many_signups with
+// Retry-After, before anything is hashed or written; another address is not
+// affected.
+func TestSignUpsAreRateLimitedPerClient(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	svc, err := userservice.New(testkit.Ctx(t), userservice.Config{Pool: b.db.Pool, SignupBurst: 2, SignupEvery: time.Hour,
+		PasswordParams: adapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1}})
+	testkit.Must(t, err, "userservice")
+	defer svc.Close()
+	signUp := func(addr, email string) *httptest.ResponseRecorder {
+		body := fmt.Sprintf(`{"email":%q,"password":"password-123","name":"M"}`, email)
+		req := httptest.NewRequest("POST", "/signup", strings.NewReader(body))
+		req.RemoteAddr = addr
+		rec := httptest.NewRecorder()
+		svc.Handler().ServeHTTP(rec, req)
+		return rec
+	}
+	before := b.users(t)
+	for i := range 2 {
+		if rec := signUp("198.51.100.7:4000", fmt.Sprintf("m%d@example.com", i)); rec.Code != 201 {
+			t.Fatalf("sign-up %d: %d %s", i, rec.Code, rec.Body)
+		}
+	}
+	rec := signUp("198.51.100.7:4001", "m2@example.com")
+	if rec.Code != 429 || !strings.Contains(rec.Body.String(), `"too_many_signups"`) || rec.Header().Get("Retry-After") == "" {
+		t.Fatalf("third sign-up from one address: %d %v %s", rec.Code, rec.Header(), rec.Body)
+	}
+	if rec := signUp("203.0.113.9:4000", "other@example.com"); rec.Code != 201 {
+		t.Fatalf("sign-up from another address: %d %s", rec.Code, rec.Body)
+	}
+	if n := b.users(t); n != before+3 {
+		t.Fatalf("%d users, want %d", n, before+3)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sagabox/sagabox/catalogservice/domain"
 	"github.com/sagabox/sagabox/internal/migrate"
+	"github.com/sagabox/sagabox/internal/platform/dbpool"
 )
 
 //go:embed migrations/*.sql
@@ -64,22 +65,26 @@ func (c *Catalog) AddProduct(ctx context.Context, p *domain.Product) error {
 
 // Product returns the product with sku, or domain.ErrProductNotFound.
 func (c *Catalog) Product(ctx context.Context, sku string) (*domain.Product, error) {
-	return scanProduct(c.pool.QueryRow(ctx, `SELECT `+productColumns+` FROM products WHERE sku = $1`, sku))
+	return dbpool.ReadRetry(ctx, c.pool, func(ctx context.Context) (*domain.Product, error) {
+		return scanProduct(c.pool.QueryRow(ctx, `SELECT `+productColumns+` FROM products WHERE sku = $1`, sku))
+	})
 }
 
 // Products returns up to limit products with a SKU after `after`, by SKU
 // (keyset pagination: the primary key index serves it at any depth).
 func (c *Catalog) Products(ctx context.Context, after string, limit int) ([]domain.Product, error) {
-	rows, err := c.pool.Query(ctx, `SELECT `+productColumns+` FROM products WHERE sku > $1 ORDER BY sku LIMIT $2`, after, limit)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (domain.Product, error) {
-		p, err := scanProduct(r)
+	return dbpool.ReadRetry(ctx, c.pool, func(ctx context.Context) ([]domain.Product, error) {
+		rows, err := c.pool.Query(ctx, `SELECT `+productColumns+` FROM products WHERE sku > $1 ORDER BY sku LIMIT $2`, after, limit)
 		if err != nil {
-			return domain.Product{}, err
+			return nil, err
 		}
-		return *p, nil
+		return pgx.CollectRows(rows, func(r pgx.CollectableRow) (domain.Product, error) {
+			p, err := scanProduct(r)
+			if err != nil {
+				return domain.Product{}, err
+			}
+			return *p, nil
+		})
 	})
 }
 
@@ -189,7 +194,8 @@ func (c *Catalog) ProductNames(ctx context.Context, tx pgx.Tx, skus []string) (m
 }
 
 // UpdateOrderView runs fn on the view of orderID (empty when new) inside tx
-// with the row locked, and saves it when fn reports a change.
+// with the row locked, and saves it with one more version: every call is
+// one order event applied (see migration 002).
 func (c *Catalog) UpdateOrderView(ctx context.Context, tx pgx.Tx, orderID string, fn func(*domain.OrderView) (bool, error)) error {
 	if _, err := tx.Exec(ctx, `INSERT INTO order_views (order_id, updated_at) VALUES ($1, 'epoch') ON CONFLICT (order_id) DO NOTHING`, orderID); err != nil {
 		return fmt.Errorf("claim order view: %w", err)
@@ -198,10 +204,10 @@ func (c *Catalog) UpdateOrderView(ctx context.Context, tx pgx.Tx, orderID string
 	if err != nil {
 		return fmt.Errorf("lock order view: %w", err)
 	}
-	changed, err := fn(v)
-	if err != nil || !changed {
+	if _, err := fn(v); err != nil {
 		return err
 	}
+	v.Version++
 	items, err := json.Marshal(v.Items)
 	if err != nil {
 		return err
@@ -209,18 +215,18 @@ func (c *Catalog) UpdateOrderView(ctx context.Context, tx pgx.Tx, orderID string
 	if v.Items == nil {
 		items = []byte("[]")
 	}
-	_, err = tx.Exec(ctx, `UPDATE order_views SET user_id = $2, items = $3, total_cents = $4, status = $5, reason = $6, updated_at = $7 WHERE order_id = $1`,
-		v.OrderID, v.UserID, items, v.TotalCents, string(v.Status), v.Reason, v.UpdatedAt)
+	_, err = tx.Exec(ctx, `UPDATE order_views SET user_id = $2, items = $3, total_cents = $4, status = $5, reason = $6, updated_at = $7, version = $8 WHERE order_id = $1`,
+		v.OrderID, v.UserID, items, v.TotalCents, string(v.Status), v.Reason, v.UpdatedAt, v.Version)
 	return err
 }
 
-const viewColumns = `order_id, user_id, items, total_cents, status, reason, updated_at`
+const viewColumns = `order_id, user_id, items, total_cents, status, reason, updated_at, version`
 
 func scanView(row pgx.Row) (*domain.OrderView, error) {
 	var v domain.OrderView
 	var items []byte
 	var status string
-	err := row.Scan(&v.OrderID, &v.UserID, &items, &v.TotalCents, &status, &v.Reason, &v.UpdatedAt)
+	err := row.Scan(&v.OrderID, &v.UserID, &items, &v.TotalCents, &status, &v.Reason, &v.UpdatedAt, &v.Version)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, domain.ErrOrderNotFound
 	}
@@ -237,5 +243,7 @@ func scanView(row pgx.Row) (*domain.OrderView, error) {
 // OrderView returns the view of orderID, or domain.ErrOrderNotFound. A row
 // claimed by an event that changed nothing is not a view yet.
 func (c *Catalog) OrderView(ctx context.Context, orderID string) (*domain.OrderView, error) {
-	return scanView(c.pool.QueryRow(ctx, `SELECT `+viewColumns+` FROM order_views WHERE order_id = $1 AND status <> ''`, orderID))
+	return dbpool.ReadRetry(ctx, c.pool, func(ctx context.Context) (*domain.OrderView, error) {
+		return scanView(c.pool.QueryRow(ctx, `SELECT `+viewColumns+` FROM order_views WHERE order_id = $1 AND status <> ''`, orderID))
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -34,12 +35,97 @@ type Repository interface {
 
 // Application is catalogservice's use cases.
 type Application struct {
-	repo Repository
-	now  func() time.Time
+	repo  Repository
+	now   func() time.Time
+	views viewSignal
 }
 
 // New returns the application.
-func New(repo Repository) *Application { return &Application{repo: repo, now: time.Now} }
+func New(repo Repository) *Application {
+	return &Application{repo: repo, now: time.Now, views: viewSignal{waiters: map[string]map[chan struct{}]struct{}{}}}
+}
+
+// viewSignal wakes the requests waiting for an order's view
+// (AwaitOrderView) when this process's consumer has committed an event of
+// that order: an in-process signal, no polling and no NOTIFY on the event
+// path. A request served by an instance whose consumer does not own the
+// order's partition is not woken and answers what it has when its wait
+// ends, with the version, so the client can ask again.
+type viewSignal struct {
+	mu      sync.Mutex
+	waiters map[string]map[chan struct{}]struct{}
+}
+
+func (s *viewSignal) add(orderID string) chan struct{} {
+	ch := make(chan struct{}, 1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.waiters[orderID] == nil {
+		s.waiters[orderID] = map[chan struct{}]struct{}{}
+	}
+	s.waiters[orderID][ch] = struct{}{}
+	return ch
+}
+
+func (s *viewSignal) remove(orderID string, ch chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.waiters[orderID], ch)
+	if len(s.waiters[orderID]) == 0 {
+		delete(s.waiters, orderID)
+	}
+}
+
+// OrderViewCommitted wakes the requests waiting for the view of orderID:
+// call it after the transaction that applied one of its events committed
+// (saga.ConsumerConfig.AfterCommit).
+func (a *Application) OrderViewCommitted(orderID string) {
+	a.views.mu.Lock()
+	defer a.views.mu.Unlock()
+	for ch := range a.views.waiters[orderID] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// OrderViewWaiters is how many requests wait for the view of orderID (for
+// tests and metrics).
+func (a *Application) OrderViewWaiters(orderID string) int {
+	a.views.mu.Lock()
+	defer a.views.mu.Unlock()
+	return len(a.views.waiters[orderID])
+}
+
+// AwaitOrderView is OrderView for a client that has seen version
+// minVersion of the order (from the order service) and must not read an
+// older state: it waits until the view has applied at least that many of
+// the order's events, for at most wait, then answers the view as it is (ok
+// false when it is still older; domain.ErrOrderNotFound if there is none
+// yet).
+func (a *Application) AwaitOrderView(ctx context.Context, viewerID string, admin bool, orderID string, minVersion int, wait time.Duration) (v *domain.OrderView, ok bool, err error) {
+	ch := a.views.add(orderID) // before the first read: no commit can slip between
+	defer a.views.remove(orderID, ch)
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		v, err = a.OrderView(ctx, viewerID, admin, orderID)
+		switch {
+		case err == nil && v.Version >= minVersion:
+			return v, true, nil
+		case err != nil && !errors.Is(err, domain.ErrOrderNotFound):
+			return nil, false, err
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return v, false, err
+		case <-ctx.Done():
+			return v, false, err
+		}
+	}
+}
 
 // AddProduct creates a product. Errors: *domain.ValidationError,
 // domain.ErrSKUTaken.

@@ -44,6 +44,9 @@ type OrderView struct {
 	Status     OrderStatus
 	Reason     string
 	UpdatedAt  time.Time
+	// Version is how many of the order's events the view has applied; the
+	// order service numbers an order's versions the same way.
+	Version int
 }
 
 // OrderEvent is an order event reduced to what the view needs.

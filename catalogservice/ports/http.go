@@ -75,6 +75,9 @@ type orderViewJSON struct {
 	Items      []viewItemJSON `json:"items"`
 	TotalCents int64          `json:"totalCents"`
 	UpdatedAt  time.Time      `json:"updatedAt"`
+	// Version is how many of the order's events the view has applied: the
+	// order service's version of the order once caught up.
+	Version int `json:"version"`
 }
 
 type viewItemJSON struct {
@@ -147,14 +150,50 @@ func (h *handlers) getProduct(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// getOrderView answers the read model of an order. With
+// ?min_version=V (the order's version as the order service answered it)
+// it answers only a view that has caught up with V, waiting up to ?wait=N
+// seconds for the consumer to get there; still behind, it is a 409
+// view_behind with the version it has and Retry-After, never an older
+// state than the client has seen.
 func (h *handlers) getOrderView(w http.ResponseWriter, r *http.Request) error {
 	caller, _ := auth.CallerFrom(r.Context())
-	v, err := h.app.OrderView(r.Context(), caller.UserID, caller.IsAdmin(), r.PathValue("orderId"))
+	minVersion := 0
+	if s := r.URL.Query().Get("min_version"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			return httpx.BadRequest("invalid_min_version", "min_version must be an order version (a whole number) from the order service").
+				With("field", "min_version")
+		}
+		minVersion = n
+	}
+	wait, err := httpx.QueryWait(r, httpx.MaxWait)
+	if err != nil {
+		return err
+	}
+	orderID := r.PathValue("orderId")
+	var v *domain.OrderView
+	if minVersion == 0 {
+		v, err = h.app.OrderView(r.Context(), caller.UserID, caller.IsAdmin(), orderID)
+	} else {
+		httpx.ExtendWriteDeadline(w, wait+10*time.Second)
+		var ok bool
+		v, ok, err = h.app.AwaitOrderView(r.Context(), caller.UserID, caller.IsAdmin(), orderID, minVersion, wait)
+		if err == nil && !ok || errors.Is(err, domain.ErrOrderNotFound) {
+			have := 0
+			if v != nil {
+				have = v.Version
+			}
+			w.Header().Set("Retry-After", "1")
+			return httpx.Conflict("view_behind", "the catalog's view of this order has not caught up with version %d yet (it has %d): ask again", minVersion, have).
+				With("version", have).With("minVersion", minVersion)
+		}
+	}
 	if err != nil {
 		return mapError(err)
 	}
 	out := orderViewJSON{OrderID: v.OrderID, UserID: v.UserID, Status: string(v.Status), Reason: v.Reason,
-		Items: make([]viewItemJSON, len(v.Items)), TotalCents: v.TotalCents, UpdatedAt: v.UpdatedAt.UTC()}
+		Items: make([]viewItemJSON, len(v.Items)), TotalCents: v.TotalCents, UpdatedAt: v.UpdatedAt.UTC(), Version: v.Version}
 	for i, it := range v.Items {
 		out.Items[i] = viewItemJSON{SKU: it.SKU, Name: it.Name, Quantity: it.Quantity, UnitPriceCents: it.UnitPriceCents}
 	}

@@ -5,6 +5,10 @@
 // saga's timeline.
 //
 //	go run ./examples/shop -scenario
+//
+// The ports are docker-compose.yml's (8001-8003, 9092, 8081) unless
+// -users-port, -catalog-port, -orders-port, -kafka-port, -registry-port or
+// SHOP_USERS_PORT... SHOP_REGISTRY_PORT say otherwise (0: any free port).
 package main
 
 import (
@@ -23,18 +27,25 @@ func main() {
 	scenario := flag.Bool("scenario", false, "play a scripted scenario (approved, no credit, no stock) and exit")
 	stay := flag.Bool("stay", false, "with -scenario: keep the shop running afterwards")
 	verbose := flag.Bool("v", false, "print the services' logs")
+	ports, err := shop.PortsFromEnv(shop.DefaultPorts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	ports.RegisterFlags(flag.CommandLine)
 	flag.Parse()
-	if err := run(*scenario, *stay, *verbose); err != nil {
-		fmt.Fprintln(os.Stderr, "shop:", err)
+	if err := run(*scenario, *stay, *verbose, ports); err != nil {
+		// The shop's errors say "shop: " themselves.
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 }
 
-func run(scenario, stay, verbose bool) error {
+func run(scenario, stay, verbose bool, ports shop.Ports) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	cfg := shop.ConfigFromEnv()
-	cfg.Ports = shop.DemoPorts
+	cfg.Ports = ports
 	if verbose {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
@@ -86,15 +97,14 @@ The shop is running.
 		fmt.Printf("Admin: %s (password from ADMIN_PASSWORD)\n", a.Email)
 	}
 	fmt.Printf(`
-Try it:
+Try it (with jq):
 
   curl -s -XPOST %[1]s/signup -H 'Content-Type: application/json' \
     -d '{"email":"me@example.com","password":"correct horse battery","name":"Me"}'
   TOKEN=$(curl -s -XPOST %[1]s/login -H 'Content-Type: application/json' \
-    -d '{"email":"me@example.com","password":"correct horse battery"}' | sed 's/.*"token":"\([^"]*\)".*/\1/')
-  curl -s %[2]s/products
-  ORDER_ID=$(curl -s -XPOST %[3]s/orders -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-    -d '{"items":[{"sku":"TEA-1","quantity":2}]}' | sed 's/.*"orderId":"\([^"]*\)".*/\1/')
-  curl -s %[3]s/orders/$ORDER_ID -H "Authorization: Bearer $TOKEN"
+    -d '{"email":"me@example.com","password":"correct horse battery"}' | jq -r .token)
+  curl -s %[2]s/products | jq
+  curl -s -XPOST %[3]s/orders -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    -H 'Prefer: wait=10' -d '{"items":[{"sku":"TEA-1","quantity":2}]}' | jq   # the decided order: APPROVED
 `, s.UsersURL, s.CatalogURL, s.OrdersURL)
 }

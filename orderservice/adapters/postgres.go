@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagabox/sagabox/internal/migrate"
+	"github.com/sagabox/sagabox/internal/platform/dbpool"
 	"github.com/sagabox/sagabox/orderservice/domain"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/saga"
@@ -49,13 +50,13 @@ func NewOrders(pool *pgxpool.Pool, writer *outbox.Writer) *Orders {
 // Ping checks the database, for /readyz.
 func (r *Orders) Ping(ctx context.Context) error { return r.pool.Ping(ctx) }
 
-const orderColumns = `id, user_id, items, total_cents, status, reason, created_at, updated_at`
+const orderColumns = `id, user_id, items, total_cents, status, reason, created_at, updated_at, version`
 
 func scanOrder(row pgx.Row) (*domain.Order, error) {
 	var o domain.Order
 	var items []byte
 	var status string
-	err := row.Scan(&o.ID, &o.UserID, &items, &o.TotalCents, &status, &o.Reason, &o.CreatedAt, &o.UpdatedAt)
+	err := row.Scan(&o.ID, &o.UserID, &items, &o.TotalCents, &status, &o.Reason, &o.CreatedAt, &o.UpdatedAt, &o.Version)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, domain.ErrOrderNotFound
 	}
@@ -89,7 +90,7 @@ func (r *Orders) Create(ctx context.Context, o *domain.Order, key, fingerprint s
 	}
 	err = pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `INSERT INTO orders (`+orderColumns+`, idempotency_key, request_fingerprint)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $10)
 ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING`,
 			o.ID, o.UserID, items, o.TotalCents, string(o.Status), o.Reason, o.CreatedAt, o.UpdatedAt, nullKey, fingerprint)
 		if err != nil {
@@ -105,6 +106,7 @@ ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTH
 		if err := r.writer.Write(ctx, tx, orderCreated(o)); err != nil {
 			return err
 		}
+		o.Version = 1 // OrderCreated
 		stored = o
 		return start(ctx, tx)
 	})
@@ -117,7 +119,15 @@ ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTH
 // ByIdempotencyKey returns the user's order made with key and the
 // fingerprint of its request, or domain.ErrOrderNotFound.
 func (r *Orders) ByIdempotencyKey(ctx context.Context, userID uuid.UUID, key string) (*domain.Order, string, error) {
-	return byKey(ctx, r.pool, userID, key)
+	type found struct {
+		o  *domain.Order
+		fp string
+	}
+	f, err := dbpool.ReadRetry(ctx, r.pool, func(ctx context.Context) (found, error) {
+		o, fp, err := byKey(ctx, r.pool, userID, key)
+		return found{o, fp}, err
+	})
+	return f.o, f.fp, err
 }
 
 func byKey(ctx context.Context, q saga.Querier, userID uuid.UUID, key string) (*domain.Order, string, error) {
@@ -138,9 +148,13 @@ type rowWithExtra struct {
 
 func (r rowWithExtra) Scan(dest ...any) error { return r.Row.Scan(append(dest, r.extra)...) }
 
-// Order returns an order, or domain.ErrOrderNotFound.
+// Order returns an order, or domain.ErrOrderNotFound. Like every read of
+// this repository it is retried once on a fresh connection when its pooled
+// one was broken (dbpool.ReadRetry).
 func (r *Orders) Order(ctx context.Context, id uuid.UUID) (*domain.Order, error) {
-	return scanOrder(r.pool.QueryRow(ctx, `SELECT `+orderColumns+` FROM orders WHERE id = $1`, id))
+	return dbpool.ReadRetry(ctx, r.pool, func(ctx context.Context) (*domain.Order, error) {
+		return scanOrder(r.pool.QueryRow(ctx, `SELECT `+orderColumns+` FROM orders WHERE id = $1`, id))
+	})
 }
 
 // OrdersOf returns up to limit orders of userID, newest first, created
@@ -151,17 +165,19 @@ func (r *Orders) OrdersOf(ctx context.Context, userID, before uuid.UUID, limit i
 	if before != uuid.Nil {
 		cursor = before
 	}
-	rows, err := r.pool.Query(ctx, `SELECT `+orderColumns+` FROM orders
+	return dbpool.ReadRetry(ctx, r.pool, func(ctx context.Context) ([]domain.Order, error) {
+		rows, err := r.pool.Query(ctx, `SELECT `+orderColumns+` FROM orders
 WHERE user_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3`, userID, cursor, limit)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (domain.Order, error) {
-		o, err := scanOrder(row)
 		if err != nil {
-			return domain.Order{}, err
+			return nil, err
 		}
-		return *o, nil
+		return pgx.CollectRows(rows, func(row pgx.CollectableRow) (domain.Order, error) {
+			o, err := scanOrder(row)
+			if err != nil {
+				return domain.Order{}, err
+			}
+			return *o, nil
+		})
 	})
 }
 
@@ -183,8 +199,12 @@ func (r *Orders) Update(ctx context.Context, tx pgx.Tx, id uuid.UUID, fn func(*d
 	if err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, `UPDATE orders SET items = $2, total_cents = $3, status = $4, reason = $5, updated_at = $6 WHERE id = $1`,
-		o.ID, items, o.TotalCents, string(o.Status), o.Reason, o.UpdatedAt); err != nil {
+	// Every event the change writes (below) counts one version.
+	if o.Status != before && (o.Status == domain.StatusApproved || o.Status == domain.StatusCancelled) {
+		o.Version++
+	}
+	if _, err := tx.Exec(ctx, `UPDATE orders SET items = $2, total_cents = $3, status = $4, reason = $5, updated_at = $6, version = $7 WHERE id = $1`,
+		o.ID, items, o.TotalCents, string(o.Status), o.Reason, o.UpdatedAt, o.Version); err != nil {
 		return fmt.Errorf("update order %s: %w", o.ID, err)
 	}
 	if o.Status == before {
@@ -204,10 +224,26 @@ func (r *Orders) Update(ctx context.Context, tx pgx.Tx, id uuid.UUID, fn func(*d
 	return r.writer.Write(ctx, tx, event)
 }
 
+// PendingOrders counts userID's PENDING orders inside tx, after taking a
+// transaction-scoped advisory lock on the user: a second order of the same
+// user waits here until the first commits, then counts it (READ COMMITTED:
+// each statement sees what committed before it). The partial index
+// orders_pending (migration 002) keeps the count to the pending rows.
+func (r *Orders) PendingOrders(ctx context.Context, tx pgx.Tx, userID uuid.UUID) (int, error) {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('orderservice.pending:' || $1::text, 0))`, userID); err != nil {
+		return 0, fmt.Errorf("lock pending orders of %s: %w", userID, err)
+	}
+	var n int
+	err := tx.QueryRow(ctx, `SELECT count(*) FROM orders WHERE user_id = $1 AND status = 'PENDING'`, userID).Scan(&n)
+	return n, err
+}
+
 // Saga returns the state and step history of the order's saga (it has the
 // order's ID), or an error wrapping saga.ErrNotFound once it is cleaned up.
 func (r *Orders) Saga(ctx context.Context, orderID uuid.UUID) (*saga.Info, error) {
-	return saga.NewAdmin(r.pool).Get(ctx, orderID)
+	return dbpool.ReadRetry(ctx, r.pool, func(ctx context.Context) (*saga.Info, error) {
+		return saga.NewAdmin(r.pool).Get(ctx, orderID)
+	})
 }
 
 func orderCreated(o *domain.Order) outbox.Message {

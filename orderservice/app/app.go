@@ -38,6 +38,10 @@ type Repository interface {
 	Update(ctx context.Context, tx pgx.Tx, id uuid.UUID, fn func(*domain.Order) error) error
 	// Saga returns the order's saga (it has the order's ID).
 	Saga(ctx context.Context, orderID uuid.UUID) (*saga.Info, error)
+	// PendingOrders counts the user's PENDING orders as tx sees them, after
+	// taking a per-user lock held until tx ends, so that concurrent orders
+	// of one user count each other.
+	PendingOrders(ctx context.Context, tx pgx.Tx, userID uuid.UUID) (int, error)
 }
 
 // Catalog says what the catalog sells (adapters.Catalog): the list price
@@ -58,14 +62,38 @@ type Application struct {
 	repo    Repository
 	catalog Catalog
 	sagas   SagaStarter
+	opts    Options
 	now     func() time.Time
+}
+
+// DefaultMaxPendingOrders is Options.MaxPendingOrders' default.
+const DefaultMaxPendingOrders = 10
+
+// SagaWaiter waits for a saga to finish (*saga.Waiter: LISTEN/NOTIFY on
+// the saga's terminal transition, no polling). See saga.Waiter.Wait.
+type SagaWaiter interface {
+	Wait(ctx context.Context, id uuid.UUID) (*saga.Info, error)
+}
+
+// Options are the use cases' limits and helpers.
+type Options struct {
+	// Waiter lets AwaitOrder wait for the order's saga. Nil: AwaitOrder
+	// answers at once.
+	Waiter SagaWaiter
+	// MaxPendingOrders is how many PENDING orders one customer may have;
+	// one more is refused with *domain.TooManyPendingError. Defaults to
+	// DefaultMaxPendingOrders; negative: no cap.
+	MaxPendingOrders int
 }
 
 // New returns the application. catalog may be nil: then SKUs are not
 // checked when the order is placed, and an unknown SKU cancels the order
 // through the saga (the catalog rejects the reservation).
-func New(repo Repository, catalog Catalog, sagas SagaStarter) *Application {
-	return &Application{repo: repo, catalog: catalog, sagas: sagas, now: now}
+func New(repo Repository, catalog Catalog, sagas SagaStarter, opts Options) *Application {
+	if opts.MaxPendingOrders == 0 {
+		opts.MaxPendingOrders = DefaultMaxPendingOrders
+	}
+	return &Application{repo: repo, catalog: catalog, sagas: sagas, opts: opts, now: now}
 }
 
 // now is the database's precision, so that what the API answers at once is
@@ -87,7 +115,8 @@ type PlaceOrder struct {
 // the Idempotency-Key had already made this order: nothing was written.
 //
 // Errors: *domain.ValidationError, *domain.UnknownSKUError,
-// domain.ErrIdempotencyKeyReused, ErrCatalogUnavailable.
+// *domain.TooManyPendingError, domain.ErrIdempotencyKeyReused,
+// ErrCatalogUnavailable.
 func (a *Application) PlaceOrder(ctx context.Context, cmd PlaceOrder) (order *domain.Order, replayed bool, err error) {
 	if cmd.IdempotencyKey != "" {
 		if err := domain.ValidateIdempotencyKey(cmd.IdempotencyKey); err != nil {
@@ -115,6 +144,17 @@ func (a *Application) PlaceOrder(ctx context.Context, cmd PlaceOrder) (order *do
 	}
 	data := SagaData{OrderID: o.ID, UserID: o.UserID, Items: o.Items}
 	stored, storedFP, replayed, err := a.repo.Create(ctx, o, cmd.IdempotencyKey, fingerprint, func(ctx context.Context, tx pgx.Tx) error {
+		// The cap, counted after this order's INSERT and under the user's
+		// lock: two orders placed at once cannot both be the last one.
+		if max := a.opts.MaxPendingOrders; max > 0 {
+			n, err := a.repo.PendingOrders(ctx, tx, o.UserID)
+			if err != nil {
+				return err
+			}
+			if n > max {
+				return &domain.TooManyPendingError{Max: max}
+			}
+		}
 		// The saga has the order's ID: one order, one saga, found by ID.
 		_, err := a.sagas.Start(ctx, tx, data, saga.StartOptions{ID: o.ID})
 		return err
@@ -136,9 +176,10 @@ func sameRequest(stored *domain.Order, storedFP, fingerprint string) (*domain.Or
 }
 
 // priceFromCatalog checks that the catalog sells every SKU and prices the
-// order at its list prices, which OrderCreated carries. The saga's
-// reservation may charge other prices (a price changed meanwhile); the
-// order then takes those.
+// order at its list prices, which OrderCreated carries: the prices the
+// customer is shown and the most the saga will charge. A reservation at a
+// higher price (it rose meanwhile) cancels the order with "price changed";
+// at a lower one the order takes it.
 func (a *Application) priceFromCatalog(ctx context.Context, o *domain.Order) error {
 	if a.catalog == nil {
 		return nil
@@ -189,6 +230,42 @@ func (a *Application) Order(ctx context.Context, viewer, id uuid.UUID) (*OrderDe
 		return nil, err
 	}
 	return &OrderDetails{Order: o, Saga: info}, nil
+}
+
+// AwaitOrder is Order for a client that will wait (a long poll, `Prefer:
+// wait`): while the order's status is still `from` and PENDING, it waits
+// until the order's saga finishes or ctx ends, then answers the order as it
+// is. Only the saga's end changes an order's status (PENDING to APPROVED or
+// CANCELLED, in the transaction that finishes the saga), so waiting for it
+// is waiting for the status to change, without polling the table. A
+// decided order never changes again and is answered at once, as is one
+// whose status is already other than `from`.
+func (a *Application) AwaitOrder(ctx context.Context, viewer, id uuid.UUID, from domain.Status) (*OrderDetails, error) {
+	d, err := a.Order(ctx, viewer, id)
+	if err != nil || d.Order.Status != from || from != domain.StatusPending || a.opts.Waiter == nil {
+		return d, err
+	}
+	return a.awaitSaga(ctx, viewer, id)
+}
+
+// AwaitPlaced is AwaitOrder for an order the caller has just placed and
+// knows PENDING (o, as PlaceOrder returned it): it spares the first read.
+func (a *Application) AwaitPlaced(ctx context.Context, o *domain.Order) (*OrderDetails, error) {
+	if o.Status != domain.StatusPending || a.opts.Waiter == nil {
+		return a.AwaitOrder(ctx, o.UserID, o.ID, o.Status)
+	}
+	return a.awaitSaga(ctx, o.UserID, o.ID)
+}
+
+func (a *Application) awaitSaga(ctx context.Context, viewer, id uuid.UUID) (*OrderDetails, error) {
+	if _, err := a.opts.Waiter.Wait(ctx, id); err != nil && ctx.Err() == nil && !errors.Is(err, saga.ErrNotFound) {
+		return nil, err
+	}
+	// ctx may be over (the client's wait): read the order as it is now on a
+	// short context of our own.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	return a.Order(rctx, viewer, id)
 }
 
 // Orders lists the viewer's orders, newest first, limit at a time, older

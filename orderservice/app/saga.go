@@ -32,8 +32,9 @@ const (
 type SagaData struct {
 	OrderID uuid.UUID `json:"order_id"`
 	UserID  uuid.UUID `json:"user_id"`
-	// Items are the order's lines; once the stock is reserved, with the
-	// prices the catalog reserved it at.
+	// Items are the order's lines, with the prices the customer was shown,
+	// which are what the saga charges (domain.Order.Charge); a line placed
+	// without a price takes the reservation's.
 	Items      []domain.Item `json:"items"`
 	TotalCents int64         `json:"total_cents"`
 	// StockReserved is set by reserve_stock's reply. Only sagas that
@@ -72,6 +73,8 @@ func cancelReason(ctx context.Context, d *SagaData) string {
 		return domain.ReasonInsufficientStock
 	case f.Rejected() && f.StepName == StepDebitCredit && strings.HasPrefix(f.Reason, domain.ReasonInsufficientCredit):
 		return domain.ReasonInsufficientCredit
+	case f.StepName == StepReserveStock && strings.HasPrefix(f.Reason, domain.ReasonPriceChanged):
+		return domain.ReasonPriceChanged
 	case f.Rejected():
 		return f.Reason
 	case f.TimedOut():
@@ -89,12 +92,13 @@ func cancelReason(ctx context.Context, d *SagaData) string {
 //     compensation, which cancels the order with the reason and writes
 //     OrderCancelled.
 //  2. reserve_stock on catalog.commands (compensatable): the catalog takes
-//     every line or none and answers with the prices. Compensation:
+//     every line or none and answers with the prices; one above the price
+//     the order showed fails the step ("price changed"). Compensation:
 //     release_stock.
 //  3. debit_credit on user.commands (the pivot): once the money is taken
 //     the order can only go forward. A "no" compensates steps 2 and 1.
-//  4. approve_order (local, retriable): the order takes the reserved prices
-//     and becomes APPROVED, with OrderApproved.
+//  4. approve_order (local, retriable): the order becomes APPROVED at the
+//     prices it showed (domain.Order.Charge), with OrderApproved.
 //
 // Every local step runs in the orchestrator's transaction, with the saga's
 // state change and the commands it sends.
@@ -131,13 +135,24 @@ func OrderSaga(repo Repository) *saga.Definition[SagaData] {
 						priced[i] = domain.Item{SKU: l.Sku, Quantity: l.Quantity, UnitPriceCents: l.UnitPriceCents}
 					}
 					// Check the reservation against the order with the
-					// domain's rule; a mismatch fails the step, which
-					// releases the stock and cancels the order.
+					// domain's rules: a mismatch, or a price above the one
+					// the customer saw (Charge), fails the step, which
+					// releases the stock and cancels the order ("price
+					// changed"). The order is charged the prices it showed,
+					// never others.
 					check := &domain.Order{Status: domain.StatusPending, Items: slices.Clone(d.Items)}
 					if err := check.Price(priced, res.TotalCents, now()); err != nil {
 						return err
 					}
-					d.Items, d.TotalCents, d.StockReserved = check.Items, res.TotalCents, true
+					charged, total, err := (&domain.Order{Items: d.Items}).Charge(priced)
+					if err != nil {
+						return err
+					}
+					check = &domain.Order{Status: domain.StatusPending, Items: slices.Clone(d.Items)}
+					if err := check.Price(charged, total, now()); err != nil {
+						return err
+					}
+					d.Items, d.TotalCents, d.StockReserved = check.Items, total, true
 					return nil
 				},
 			},

@@ -219,3 +219,69 @@ func TestOrderSagaKeepsAskingWhileTheDebitStaysUnknown(t *testing.T) {
 		t.Fatalf("order %+v, events %v", o, repo.events)
 	}
 }
+
+// Issue 11.4: the order carries the prices the customer saw, and a price
+// raised before the reservation is never charged: the stock is released and
+// the order cancelled with "price changed", with no debit sent.
+func TestOrderSagaNeverChargesMoreThanTheOrderSaid(t *testing.T) {
+	t.Parallel()
+	o, err := domain.NewOrder(uuid.New(), []domain.Item{{SKU: "TEA-1", Quantity: 2}, {SKU: "MUG-1", Quantity: 1}}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Price([]domain.Item{{SKU: "TEA-1", Quantity: 2, UnitPriceCents: 450}, {SKU: "MUG-1", Quantity: 1, UnitPriceCents: 300}}, 1200, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	repo := &memOrders{orders: map[uuid.UUID]domain.Order{o.ID: *o}}
+	codec, err := outbox.NewCodec(append(saga.Schemas(), schemas.All()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sagatest.New(t, app.OrderSaga(repo), codec, app.SagaData{OrderID: o.ID, UserID: o.UserID, Items: o.Items})
+	h.Start()
+	h.ExpectCommands(schemas.CommandReserveStock)
+	// MUG-1 went from 300 to 900 after the order was placed.
+	h.SucceedWith(schemas.NameStockReserved, reserved)
+	h.ExpectCommands(schemas.CommandReleaseStock) // no debit_credit
+	h.Succeed()
+	h.ExpectStatus(saga.StatusCompensated)
+	if got := repo.orders[o.ID]; got.Status != domain.StatusCancelled || got.Reason != domain.ReasonPriceChanged || got.TotalCents != 1200 {
+		t.Fatalf("order %+v", got)
+	}
+	if f := h.Failure(); !strings.Contains(f.Reason, "MUG-1 costs 900 cents now, the order was placed at 300") {
+		t.Fatalf("failure %+v", f)
+	}
+}
+
+// A price lowered before the reservation is charged as the order showed
+// it: the order, its debit and the catalog's view (built from OrderCreated)
+// tell the same story.
+func TestOrderSagaChargesThePricesTheOrderShowed(t *testing.T) {
+	t.Parallel()
+	o, err := domain.NewOrder(uuid.New(), []domain.Item{{SKU: "TEA-1", Quantity: 2}, {SKU: "MUG-1", Quantity: 1}}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Price([]domain.Item{{SKU: "TEA-1", Quantity: 2, UnitPriceCents: 500}, {SKU: "MUG-1", Quantity: 1, UnitPriceCents: 900}}, 1900, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	repo := &memOrders{orders: map[uuid.UUID]domain.Order{o.ID: *o}}
+	codec, err := outbox.NewCodec(append(saga.Schemas(), schemas.All()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sagatest.New(t, app.OrderSaga(repo), codec, app.SagaData{OrderID: o.ID, UserID: o.UserID, Items: o.Items})
+	h.Start()
+	h.ExpectCommands(schemas.CommandReserveStock)
+	h.SucceedWith(schemas.NameStockReserved, reserved) // TEA-1 at 450 now, not 500
+	sent := h.ExpectCommands(schemas.CommandDebitCredit)
+	var d schemas.DebitCredit
+	if err := sent[0].Decode(&d); err != nil || d.AmountCents != 1900 {
+		t.Fatalf("debit_credit: %+v %v, want the order's 1900", d, err)
+	}
+	h.SucceedWith(schemas.NameCreditDebited, &schemas.CreditDebited{OrderID: o.ID.String(), AmountCents: 1900})
+	h.ExpectStatus(saga.StatusSucceeded)
+	if got := repo.orders[o.ID]; got.Status != domain.StatusApproved || got.TotalCents != 1900 {
+		t.Fatalf("order %+v", got)
+	}
+}

@@ -48,6 +48,9 @@ func (s Status) Final() bool { return s == StatusApproved || s == StatusCancelle
 const (
 	ReasonInsufficientStock  = "insufficient stock"
 	ReasonInsufficientCredit = "insufficient credit"
+	// ReasonPriceChanged: a product's price rose between the order and the
+	// reservation; the customer is not charged more than the order showed.
+	ReasonPriceChanged = "price changed"
 )
 
 // UnknownSKUError names the SKUs of an order that the catalog does not sell.
@@ -66,6 +69,15 @@ var (
 	// different request.
 	ErrIdempotencyKeyReused = errors.New("this Idempotency-Key was used for a different request")
 )
+
+// TooManyPendingError refuses an order of a customer who already has Max
+// orders PENDING: stock is reserved before credit is checked, so without a
+// cap one account could hold stock with orders it can never pay for.
+type TooManyPendingError struct{ Max int }
+
+func (e *TooManyPendingError) Error() string {
+	return fmt.Sprintf("you already have %d orders pending: wait until one of them is decided", e.Max)
+}
 
 // ValidationError names the field that is wrong.
 type ValidationError struct {
@@ -135,6 +147,11 @@ type Order struct {
 	Reason     string // why it was cancelled
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
+	// Version counts the order's events (OrderCreated is 1, OrderApproved
+	// or OrderCancelled 2): a read model that has applied Version events of
+	// the order shows at least this state (catalogservice's
+	// GET /catalog/orders/{id}?min_version=). Set by the repository.
+	Version int
 }
 
 // NewOrder makes a PENDING order for userID with new ID.
@@ -185,6 +202,49 @@ func (o *Order) Price(priced []Item, totalCents int64, now time.Time) error {
 	}
 	o.TotalCents, o.UpdatedAt = totalCents, now
 	return nil
+}
+
+// PriceChangedError is Charge's refusal: the reservation priced a line
+// above the price the customer was shown when ordering.
+type PriceChangedError struct {
+	SKU                   string
+	QuotedCents, NowCents int64
+}
+
+func (e *PriceChangedError) Error() string {
+	return fmt.Sprintf("%s: %s costs %d cents now, the order was placed at %d", ReasonPriceChanged, e.SKU, e.NowCents, e.QuotedCents)
+}
+
+// Charge is what the order is charged for a reservation at the prices
+// reserved: the prices the customer was shown when ordering (the order's
+// UnitPriceCents, the catalog's list prices then), never others. A line the
+// reservation priced higher is a *PriceChangedError, and the saga cancels
+// the order with ReasonPriceChanged rather than charge without the
+// customer's consent. A line priced lower is still charged at the price
+// shown: the customer agreed to it, and the order, its charge and the
+// catalog's view of it (built from OrderCreated's prices) stay one story.
+// A line placed without a price (no catalog asked at the door:
+// UnitPriceCents 0) takes the reservation's. reserved must already match
+// the order's lines (Price checks that).
+func (o *Order) Charge(reserved []Item) ([]Item, int64, error) {
+	quoted := map[string]int64{}
+	for _, it := range o.Items {
+		quoted[strings.ToUpper(it.SKU)] = it.UnitPriceCents
+	}
+	out := make([]Item, len(reserved))
+	var total int64
+	for i, r := range reserved {
+		q := quoted[strings.ToUpper(r.SKU)]
+		if q > 0 && r.UnitPriceCents > q {
+			return nil, 0, &PriceChangedError{SKU: r.SKU, QuotedCents: q, NowCents: r.UnitPriceCents}
+		}
+		out[i] = r
+		if q > 0 {
+			out[i].UnitPriceCents = q
+		}
+		total += int64(out[i].Quantity) * out[i].UnitPriceCents
+	}
+	return out, total, nil
 }
 
 // Approve makes a PENDING order APPROVED. Approving an approved order is a

@@ -2,6 +2,7 @@
 package ports
 
 import (
+	"context"
 	_ "embed"
 	"errors"
 	"log/slog"
@@ -61,6 +62,10 @@ type handlers struct {
 	log *slog.Logger
 }
 
+// PendingRetryAfterSeconds is the Retry-After of a 429
+// too_many_pending_orders: a saga usually decides in well under a second.
+const PendingRetryAfterSeconds = 2
+
 // The API's JSON is camelCase, as issue 4 specified {"orderId", "status"}.
 
 type itemJSON struct {
@@ -77,7 +82,10 @@ type orderJSON struct {
 	TotalCents int64      `json:"totalCents"`
 	CreatedAt  time.Time  `json:"createdAt"`
 	UpdatedAt  time.Time  `json:"updatedAt"`
-	Saga       *sagaJSON  `json:"saga,omitempty"`
+	// Version counts the order's events; the catalog's read model can be
+	// asked for at least this version (GET /catalog/orders/{id}?min_version=).
+	Version int       `json:"version"`
+	Saga    *sagaJSON `json:"saga,omitempty"`
 }
 
 type sagaJSON struct {
@@ -108,7 +116,7 @@ func toJSON(o *domain.Order) orderJSON {
 		items[i] = itemJSON{SKU: it.SKU, Quantity: it.Quantity, UnitPriceCents: it.UnitPriceCents}
 	}
 	return orderJSON{OrderID: o.ID, Status: string(o.Status), Reason: o.Reason, Items: items, TotalCents: o.TotalCents,
-		CreatedAt: o.CreatedAt.UTC(), UpdatedAt: o.UpdatedAt.UTC()}
+		CreatedAt: o.CreatedAt.UTC(), UpdatedAt: o.UpdatedAt.UTC(), Version: o.Version}
 }
 
 func toSagaJSON(i *saga.Info) *sagaJSON {
@@ -164,6 +172,10 @@ func (h *handlers) placeOrder(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	o, replayed, err := h.app.PlaceOrder(r.Context(), cmd)
+	var tp *domain.TooManyPendingError
+	if errors.As(err, &tp) {
+		w.Header().Set("Retry-After", strconv.Itoa(PendingRetryAfterSeconds))
+	}
 	if err != nil {
 		return mapError(err)
 	}
@@ -171,9 +183,36 @@ func (h *handlers) placeOrder(w http.ResponseWriter, r *http.Request) error {
 	if replayed {
 		w.Header().Set("Idempotent-Replayed", "true")
 	}
-	// 202: the order is accepted; the saga decides it. Poll the Location.
-	httpx.WriteJSON(w, http.StatusAccepted, map[string]any{"orderId": o.ID, "status": o.Status})
+	// Prefer: wait=N (RFC 7240): the client would rather wait up to N
+	// seconds for the saga's decision than poll. Decided in time: 201 with
+	// the final order and Preference-Applied. Otherwise, as without it:
+	// 202, the order is accepted, the saga decides it: poll (or long-poll)
+	// the Location.
+	if wait, ok := httpx.PreferWait(r, httpx.MaxWait); ok && wait > 0 { // a replay may be decided already
+		httpx.ExtendWriteDeadline(w, wait+10*time.Second)
+		ctx, cancel := context.WithTimeout(r.Context(), wait)
+		d, err := h.app.AwaitPlaced(ctx, o)
+		cancel()
+		if err != nil {
+			return mapError(err)
+		}
+		if d.Order.Status != domain.StatusPending {
+			httpx.PreferenceApplied(w, wait)
+			writeOrder(w, http.StatusCreated, d)
+			return nil
+		}
+		o = d.Order
+	}
+	httpx.WriteJSON(w, http.StatusAccepted, map[string]any{"orderId": o.ID, "status": o.Status, "version": o.Version})
 	return nil
+}
+
+func writeOrder(w http.ResponseWriter, status int, d *app.OrderDetails) {
+	body := toJSON(d.Order)
+	if d.Saga != nil {
+		body.Saga = toSagaJSON(d.Saga)
+	}
+	httpx.WriteJSON(w, status, body)
 }
 
 func (h *handlers) getOrder(w http.ResponseWriter, r *http.Request) error {
@@ -183,15 +222,41 @@ func (h *handlers) getOrder(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return mapError(domain.ErrOrderNotFound)
 	}
-	d, err := h.app.Order(r.Context(), viewer, id)
+	// ?wait=N: a long poll, until the order's status differs from
+	// ?status= (default: the status it has now) or N seconds pass.
+	wait, err := httpx.QueryWait(r, httpx.MaxWait)
+	if err != nil {
+		return err
+	}
+	if wait == 0 {
+		d, err := h.app.Order(r.Context(), viewer, id)
+		if err != nil {
+			return mapError(err)
+		}
+		writeOrder(w, http.StatusOK, d)
+		return nil
+	}
+	var from domain.Status
+	switch s := r.URL.Query().Get("status"); s {
+	case "":
+		d, err := h.app.Order(r.Context(), viewer, id)
+		if err != nil {
+			return mapError(err)
+		}
+		from = d.Order.Status
+	case string(domain.StatusPending), string(domain.StatusApproved), string(domain.StatusCancelled):
+		from = domain.Status(s)
+	default:
+		return httpx.BadRequest("invalid_status", "status must be PENDING, APPROVED or CANCELLED").With("field", "status")
+	}
+	httpx.ExtendWriteDeadline(w, wait+10*time.Second)
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	d, err := h.app.AwaitOrder(ctx, viewer, id, from)
 	if err != nil {
 		return mapError(err)
 	}
-	body := toJSON(d.Order)
-	if d.Saga != nil {
-		body.Saga = toSagaJSON(d.Saga)
-	}
-	httpx.WriteJSON(w, http.StatusOK, body)
+	writeOrder(w, http.StatusOK, d)
 	return nil
 }
 
@@ -234,8 +299,12 @@ func mapError(err error) error {
 	var (
 		ve *domain.ValidationError
 		ue *domain.UnknownSKUError
+		tp *domain.TooManyPendingError
 	)
 	switch {
+	case errors.As(err, &tp):
+		return httpx.NewError(http.StatusTooManyRequests, "too_many_pending_orders", "%s", tp.Error()).
+			With("maxPendingOrders", tp.Max).With("retryAfterSeconds", PendingRetryAfterSeconds)
 	case errors.As(err, &ve):
 		return httpx.BadRequest("validation_failed", "%s %s", ve.Field, ve.Message).With("field", ve.Field)
 	case errors.As(err, &ue):

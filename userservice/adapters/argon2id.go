@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/argon2"
 )
@@ -30,14 +31,29 @@ const (
 	keyLen  = 32
 )
 
+// ErrBusy is Hash's answer when every sign-up hashing slot stayed taken for
+// HashQueueTimeout: the caller should answer 503 with Retry-After.
+var ErrBusy = errors.New("argon2id: every password hashing slot is busy")
+
+// HashQueueTimeout is how long Hash waits for a slot before ErrBusy.
+const HashQueueTimeout = 2 * time.Second
+
 // Argon2id hashes passwords into PHC strings
 // ($argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>), so the parameters travel
-// with each hash and can be raised without invalidating old ones. At most
-// 2×GOMAXPROCS hashes run at once: each one takes Memory KiB, and a burst of
-// logins must not take the process's memory with it.
+// with each hash and can be raised without invalidating old ones.
+//
+// Each hash takes Memory KiB and a core for tens of milliseconds, so the
+// work is bounded, and in two separate pools: at most 2×GOMAXPROCS
+// verifications (logins) and at most GOMAXPROCS/2 (at least 1) new hashes
+// (sign-ups, mostly) run at once. A flood of sign-ups then queues behind
+// its own few slots, and gives up after HashQueueTimeout, instead of taking
+// every slot a login needs (issue 11.2: login latency went from 0.15 s to
+// 9 s while 300 sign-ups hashed).
 type Argon2id struct {
-	p   Argon2idParams
-	sem chan struct{}
+	p            Argon2idParams
+	verifySem    chan struct{}
+	hashSem      chan struct{}
+	queueTimeout time.Duration
 }
 
 // NewArgon2id returns a hasher with p (DefaultArgon2idParams when zero).
@@ -45,12 +61,14 @@ func NewArgon2id(p Argon2idParams) *Argon2id {
 	if p == (Argon2idParams{}) {
 		p = DefaultArgon2idParams
 	}
-	return &Argon2id{p: p, sem: make(chan struct{}, 2*runtime.GOMAXPROCS(0))}
+	procs := runtime.GOMAXPROCS(0)
+	return &Argon2id{p: p, verifySem: make(chan struct{}, 2*procs), hashSem: make(chan struct{}, max(1, procs/2)),
+		queueTimeout: HashQueueTimeout}
 }
 
-func (a *Argon2id) acquire(ctx context.Context) error {
+func acquire(ctx context.Context, sem chan struct{}) error {
 	select {
-	case a.sem <- struct{}{}:
+	case sem <- struct{}{}:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -63,10 +81,16 @@ func (a *Argon2id) Hash(ctx context.Context, password string) (string, error) {
 	if _, err := rand.Read(salt); err != nil {
 		return "", err
 	}
-	if err := a.acquire(ctx); err != nil {
+	qctx, cancel := context.WithTimeoutCause(ctx, a.queueTimeout, ErrBusy)
+	err := acquire(qctx, a.hashSem)
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil {
+			return "", ErrBusy
+		}
 		return "", err
 	}
-	defer func() { <-a.sem }()
+	defer func() { <-a.hashSem }()
 	key := argon2.IDKey([]byte(password), salt, a.p.Time, a.p.Memory, a.p.Threads, keyLen)
 	b64 := base64.RawStdEncoding
 	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, a.p.Memory, a.p.Time, a.p.Threads,
@@ -100,10 +124,10 @@ func (a *Argon2id) Verify(ctx context.Context, password, encoded string) (bool, 
 	if err != nil || len(want) == 0 {
 		return false, errors.New("argon2id: bad hash")
 	}
-	if err := a.acquire(ctx); err != nil {
+	if err := acquire(ctx, a.verifySem); err != nil {
 		return false, err
 	}
-	defer func() { <-a.sem }()
+	defer func() { <-a.verifySem }()
 	got := argon2.IDKey([]byte(password), salt, p.Time, p.Memory, p.Threads, uint32(len(want)))
 	return subtle.ConstantTimeCompare(got, want) == 1, nil
 }

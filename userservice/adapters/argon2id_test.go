@@ -2,8 +2,10 @@ package adapters
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestArgon2idHashesAndVerifies(t *testing.T) {
@@ -39,5 +41,33 @@ func TestArgon2idHashesAndVerifies(t *testing.T) {
 		if ok, err := h.Verify(ctx, "correct horse", bad); ok || err == nil {
 			t.Errorf("malformed hash %q: %v %v", bad, ok, err)
 		}
+	}
+}
+
+// Issue 11.2: sign-up hashing has its own few slots. With every one of
+// them taken (a flood of sign-ups), a login's verification still runs at
+// once, and one more sign-up gives up with ErrBusy instead of queueing
+// without end.
+func TestSignUpHashingCannotTakeTheLoginSlots(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h := NewArgon2id(Argon2idParams{Memory: 64, Time: 1, Threads: 1})
+	h.queueTimeout = 50 * time.Millisecond
+	enc, err := h.Hash(ctx, "correct horse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range cap(h.hashSem) { // the sign-ups in flight
+		h.hashSem <- struct{}{}
+	}
+	// Generous: a verification takes microseconds at these costs; only a
+	// shared slot would make it wait, and then for ever.
+	vctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if ok, err := h.Verify(vctx, "correct horse", enc); !ok || err != nil {
+		t.Fatalf("login while sign-ups hold every hashing slot: %v %v", ok, err)
+	}
+	if _, err := h.Hash(ctx, "another one"); !errors.Is(err, ErrBusy) {
+		t.Fatalf("sign-up with every hashing slot taken: %v, want ErrBusy", err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagabox/sagabox/internal/migrate"
+	"github.com/sagabox/sagabox/internal/platform/dbpool"
 	"github.com/sagabox/sagabox/userservice/domain"
 )
 
@@ -68,13 +69,17 @@ func (r *Users) Add(ctx context.Context, u *domain.User) error {
 
 // ByID returns the user with id, or domain.ErrUserNotFound.
 func (r *Users) ByID(ctx context.Context, id uuid.UUID) (*domain.User, error) {
-	return scanUser(r.pool.QueryRow(ctx, `SELECT `+userColumns+` FROM users WHERE id = $1`, id))
+	return dbpool.ReadRetry(ctx, r.pool, func(ctx context.Context) (*domain.User, error) {
+		return scanUser(r.pool.QueryRow(ctx, `SELECT `+userColumns+` FROM users WHERE id = $1`, id))
+	})
 }
 
 // ByEmail returns the user with the (normalized) email, or
 // domain.ErrUserNotFound.
 func (r *Users) ByEmail(ctx context.Context, email string) (*domain.User, error) {
-	return scanUser(r.pool.QueryRow(ctx, `SELECT `+userColumns+` FROM users WHERE lower(email) = lower($1)`, email))
+	return dbpool.ReadRetry(ctx, r.pool, func(ctx context.Context) (*domain.User, error) {
+		return scanUser(r.pool.QueryRow(ctx, `SELECT `+userColumns+` FROM users WHERE lower(email) = lower($1)`, email))
+	})
 }
 
 // Update runs fn on the user with id inside a transaction holding the row

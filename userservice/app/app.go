@@ -104,7 +104,7 @@ type Token struct {
 // Login checks the credentials and issues a token. A wrong email and a wrong
 // password are the same ErrInvalidCredentials, and take the same time.
 func (a *Application) Login(ctx context.Context, email, password string) (Token, error) {
-	u, err := a.repo.ByEmail(ctx, email)
+	u, err := a.repo.ByEmail(ctx, domain.CanonicalEmail(email))
 	if errors.Is(err, domain.ErrUserNotFound) || len(password) > 4*domain.MaxPasswordLen {
 		_, _ = a.hasher.Verify(ctx, password, a.dummyHash)
 		return Token{}, ErrInvalidCredentials
@@ -144,8 +144,12 @@ func (a *Application) GetUser(ctx context.Context, viewerID uuid.UUID, viewerRol
 }
 
 // BootstrapAdmin makes sure an admin with email exists: it creates one with
-// password, or gives the existing user of that email the admin role (its
-// password is left alone: change it through the API, not the environment).
+// password when no account has that email, and returns the existing account
+// when it already is an admin. It never changes an existing account's role
+// or password: an account someone signed up with that email before the
+// first start-up must not become an admin (that would hand the role, with a
+// password the attacker chose, to whoever registered the email first). Such
+// an account stops start-up with an *AdminEmailTakenError naming it.
 func (a *Application) BootstrapAdmin(ctx context.Context, email, password string) (*domain.User, error) {
 	norm, err := domain.NormalizeEmail(email)
 	if err != nil {
@@ -154,22 +158,32 @@ func (a *Application) BootstrapAdmin(ctx context.Context, email, password string
 	u, err := a.repo.ByEmail(ctx, norm)
 	if errors.Is(err, domain.ErrUserNotFound) {
 		u, err = a.createUser(ctx, SignUp{Email: norm, Password: password, Name: "Administrator"}, domain.RoleAdmin)
-		if errors.Is(err, domain.ErrEmailTaken) { // another instance won the race
+		if errors.Is(err, domain.ErrEmailTaken) { // another instance (or a sign-up) won the race
 			u, err = a.repo.ByEmail(ctx, norm)
 		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
 	}
-	if u.Role == domain.RoleAdmin {
-		return u, nil
+	if u.Role != domain.RoleAdmin {
+		return nil, &AdminEmailTakenError{Email: norm, UserID: u.ID, Role: u.Role}
 	}
-	err = a.repo.Update(ctx, u.ID, func(u *domain.User) error { u.Role = domain.RoleAdmin; return nil })
-	if err != nil {
-		return nil, fmt.Errorf("admin: promote %s: %w", norm, err)
-	}
-	u.Role = domain.RoleAdmin
 	return u, nil
+}
+
+// AdminEmailTakenError is BootstrapAdmin's refusal to promote an existing
+// account that is not an admin.
+type AdminEmailTakenError struct {
+	Email  string
+	UserID uuid.UUID
+	Role   string
+}
+
+func (e *AdminEmailTakenError) Error() string {
+	return fmt.Sprintf("admin: the account %s (user %s) already exists with role %q and is not promoted: "+
+		"set ADMIN_EMAIL to an address no account uses, or, if that account really is yours, "+
+		"grant the role in the database (UPDATE users SET role = 'admin' WHERE id = '%s')",
+		e.Email, e.UserID, e.Role, e.UserID)
 }
 
 // DebitCredit takes amountCents from the user's credit for the order, inside

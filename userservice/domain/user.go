@@ -50,7 +50,7 @@ func (e *ValidationError) Error() string { return e.Field + ": " + e.Message }
 // User is a customer (or an admin) and their credit.
 type User struct {
 	ID           uuid.UUID
-	Email        string // lower case
+	Email        string // canonical: NFC, lower case (CanonicalEmail)
 	Name         string
 	PasswordHash string // PHC string, see adapters.Argon2id
 	Role         string
@@ -58,10 +58,12 @@ type User struct {
 	CreatedAt    time.Time
 }
 
-// NormalizeEmail checks an email address and returns it in lower case, the
-// form it is stored and looked up in.
+// NormalizeEmail checks an email address and returns its canonical form
+// (CanonicalEmail: NFC, lower case), the form it is stored and looked up in.
+// It refuses an address whose local part or domain mixes scripts or
+// imitates Latin with Cyrillic or Greek letters (see email.go).
 func NormalizeEmail(email string) (string, error) {
-	email = strings.TrimSpace(email)
+	email = CanonicalEmail(email)
 	if email == "" {
 		return "", &ValidationError{"email", "is required"}
 	}
@@ -72,7 +74,13 @@ func NormalizeEmail(email string) (string, error) {
 	if err != nil || a.Address != email || a.Name != "" || !strings.Contains(email[strings.LastIndexByte(email, '@'):], ".") {
 		return "", &ValidationError{"email", "is not a valid email address"}
 	}
-	return strings.ToLower(email), nil
+	at := strings.LastIndexByte(email, '@')
+	for _, p := range []struct{ name, s string }{{"local part", email[:at]}, {"domain", email[at+1:]}} {
+		if why := checkScripts(p.s); why != "" {
+			return "", &ValidationError{"email", "is refused: its " + p.name + " " + why}
+		}
+	}
+	return email, nil
 }
 
 // ValidatePassword checks a new password's length (in characters).

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -17,6 +16,7 @@ import (
 	"github.com/sagabox/sagabox/internal/platform/auth"
 	"github.com/sagabox/sagabox/internal/platform/httpx"
 	"github.com/sagabox/sagabox/internal/platform/ratelimit"
+	"github.com/sagabox/sagabox/userservice/adapters"
 	"github.com/sagabox/sagabox/userservice/app"
 	"github.com/sagabox/sagabox/userservice/domain"
 )
@@ -39,6 +39,9 @@ type HTTPConfig struct {
 	// (credential stuffing).
 	LoginPerAccount *ratelimit.Limiter
 	LoginPerClient  *ratelimit.Limiter
+	// SignupPerClient limits sign-ups per client address: each account
+	// comes with starting credit and costs a password hash.
+	SignupPerClient *ratelimit.Limiter
 }
 
 // NewHTTP returns the service's whole HTTP handler.
@@ -80,6 +83,10 @@ func toJSON(u *domain.User) userJSON {
 }
 
 func (h *handlers) signUp(w http.ResponseWriter, r *http.Request) error {
+	// Before anything else: a limited sign-up must cost us nothing.
+	if err := limit(w, h.cfg.SignupPerClient, clientAddr(r), "too_many_signups", "too many sign-ups from your address"); err != nil {
+		return err
+	}
 	var req struct {
 		Email    string `json:"email"`
 		Password string `json:"password"`
@@ -89,6 +96,9 @@ func (h *handlers) signUp(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	u, err := h.cfg.App.SignUp(r.Context(), app.SignUp{Email: req.Email, Password: req.Password, Name: req.Name})
+	if errors.Is(err, adapters.ErrBusy) {
+		w.Header().Set("Retry-After", "1")
+	}
 	if err != nil {
 		return mapError(err)
 	}
@@ -110,19 +120,13 @@ func (h *handlers) login(w http.ResponseWriter, r *http.Request) error {
 	}
 	// Rate limit before hashing: limited attempts must cost us nothing.
 	client := clientAddr(r)
-	account := strings.ToLower(strings.TrimSpace(req.Email)) + "|" + client
+	account := domain.CanonicalEmail(req.Email) + "|" + client
 	for _, l := range []struct {
 		lim *ratelimit.Limiter
 		key string
 	}{{h.cfg.LoginPerClient, client}, {h.cfg.LoginPerAccount, account}} {
-		if l.lim == nil {
-			continue
-		}
-		if ok, wait := l.lim.Allow(l.key); !ok {
-			secs := int(math.Ceil(wait.Seconds()))
-			w.Header().Set("Retry-After", strconv.Itoa(secs))
-			return httpx.NewError(http.StatusTooManyRequests, "too_many_attempts",
-				"too many login attempts: try again in %d seconds", secs).With("retryAfterSeconds", secs)
+		if err := limit(w, l.lim, l.key, "too_many_attempts", "too many login attempts"); err != nil {
+			return err
 		}
 	}
 	tok, err := h.cfg.App.Login(r.Context(), req.Email, req.Password)
@@ -151,6 +155,22 @@ func (h *handlers) getUser(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// limit answers 429 code with Retry-After when lim refuses key (nil lim:
+// no limit).
+func limit(w http.ResponseWriter, lim *ratelimit.Limiter, key, code, what string) error {
+	if lim == nil {
+		return nil
+	}
+	ok, wait := lim.Allow(key)
+	if ok {
+		return nil
+	}
+	secs := int(math.Ceil(wait.Seconds()))
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	return httpx.NewError(http.StatusTooManyRequests, code, "%s: try again in %d seconds", what, secs).
+		With("retryAfterSeconds", secs)
+}
+
 // clientAddr is the client's IP address as this server sees it. Behind a
 // proxy that is the proxy's: put the limiter at the edge, or teach this
 // function the proxy's forwarding header.
@@ -171,6 +191,9 @@ func mapError(err error) error {
 		return httpx.Conflict("email_taken", "a user with this email already exists")
 	case errors.Is(err, domain.ErrUserNotFound):
 		return httpx.NotFound("user_not_found", "user not found")
+	case errors.Is(err, adapters.ErrBusy):
+		return &httpx.Error{Status: http.StatusServiceUnavailable, Code: "busy",
+			Message: "too many sign-ups at once: try again in a second", Fields: map[string]any{"retryAfterSeconds": 1}, Err: err}
 	case errors.Is(err, app.ErrInvalidCredentials):
 		w := httpx.Unauthorized("invalid_credentials", "invalid email or password")
 		return w

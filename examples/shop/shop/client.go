@@ -192,6 +192,27 @@ func (c *Client) PlaceOrder(ctx context.Context, token string, lines ...Line) (s
 	return out.OrderID, err
 }
 
+// PlaceOrderWait places an order with `Prefer: wait=N` (RFC 7240): the
+// answer comes when the saga has decided the order, within wait (whole
+// seconds, at most 30), and is then the decided order; otherwise it is the
+// PENDING order (OrderID and Status only). Follow up with AwaitChange.
+func (c *Client) PlaceOrderWait(ctx context.Context, token string, wait time.Duration, lines ...Line) (Order, error) {
+	var o Order
+	h := http.Header{"Prefer": {"wait=" + strconv.Itoa(int(wait/time.Second))}}
+	err := c.doWith(ctx, http.MethodPost, c.OrdersURL+"/orders", token, h, map[string]any{"items": lines}, &o)
+	return o, err
+}
+
+// AwaitChange long-polls the order (GET /orders/{id}?wait=N&status=S) until
+// its status is no longer status, for at most wait (whole seconds, at most
+// 30).
+func (c *Client) AwaitChange(ctx context.Context, token, id, status string, wait time.Duration) (Order, error) {
+	var o Order
+	url := fmt.Sprintf("%s/orders/%s?wait=%d&status=%s", c.OrdersURL, id, int(wait/time.Second), status)
+	err := c.do(ctx, http.MethodGet, url, token, nil, &o)
+	return o, err
+}
+
 // Order reads an order with its saga.
 func (c *Client) Order(ctx context.Context, token, id string) (Order, error) {
 	var o Order
@@ -225,6 +246,10 @@ func (c *Client) CatalogOrder(ctx context.Context, token, id string) (CatalogOrd
 }
 
 func (c *Client) do(ctx context.Context, method, url, token string, body, out any) error {
+	return c.doWith(ctx, method, url, token, nil, body, out)
+}
+
+func (c *Client) doWith(ctx context.Context, method, url, token string, headers http.Header, body, out any) error {
 	var rd io.Reader
 	if body != nil {
 		js, err := json.Marshal(body)
@@ -242,6 +267,9 @@ func (c *Client) do(ctx context.Context, method, url, token string, body, out an
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for k, vs := range headers {
+		req.Header[k] = vs
 	}
 	hc := c.HTTP
 	if hc == nil {

@@ -29,6 +29,7 @@ import (
 	"github.com/sagabox/sagabox/schemas"
 	"github.com/sagabox/sagabox/userservice"
 	useradapters "github.com/sagabox/sagabox/userservice/adapters"
+	"github.com/sagabox/sagabox/userservice/app"
 )
 
 // Defaults.
@@ -42,19 +43,12 @@ const (
 	DefaultAdminEmail = "admin@sagabox.local"
 	// DefaultPartitions is how many partitions each topic gets.
 	DefaultPartitions = 3
+	// DefaultSignupBurst is the demo's sign-ups per client address.
+	DefaultSignupBurst = 10_000
 	// DefaultSagaPollInterval is how often the orchestrator looks for due
 	// timeouts and retries.
 	DefaultSagaPollInterval = 200 * time.Millisecond
 )
-
-// Ports says where each part listens on 127.0.0.1. Zero picks a free port.
-type Ports struct {
-	Users, Catalog, Orders, Kafka, Registry int
-}
-
-// DemoPorts are docker-compose.yml's ports, so the same curl commands and
-// tools work against either.
-var DemoPorts = Ports{Users: 8001, Catalog: 8002, Orders: 8003, Kafka: 9092, Registry: 8081}
 
 // Config configures the shop.
 type Config struct {
@@ -67,7 +61,8 @@ type Config struct {
 	// sagabox_users, sagabox_catalog and sagabox_orders, creating them when
 	// missing and keeping them.
 	Fresh bool
-	// Ports defaults to all zero: random ports. The demo uses DemoPorts.
+	// Ports defaults to all zero: random ports. The demo uses DefaultPorts,
+	// or what its flags and environment say (PortsFromEnv).
 	Ports Ports
 	// AdminEmail and AdminPassword make sure this admin exists (ADMIN_EMAIL,
 	// ADMIN_PASSWORD). Both or neither; neither: an admin with a generated
@@ -81,6 +76,16 @@ type Config struct {
 	// MaxConns is each service's pool size. Defaults to the services'
 	// default (10).
 	MaxConns int
+	// SignupBurst is how many sign-ups userservice accepts per client
+	// address before one per minute (SIGNUP_BURST). Defaults to
+	// DefaultSignupBurst: every customer of the demo, the scenario and the
+	// benchmark signs up from 127.0.0.1. A deployment keeps userservice's
+	// default (5).
+	SignupBurst int
+	// MaxPendingOrders caps each customer's PENDING orders
+	// (MAX_PENDING_ORDERS). Defaults to orderservice's (10); the open-loop
+	// benchmark raises it.
+	MaxPendingOrders int
 	// SagaPollInterval defaults to DefaultSagaPollInterval.
 	SagaPollInterval time.Duration
 	// Logger receives the services' logs. Defaults to discarding them.
@@ -103,6 +108,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.SagaPollInterval <= 0 {
 		c.SagaPollInterval = DefaultSagaPollInterval
+	}
+	if c.SignupBurst <= 0 {
+		c.SignupBurst = DefaultSignupBurst
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -154,6 +162,9 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	if err := cfg.Ports.checkPorts(); err != nil {
+		return nil, err
+	}
 	s := &Shop{cfg: cfg, done: make(chan struct{})}
 	defer func() {
 		if err != nil {
@@ -190,13 +201,16 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 		kopts = append(kopts, kfake.Ports(cfg.Ports.Kafka))
 	}
 	cluster, err := kfake.NewCluster(kopts...)
+	if err != nil && cfg.Ports.Kafka != 0 {
+		return nil, cfg.Ports.portError(&cfg.Ports.Kafka, err)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("shop: start Kafka (kfake) on 127.0.0.1:%d: %w", cfg.Ports.Kafka, err)
+		return nil, fmt.Errorf("shop: start Kafka (kfake): %w", err)
 	}
 	s.cleanup = append(s.cleanup, func() error { cluster.Close(); return nil })
 	s.Brokers = cluster.ListenAddrs()
 
-	rl, err := listen("Schema Registry", cfg.Ports.Registry)
+	rl, err := listen(&cfg.Ports, &cfg.Ports.Registry)
 	if err != nil {
 		return nil, err
 	}
@@ -209,11 +223,8 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 	// The services. Listening first gives the URLs they point at each other
 	// with, and fails early on a taken port.
 	var ls [3]net.Listener
-	for i, p := range []struct {
-		name string
-		port int
-	}{{userservice.Name, cfg.Ports.Users}, {catalogservice.Name, cfg.Ports.Catalog}, {orderservice.Name, cfg.Ports.Orders}} {
-		if ls[i], err = listen(p.name, p.port); err != nil {
+	for i, port := range []*int{&cfg.Ports.Users, &cfg.Ports.Catalog, &cfg.Ports.Orders} {
+		if ls[i], err = listen(&cfg.Ports, port); err != nil {
 			return nil, err
 		}
 		l := ls[i]
@@ -224,7 +235,7 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 	jwks := s.UsersURL + "/.well-known/jwks.json"
 
 	users, err := userservice.New(ctx, userservice.Config{DatabaseURL: dbURLs[0], MaxConns: cfg.MaxConns,
-		Messaging: msg, PasswordParams: cfg.PasswordParams, Logger: cfg.Logger})
+		Messaging: msg, PasswordParams: cfg.PasswordParams, SignupBurst: cfg.SignupBurst, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +246,7 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 		return nil, err
 	}
 	s.cleanup = append(s.cleanup, func() error { catalog.Close(); return nil })
-	orders, err := orderservice.New(ctx, orderservice.Config{DatabaseURL: dbURLs[2], MaxConns: cfg.MaxConns,
+	orders, err := orderservice.New(ctx, orderservice.Config{DatabaseURL: dbURLs[2], MaxConns: cfg.MaxConns, MaxPendingOrders: cfg.MaxPendingOrders,
 		JWKSURL: jwks, CatalogURL: s.CatalogURL, Messaging: msg, Logger: cfg.Logger,
 		Saga: saga.Config{PollInterval: cfg.SagaPollInterval}})
 	if err != nil {
@@ -290,11 +301,12 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 	return s, nil
 }
 
-// listen listens on 127.0.0.1:port (0: any free port).
-func listen(what string, port int) (net.Listener, error) {
-	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+// listen listens on 127.0.0.1:*port (0: any free port), which is one of
+// ports' fields.
+func listen(ports *Ports, port *int) (net.Listener, error) {
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", *port))
 	if err != nil {
-		return nil, fmt.Errorf("shop: %s cannot listen on 127.0.0.1:%d (is another shop or docker compose running?): %w", what, port, err)
+		return nil, ports.portError(port, err)
 	}
 	return l, nil
 }
@@ -306,13 +318,20 @@ func ensureAdmin(ctx context.Context, users *userservice.Service, cfg Config) (A
 	if a.Email == "" {
 		a.Email, a.Password, a.Generated = DefaultAdminEmail, rand.Text(), true
 	}
-	if _, err := users.App().BootstrapAdmin(ctx, a.Email, a.Password); err != nil {
+	_, err := users.App().BootstrapAdmin(ctx, a.Email, a.Password)
+	var taken *app.AdminEmailTakenError
+	if err != nil && !(a.Generated && errors.As(err, &taken)) {
 		return a, fmt.Errorf("shop: %w", err)
 	}
-	tok, err := users.App().Login(ctx, a.Email, a.Password)
+	var tok app.Token
+	if err == nil {
+		tok, err = users.App().Login(ctx, a.Email, a.Password)
+	}
 	if err != nil && a.Generated {
 		// The account is left from an earlier run, with a password printed
-		// then: make a new admin rather than print one that does not work.
+		// then, or a customer signed up with the default admin email (it is
+		// never promoted): make a new admin rather than print one that does
+		// not work.
 		a.Email = "admin-" + randomHex(3) + "@sagabox.local"
 		if _, err := users.App().BootstrapAdmin(ctx, a.Email, a.Password); err != nil {
 			return a, fmt.Errorf("shop: %w", err)

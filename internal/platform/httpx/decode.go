@@ -1,6 +1,7 @@
 package httpx
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,18 +30,26 @@ func DecodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 				"Content-Type must be application/json")
 		}
 	}
-	body := http.MaxBytesReader(w, r.Body, MaxBodyBytes)
-	dec := json.NewDecoder(body)
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return decodeError(err)
+		}
+		return BadRequest("unreadable_body", "request body could not be read: %v", err)
+	}
+	// Text rules first (see CheckText): encoding/json would turn invalid
+	// UTF-8 into U+FFFD and let a NUL through to the database.
+	if err := checkJSONText(raw); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return decodeError(err)
 	}
 	// One value only: "{...} {...}" or "{...} garbage" is refused.
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return decodeError(err)
-		}
 		return BadRequest("malformed_json", "request body must contain a single JSON object")
 	}
 	return nil

@@ -86,7 +86,8 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 // Middleware is the outermost wrapper of a service's mux: it gives the
-// request an ID, recovers panics into a JSON 500, counts and times the
+// request an ID, refuses a path or query that is not valid UTF-8 or holds a
+// NUL byte (400 invalid_text, see CheckText), recovers panics into a JSON 500, counts and times the
 // request by route pattern (bounded label values: "/users/{id}", never the
 // raw path) and logs one line per request.
 func Middleware(log *slog.Logger, m *Metrics, next http.Handler) http.Handler {
@@ -132,6 +133,12 @@ func Middleware(log *slog.Logger, m *Metrics, next http.Handler) http.Handler {
 			log.Log(r.Context(), level, "http: request", "method", r.Method, "route", route, "path", r.URL.Path,
 				"status", status, "bytes", rec.bytes, "duration_ms", elapsed.Milliseconds(), "request_id", id)
 		}()
+		// The text rules (see CheckText) before any handler sees the path
+		// or the query.
+		if err := CheckRequestText(r); err != nil {
+			WriteError(rec, r, log, err)
+			return
+		}
 		next.ServeHTTP(rec, r)
 	})
 }
