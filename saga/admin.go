@@ -24,6 +24,7 @@ type AdminDB interface {
 type AnyDefinition interface {
 	Name() string
 	Version() int
+	Describe() DefinitionInfo
 	stepKinds() []stepKind
 }
 
@@ -41,21 +42,23 @@ type AnyDefinition interface {
 // for one. Orchestrator.Retry and Orchestrator.Abort are the immediate,
 // typed forms; both paths check the same things.
 type Admin struct {
-	db   AdminDB
-	defs map[string]map[int][]stepKind
+	db    AdminDB
+	infos map[string]map[int]DefinitionInfo
 }
 
-// NewAdmin returns an Admin over db. defs are optional: with a saga's
-// definition (type and version) Abort refuses at once a saga past its
-// pivot; without it, the orchestrator refuses it when it carries the
-// request out, and records the refusal in the saga's Actions.
+// NewAdmin returns an Admin over db. defs are optional: without a saga's
+// definition (type and version) the Admin uses the one its orchestrator
+// recorded in the database when it started (Admin.Definition). With a
+// definition, Abort refuses at once a saga past its pivot; without any,
+// the orchestrator refuses it when it carries the request out, and records
+// the refusal in the saga's Actions.
 func NewAdmin(db AdminDB, defs ...AnyDefinition) *Admin {
-	a := &Admin{db: db, defs: map[string]map[int][]stepKind{}}
+	a := &Admin{db: db, infos: map[string]map[int]DefinitionInfo{}}
 	for _, d := range defs {
-		if a.defs[d.Name()] == nil {
-			a.defs[d.Name()] = map[int][]stepKind{}
+		if a.infos[d.Name()] == nil {
+			a.infos[d.Name()] = map[int]DefinitionInfo{}
 		}
-		a.defs[d.Name()][d.Version()] = d.stepKinds()
+		a.infos[d.Name()][d.Version()] = d.Describe()
 	}
 	return a
 }
@@ -248,12 +251,28 @@ func (a *Admin) Abort(ctx context.Context, id uuid.UUID, reason string, opt ...A
 	if len(opt) > 0 {
 		o = opt[0]
 	}
-	return a.request(ctx, id, Action{Action: ActionAbort, Actor: o.Actor, Reason: reason}, func(s *state) error {
-		return checkAbort(s, a.defs[s.Type][s.DefVersion])
+	return a.requestTx(ctx, id, Action{Action: ActionAbort, Actor: o.Actor, Reason: reason}, func(tx pgx.Tx, s *state) error {
+		d, ok := a.infos[s.Type][s.DefVersion]
+		if !ok {
+			if rec, err := loadDefinition(ctx, tx, s.Type, s.DefVersion); err == nil {
+				d, ok = *rec, true
+			} else if !errors.Is(err, ErrNotFound) {
+				return err
+			}
+		}
+		var kinds []stepKind
+		if ok {
+			kinds = d.stepKinds()
+		}
+		return checkAbort(s, kinds)
 	})
 }
 
 func (a *Admin) request(ctx context.Context, id uuid.UUID, act Action, check func(*state) error) error {
+	return a.requestTx(ctx, id, act, func(_ pgx.Tx, s *state) error { return check(s) })
+}
+
+func (a *Admin) requestTx(ctx context.Context, id uuid.UUID, act Action, check func(pgx.Tx, *state) error) error {
 	act.Result, act.At = ResultRequested, time.Now().UTC()
 	return pgx.BeginFunc(ctx, a.db, func(tx pgx.Tx) error {
 		s := &state{}
@@ -271,7 +290,7 @@ func (a *Admin) request(ctx context.Context, id uuid.UUID, act Action, check fun
 			_ = json.Unmarshal(pending, &p)
 			return fmt.Errorf("%w: saga %s already has a request (%s) waiting for its orchestrator", ErrWrongState, id, p.Action)
 		}
-		if err := check(s); err != nil {
+		if err := check(tx, s); err != nil {
 			return err
 		}
 		req, err := json.Marshal(act)

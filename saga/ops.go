@@ -20,8 +20,11 @@ type Info struct {
 	Status            Status
 	// Step is the index of the current step (being run, compensated, or
 	// where the saga stopped).
-	Step    int
-	Attempt int
+	Step int
+	// StepName names the current step ("" for sagas written before saga
+	// migration 003).
+	StepName string
+	Attempt  int
 	// Compensation is true once the saga started compensating.
 	Compensation bool
 	// Version grows with every state change.
@@ -61,7 +64,7 @@ type Attempt struct {
 	Error   string
 }
 
-const infoColumns = `id, saga_type, definition_version, status, step, attempt, compensation, version,
+const infoColumns = `id, saga_type, definition_version, status, step, step_name, attempt, compensation, version,
 	deadline, next_retry_at, last_error, failure, correlation_id, created_at, updated_at, finished_at, data`
 
 // scanInfo scans infoColumns, then extra.
@@ -69,7 +72,7 @@ func scanInfo(row pgx.Row, extra ...any) (Info, error) {
 	var i Info
 	var status string
 	var failure []byte
-	err := row.Scan(append([]any{&i.ID, &i.Type, &i.DefinitionVersion, &status, &i.Step, &i.Attempt, &i.Compensation, &i.Version,
+	err := row.Scan(append([]any{&i.ID, &i.Type, &i.DefinitionVersion, &status, &i.Step, &i.StepName, &i.Attempt, &i.Compensation, &i.Version,
 		&i.Deadline, &i.NextRetryAt, &i.LastError, &failure, &i.CorrelationID, &i.CreatedAt, &i.UpdatedAt, &i.FinishedAt, &i.Data}, extra...)...)
 	i.Status = Status(status)
 	if err == nil {
@@ -83,8 +86,8 @@ func get(ctx context.Context, db Querier, id uuid.UUID) (*Info, error) {
 	var inFlight Attempt
 	var stepStarted *time.Time
 	var request, log []byte
-	i, err := scanInfo(db.QueryRow(ctx, `SELECT `+infoColumns+`, step_started_at, step_name, admin_request, admin_log FROM sagabox.sagas WHERE id = $1`, [16]byte(id)),
-		&stepStarted, &inFlight.Name, &request, &log)
+	i, err := scanInfo(db.QueryRow(ctx, `SELECT `+infoColumns+`, step_started_at, admin_request, admin_log FROM sagabox.sagas WHERE id = $1`, [16]byte(id)),
+		&stepStarted, &request, &log)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
@@ -118,7 +121,7 @@ FROM sagabox.saga_steps WHERE saga_id = $1 ORDER BY started_at, compensation, st
 	// The attempt awaiting its reply has no history row yet (it gets one
 	// when it ends): it is described by the saga's row.
 	if i.Deadline != nil && stepStarted != nil {
-		inFlight.Step, inFlight.Compensation, inFlight.Attempt, inFlight.StartedAt = i.Step, i.Compensation, i.Attempt, *stepStarted
+		inFlight.Step, inFlight.Name, inFlight.Compensation, inFlight.Attempt, inFlight.StartedAt = i.Step, i.StepName, i.Compensation, i.Attempt, *stepStarted
 		if !slices.ContainsFunc(i.History, func(a Attempt) bool {
 			return a.Step == inFlight.Step && a.Compensation == inFlight.Compensation && a.Attempt == inFlight.Attempt
 		}) {
