@@ -160,14 +160,23 @@ func (s *Shop) WaitStatus(t testing.TB, id uuid.UUID, want saga.Status) *saga.In
 	return info
 }
 
-// WaitAttempts waits until the saga has at least n attempts in its history.
+// WaitAttempts waits until at least n attempts of the saga have ended.
 func (s *Shop) WaitAttempts(t testing.TB, id uuid.UUID, n int) *saga.Info {
 	t.Helper()
 	var info *saga.Info
 	testkit.Eventually(t, 60*time.Second, fmt.Sprintf("saga %s to have %d attempts", id, n), func() bool {
 		var err error
 		info, err = saga.NewAdmin(s.DB.Pool).Get(s.ctx, id)
-		return err == nil && len(info.History) >= n
+		if err != nil {
+			return false
+		}
+		ended := 0
+		for _, a := range info.History {
+			if a.FinishedAt != nil {
+				ended++
+			}
+		}
+		return ended >= n
 	})
 	return info
 }
