@@ -53,8 +53,9 @@ const usage = `usage: sagabox [-database-url URL] <command> [flags]
 commands:
   help                                  this list
   migrate                               apply the sagabox migrations
-  console [-listen ADDR] [-auth-token T] the web console (default 127.0.0.1:8090; a token is
-                                        required to listen beyond loopback, also from $SAGABOX_CONSOLE_TOKEN)
+  console [-listen ADDR] [-auth-token T | -auth-token-file F]
+                                        the web console (default 127.0.0.1:8090); beyond loopback it requires
+                                        the operator token (also $SAGABOX_CONSOLE_TOKEN or $SAGABOX_CONSOLE_TOKEN_FILE)
   saga list [-status S,S] [-type T] [-failed] [-stuck] [-idle D] [-limit N] [-after CURSOR] [-json]
                                         sagas, newest first; -stuck: past their deadline
   saga show ID [-json]                  one saga: state, failure, timeline, operator actions, data

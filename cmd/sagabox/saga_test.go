@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -188,11 +190,18 @@ func TestConsoleCommand(t *testing.T) {
 	if _, err := cli(t, db.URL, "console", "-listen", "0.0.0.0:0", "-auth-token", ""); err == nil || !strings.Contains(err.Error(), "without an operator token") {
 		t.Errorf("console on 0.0.0.0 without a token: %v", err)
 	}
+	empty := filepath.Join(t.TempDir(), "empty")
+	testkit.Must(t, os.WriteFile(empty, nil, 0o600), "write")
+	if _, err := cli(t, db.URL, "console", "-auth-token-file", empty); err == nil || !strings.Contains(err.Error(), "is empty") {
+		t.Errorf("console with an empty token file: %v", err)
+	}
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	testkit.Must(t, os.WriteFile(tokenFile, []byte("tok\n"), 0o600), "write")
 	ctx, cancel := context.WithCancel(testkit.Ctx(t))
 	out := &syncBuffer{}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"console", "-database-url", db.URL, "-listen", "127.0.0.1:0", "-auth-token", "tok"}, out)
+		done <- run(ctx, []string{"console", "-database-url", db.URL, "-listen", "127.0.0.1:0", "-auth-token-file", tokenFile}, out)
 	}()
 	var base string
 	testkit.Eventually(t, 30*time.Second, "the console to print its URL", func() bool {
