@@ -272,7 +272,7 @@ func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, c.cfg.Prefix+"/sagas", http.StatusSeeOther)
 		return
 	}
-	c.render(w, r, http.StatusOK, "login", page{Title: "Sign in", Data: map[string]string{"Next": safeNext(c.cfg.Prefix, r.URL.Query().Get("next"))}})
+	c.render(w, r, http.StatusOK, "login", page{Title: "Sign in", InlineCSS: inlineCSS, Data: map[string]string{"Next": safeNext(c.cfg.Prefix, r.URL.Query().Get("next"))}})
 }
 
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
@@ -282,7 +282,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	}
 	if subtle.ConstantTimeCompare([]byte(r.PostFormValue("token")), []byte(c.cfg.AuthToken)) != 1 {
 		c.log.WarnContext(r.Context(), "console: sign-in refused", "remote_addr", r.RemoteAddr)
-		c.render(w, r, http.StatusUnauthorized, "login", page{Title: "Sign in", Error: "That is not the operator token.",
+		c.render(w, r, http.StatusUnauthorized, "login", page{Title: "Sign in", InlineCSS: inlineCSS, Error: "That is not the operator token.",
 			Data: map[string]string{"Next": safeNext(c.cfg.Prefix, r.PostFormValue("next"))}})
 		return
 	}

@@ -49,6 +49,14 @@ var funcs = template.FuncMap{
 	},
 }
 
+var inlineCSS = func() template.CSS {
+	b, err := fs.ReadFile(staticFS, "console.css")
+	if err != nil {
+		panic(err)
+	}
+	return template.CSS(b)
+}()
+
 var templates = template.Must(template.New("").Funcs(funcs).ParseFS(templateFS, "templates/*.html"))
 
 // page is what every template gets.
@@ -64,6 +72,9 @@ type page struct {
 	Notice  string
 	Now     time.Time
 	Data    any
+	// InlineCSS is the stylesheet, for the sign-in page: everything else,
+	// the static files included, needs the token.
+	InlineCSS template.CSS
 }
 
 func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, name string, p page) {

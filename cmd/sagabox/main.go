@@ -65,7 +65,7 @@ commands:
   outbox parked [-limit N] [-json]      list parked messages
   outbox retry ID...                    put parked messages back in line
   outbox discard ID...                  delete parked messages
-Every command takes -database-url too (default $DATABASE_URL).`
+Every command takes -database-url too (default $DATABASE_URL)`
 
 // env is what a command runs with: the database, opened on first use, and
 // where its output goes.
