@@ -109,6 +109,9 @@ func TestBrowserRetryFailedSagaAndDiscardParked(t *testing.T) {
 		t.Errorf("counts: %q", counts)
 	}
 	do("filter failed", chromedp.Click(css(`input[name="failed"]`)), chromedp.Click(css(`#filters button[type="submit"]`)),
+		// The new page: its checkbox is checked in the HTML, and only the
+		// failed saga is left.
+		chromedp.WaitReady(css(`input[name="failed"][checked]`)), chromedp.WaitNotPresent(css(`tr[data-status="succeeded"]`)),
 		chromedp.WaitVisible(css(`tr[data-saga="`+failed.String()+`"]`)))
 	if loc, err := chromedp.Run(ctx, chromedp.Location()); err != nil || !strings.Contains(loc, "failed=1") {
 		t.Errorf("the filter is not in the URL: %s %v", loc, err)

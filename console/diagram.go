@@ -40,7 +40,9 @@ const (
 func drawDiagram(def *saga.DefinitionInfo, info *saga.Info, derived bool) diagram {
 	n := len(def.Steps)
 	var d diagram
-	x := func(i int) int { return 20 + i*(boxW+gapX) }
+	// The compensated end sits at the left of the undo row, where the
+	// compensations end; the steps start right of it.
+	x := func(i int) int { return 20 + endW + gapX + i*(boxW+gapX) }
 	d.Width = x(n) + endW + 20
 	d.Height = rowBottom + boxH + 20
 
@@ -124,16 +126,24 @@ func drawDiagram(def *saga.DefinitionInfo, info *saga.Info, derived bool) diagra
 		return node{X: x(n), Y: y, W: endW, H: boxH, Label: label, Kind: "end", Class: cls, ID: "end-" + label}
 	}
 	d.Nodes = append(d.Nodes, end("succeeded", rowTop, saga.StatusSucceeded), end("failed", rowBottom, saga.StatusFailed))
-	// Compensated sits left of the first step's undo row: drawn as a label
-	// under the first step when it has no undo of its own.
 	comp := end("compensated", rowBottom, saga.StatusCompensated)
 	comp.X = 20
-	if len(def.Steps) > 0 && def.Steps[0].Compensation {
-		// The first undo box is there: put the end below the diagram.
-		comp.Y = rowBottom + boxH + 16
-		d.Height += boxH + 16
-	}
 	d.Nodes = append(d.Nodes, comp)
+	// The compensations run right to left, each to the next one below it,
+	// the last to compensated.
+	prevRight := func(i int) int {
+		for j := i - 1; j >= 0; j-- {
+			if def.Steps[j].Compensation {
+				return x(j) + boxW
+			}
+		}
+		return 20 + endW
+	}
+	for i := n - 1; i >= 0; i-- {
+		if def.Steps[i].Compensation {
+			d.Edges = append(d.Edges, edge{X1: x(i), Y1: rowBottom + boxH/2, X2: prevRight(i) + 2, Y2: rowBottom + boxH/2, Class: edgeClass(undoOK[i])})
+		}
+	}
 	return d
 }
 
