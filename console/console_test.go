@@ -613,3 +613,16 @@ func TestPublishRateChart(t *testing.T) {
 		t.Errorf("Run: %v", err)
 	}
 }
+
+// A database without the sagabox tables gets a page that says so.
+func TestDatabaseWithoutTables(t *testing.T) {
+	t.Parallel()
+	db := testkit.NewDatabase(t)
+	b := serve(t, console.Config{Pool: db.Pool})
+	for _, path := range []string{"/sagas", "/outbox", "/sagas/" + uuid.NewString()} {
+		res := b.get(path)
+		if res.Code != http.StatusServiceUnavailable || !strings.Contains(res.Body, "run sagabox migrate") {
+			t.Errorf("GET %s: %d\n%s", path, res.Code, res.Body)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"embed"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"html/template"
 	"io/fs"
@@ -12,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sagabox/sagabox/saga"
 )
@@ -106,6 +109,11 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, status int, title
 // dbFail is for the database failing (not the operator's input): 503.
 func (c *Console) dbFail(w http.ResponseWriter, r *http.Request, err error) {
 	c.log.ErrorContext(r.Context(), "console: database", "path", r.URL.Path, "error", err)
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == "42P01" { // undefined_table
+		c.fail(w, r, http.StatusServiceUnavailable, "No sagabox tables here",
+			"This database has no sagabox tables ("+pgErr.Message+"): point the console at a service's database, or run sagabox migrate.")
+		return
+	}
 	c.fail(w, r, http.StatusServiceUnavailable, "Database unavailable", "The console could not read the database: "+err.Error()+". It retries on the next refresh.")
 }
 

@@ -25,6 +25,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagabox/sagabox/outbox"
@@ -144,6 +145,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	err := dispatch(ctx, e, fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
+	}
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == "42P01" { // undefined_table
+		return fmt.Errorf("%w: this database has no sagabox tables: check -database-url, or run sagabox migrate", err)
 	}
 	return err
 }

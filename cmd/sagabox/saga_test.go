@@ -161,6 +161,10 @@ func TestSagaCommandsBadInput(t *testing.T) {
 			t.Errorf("sagabox %v: %v, want an error saying %q", c.args, err, c.says)
 		}
 	}
+	bare := testkit.NewDatabase(t)
+	if _, err := cli(t, bare.URL, "saga", "list"); err == nil || !strings.Contains(err.Error(), "run sagabox migrate") {
+		t.Errorf("saga list on a database without the tables: %v", err)
+	}
 	if out := mustCLI(t, db.URL, "saga", "list"); !strings.Contains(out, "(no saga matches)") {
 		t.Errorf("empty list: %s", out)
 	}
