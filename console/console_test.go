@@ -374,6 +374,24 @@ func TestAbortFromConsole(t *testing.T) {
 	if res := b.confirm(path, url.Values{"reason": {"again"}}); res.Code != http.StatusConflict {
 		t.Errorf("aborting a compensated saga: %d %s", res.Code, res.Body)
 	}
+	// A compensated saga is at step -1: with the definition, and with only
+	// its history, its pages draw it, and name no current step.
+	for _, forget := range []bool{false, true} {
+		if forget {
+			_, err := shop.DB.Pool.Exec(testkit.Ctx(t), `DELETE FROM sagabox.saga_definitions`)
+			testkit.Must(t, err, "forget the definitions")
+		}
+		page := b.get("/sagas/" + id.String())
+		states := diagramStates(page.Body)
+		if page.Code != http.StatusOK || states["end-compensated"] != "ok" || states["step-0"] != "bad" || strings.Contains(page.Body, "Current step") {
+			t.Errorf("compensated saga page (definition forgotten: %v): %d %v\n%s", forget, page.Code, states, page.Body)
+		}
+		list := b.get("/sagas")
+		row := regexp.MustCompile(`(?s)data-saga="` + id.String() + `".*?</tr>`).FindString(list.Body)
+		if list.Code != http.StatusOK || !strings.Contains(row, "<td></td>") {
+			t.Errorf("compensated saga's row (definition forgotten: %v): %d\n%s", forget, list.Code, row)
+		}
+	}
 }
 
 // A state-changing POST without the CSRF token matching the browser's

@@ -169,21 +169,14 @@ func (c *Console) sagasPage(w http.ResponseWriter, r *http.Request) {
 	}
 	defs := map[string]*saga.DefinitionInfo{}
 	for _, s := range pg.Sagas {
-		row := sagaRow{Info: s, CurrentStep: s.StepName, Reason: reasonOf(&s)}
-		if row.CurrentStep == "" {
-			key := fmt.Sprintf("%s\x00%d", s.Type, s.DefinitionVersion)
-			def, ok := defs[key]
-			if !ok {
-				def, _ = c.sagas.Definition(ctx, s.Type, s.DefinitionVersion)
-				defs[key] = def
-			}
-			if def != nil && s.Step < len(def.Steps) {
-				row.CurrentStep = def.Steps[s.Step].Name
-			} else {
-				row.CurrentStep = fmt.Sprintf("step %d", s.Step)
-			}
+		key := fmt.Sprintf("%s\x00%d", s.Type, s.DefinitionVersion)
+		def, ok := defs[key]
+		if !ok {
+			def, _ = c.sagas.Definition(ctx, s.Type, s.DefinitionVersion) // nil when none was recorded
+			defs[key] = def
 		}
-		if s.Compensation && !s.Status.Finished() || s.Compensation && s.Status == saga.StatusFailed {
+		row := sagaRow{Info: s, CurrentStep: s.CurrentStep(def), Reason: reasonOf(&s)}
+		if s.Compensation && row.CurrentStep != "" {
 			row.CurrentStep = "undo " + row.CurrentStep
 		}
 		d.Rows = append(d.Rows, row)
@@ -248,6 +241,7 @@ type sagaData struct {
 	CanRetry bool
 	CanAbort bool
 	Reason   string
+	Current  string // the current step's name; "" once finished
 }
 
 func (c *Console) loadSaga(w http.ResponseWriter, r *http.Request) (*saga.Info, bool) {
@@ -275,6 +269,7 @@ func (c *Console) sagaPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := sagaData{Info: info, Reason: reasonOf(info)}
+
 	def, err := c.sagas.Definition(r.Context(), info.Type, info.DefinitionVersion)
 	switch {
 	case errors.Is(err, saga.ErrNotFound):
@@ -284,6 +279,7 @@ func (c *Console) sagaPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d.Def = def
+	d.Current = info.CurrentStep(def)
 	d.Diagram = drawDiagram(def, info, d.Derived)
 	now := c.cfg.Now()
 	for _, a := range info.History {
@@ -318,15 +314,18 @@ func derivedDefinition(info *saga.Info) *saga.DefinitionInfo {
 			d.Steps[a.Step].Compensation = true
 		}
 	}
-	grow(info.Step)
-	if info.StepName != "" {
-		d.Steps[info.Step].Name = info.StepName
+	if info.Step >= 0 && (!info.Status.Finished() || info.Status == saga.StatusFailed) {
+		grow(info.Step)
+		if info.Deadline != nil && info.StepName != "" {
+			d.Steps[info.Step].Name = info.StepName
+		}
 	}
 	return d
 }
 
 type confirmData struct {
 	Info     *saga.Info
+	Step     string
 	Action   string
 	Operator string
 	What     string
@@ -348,8 +347,9 @@ func (c *Console) sagaConfirm(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	def, _ := c.sagas.Definition(r.Context(), info.Type, info.DefinitionVersion)
 	c.render(w, r, http.StatusOK, "confirm", page{Title: "Confirm " + action, Nav: "sagas",
-		Data: confirmData{Info: info, Action: action, Operator: c.operatorName(r), What: what}})
+		Data: confirmData{Info: info, Step: info.CurrentStep(def), Action: action, Operator: c.operatorName(r), What: what}})
 }
 
 func (c *Console) sagaAction(w http.ResponseWriter, r *http.Request) {

@@ -104,3 +104,18 @@ func loadDefinition(ctx context.Context, db Querier, sagaType string, version in
 	}
 	return d, nil
 }
+
+// CurrentStep names the saga's current step (the one being run or
+// compensated, or where it failed) from its definition, which may be nil;
+// "" once it succeeded or was compensated.
+func (i *Info) CurrentStep(def *DefinitionInfo) string {
+	switch {
+	case i.Status == StatusSucceeded || i.Status == StatusCompensated:
+		return ""
+	case def != nil && i.Step >= 0 && i.Step < len(def.Steps):
+		return def.Steps[i.Step].Name
+	case i.Deadline != nil && i.StepName != "":
+		return i.StepName // awaiting this step's reply
+	}
+	return fmt.Sprintf("step %d", i.Step)
+}

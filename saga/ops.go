@@ -21,8 +21,9 @@ type Info struct {
 	// Step is the index of the current step (being run, compensated, or
 	// where the saga stopped).
 	Step int
-	// StepName names the current step ("" for sagas written before saga
-	// migration 003).
+	// Step is len(steps) once succeeded and -1 once compensated.
+	// StepName names the step of the last attempt sent to a participant
+	// (local steps do not set it): use CurrentStep for the step's name.
 	StepName string
 	Attempt  int
 	// Compensation is true once the saga started compensating.

@@ -78,7 +78,8 @@ func sagaList(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	page, err := saga.NewAdmin(pool).List(ctx, opt)
+	admin := saga.NewAdmin(pool)
+	page, err := admin.List(ctx, opt)
 	if errors.Is(err, saga.ErrInvalidCursor) {
 		return fmt.Errorf("saga list: -after %q is not a cursor a saga list printed: leave it out for the first page", *after)
 	}
@@ -94,12 +95,19 @@ func sagaList(ctx context.Context, e *env, args []string) error {
 	now := time.Now()
 	tw := tabwriter.NewWriter(e.out, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tTYPE\tVERSION\tSTATUS\tSTEP\tAGE\tREASON")
+	defs := map[string]*saga.DefinitionInfo{}
 	for _, s := range page.Sagas {
-		step := s.StepName
-		if step == "" {
-			step = fmt.Sprintf("step %d", s.Step)
+		key := fmt.Sprint(s.Type, "\x00", s.DefinitionVersion)
+		def, ok := defs[key]
+		if !ok {
+			def, _ = admin.Definition(ctx, s.Type, s.DefinitionVersion) // nil when none was recorded
+			defs[key] = def
 		}
-		if s.Compensation && (s.Status == saga.StatusCompensating || s.Status == saga.StatusFailed) {
+		step := s.CurrentStep(def)
+		switch {
+		case step == "":
+			step = "-"
+		case s.Compensation:
 			step = "undo " + step
 		}
 		reason := s.LastError
@@ -155,21 +163,23 @@ func sagaShow(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	info, err := saga.NewAdmin(pool).Get(ctx, id)
+	admin := saga.NewAdmin(pool)
+	info, err := admin.Get(ctx, id)
 	if err != nil {
 		return err
 	}
 	if *asJSON {
 		return writeJSON(e.out, info)
 	}
-	writeSaga(e.out, info, time.Now())
+	def, _ := admin.Definition(ctx, info.Type, info.DefinitionVersion) // nil when none was recorded
+	writeSaga(e.out, info, def, time.Now())
 	return nil
 }
 
 const clock = "2006-01-02 15:04:05.000"
 
 // writeSaga writes a saga and its timeline for a terminal.
-func writeSaga(w io.Writer, s *saga.Info, now time.Time) {
+func writeSaga(w io.Writer, s *saga.Info, def *saga.DefinitionInfo, now time.Time) {
 	fmt.Fprintf(w, "saga %s  %s v%d  %s\n", s.ID, s.Type, s.DefinitionVersion, strings.ToUpper(string(s.Status)))
 	fmt.Fprintf(w, "  started   %s UTC (%s ago)\n", s.CreatedAt.UTC().Format(clock), now.Sub(s.CreatedAt).Round(time.Second))
 	if s.FinishedAt != nil {
@@ -179,7 +189,9 @@ func writeSaga(w io.Writer, s *saga.Info, now time.Time) {
 	if s.Compensation {
 		phase = "undo "
 	}
-	fmt.Fprintf(w, "  step      %s%s (step %d, attempt %d)\n", phase, s.StepName, s.Step, s.Attempt)
+	if step := s.CurrentStep(def); step != "" {
+		fmt.Fprintf(w, "  step      %s%s (step %d, attempt %d)\n", phase, step, s.Step, s.Attempt)
+	}
 	if s.Deadline != nil {
 		fmt.Fprintf(w, "  awaiting a reply until %s UTC\n", s.Deadline.UTC().Format(clock))
 	}
