@@ -116,6 +116,14 @@ func TestBrowserRetryFailedSagaAndDiscardParked(t *testing.T) {
 	if loc, err := chromedp.Run(ctx, chromedp.Location()); err != nil || !strings.Contains(loc, "failed=1") {
 		t.Errorf("the filter is not in the URL: %s %v", loc, err)
 	}
+	// Live: a saga that fails meanwhile appears by itself, one that
+	// succeeds does not (the refresh keeps the filter).
+	shop.WaitStatus(t, shop.StartSaga(t, consoletest.Parcel{Parcel: "p-103"}), saga.StatusSucceeded)
+	later := shop.FailedSaga(t, consoletest.Parcel{Parcel: "p-104"})
+	do("the refresh shows the new failed saga", chromedp.WaitVisible(css(`tr[data-saga="`+later.String()+`"]`)))
+	if n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('tr[data-saga]').length`)); err != nil || n != 2 {
+		t.Errorf("the refreshed filtered list has %d rows (%v), want the 2 failed sagas", n, err)
+	}
 	do("open the failed saga", chromedp.Click(css(`tr[data-saga="`+failed.String()+`"] a`)), chromedp.WaitVisible(css(`#timeline`)),
 		chromedp.WaitVisible(css(`#diagram g[data-step="step-2"][data-state="bad"]`)),
 		chromedp.WaitVisible(css(`#diagram g[data-step="step-0"][data-state="ok"]`)))
