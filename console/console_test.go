@@ -582,11 +582,24 @@ func TestOutboxPage(t *testing.T) {
 	if len(got) != 1 || got[0][1] != itoa(bID) {
 		t.Errorf("after discarding %d the page lists %v", a, got)
 	}
-	if !strings.Contains(b.logs.String(), `msg="console: outbox action" action=discard outbox_id=`+itoa(a)+` actor="bob (console)" reason="test blob"`) {
+	if !strings.Contains(b.logs.String(), `msg="console: outbox action" action=discard outbox_id=`+itoa(a)+` saga_id="" actor="bob (console)" reason="test blob"`) {
 		t.Errorf("the discard is not logged:\n%s", b.logs.String())
 	}
 	if res := b.confirm("/outbox/"+itoa(bID)+"/retry", nil); res.Code != http.StatusSeeOther {
 		t.Fatalf("retry: %d %s", res.Code, res.Body)
+	}
+	// A message of a saga: the action goes into the saga's history.
+	id := shop.StartSaga(t, consoletest.Parcel{Parcel: "p-9"})
+	shop.WaitStatus(t, id, saga.StatusSucceeded)
+	ofSaga := shop.ParkFor(t, "of-saga", id.String())
+	if res := b.confirm("/outbox/"+itoa(ofSaga)+"/discard", url.Values{"operator": {"bob"}, "reason": {"stale"}}); res.Code != http.StatusSeeOther {
+		t.Fatalf("discard: %d %s", res.Code, res.Body)
+	}
+	info, err := saga.NewAdmin(shop.DB.Pool).Get(testkit.Ctx(t), id)
+	testkit.Must(t, err, "get")
+	if len(info.Actions) != 1 || info.Actions[0].Action != saga.ActionOutboxDiscard || info.Actions[0].Actor != "bob (console)" ||
+		info.Actions[0].Reason != "outbox message "+itoa(ofSaga)+": stale" || info.Status != saga.StatusSucceeded {
+		t.Errorf("the saga's history: %+v", info.Actions)
 	}
 	// Discarding it again: it is gone.
 	if res := b.get("/outbox/" + itoa(a) + "/discard"); res.Code != http.StatusNotFound {

@@ -10,9 +10,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/saga"
 )
 
 // The publish rate comes from Postgres's own counter of rows deleted from
@@ -255,6 +257,14 @@ func (c *Console) outboxAction(w http.ResponseWriter, r *http.Request) {
 	}
 	actor := c.actor(w, r)
 	ctx := r.Context()
+	// A message of a saga (a command it sent, a reply to it): the action
+	// goes into the saga's history too, so whoever looks at the saga next
+	// sees why its command went out late, or never.
+	var sagaID string
+	if err := c.cfg.Pool.QueryRow(ctx, `SELECT saga_id FROM sagabox.outbox WHERE id = $1 AND parked_at IS NOT NULL`, id).Scan(&sagaID); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		c.dbFail(w, r, err)
+		return
+	}
 	if action == "retry" {
 		_, err = c.outbox.Retry(ctx, id)
 	} else {
@@ -268,7 +278,20 @@ func (c *Console) outboxAction(w http.ResponseWriter, r *http.Request) {
 		c.dbFail(w, r, err)
 		return
 	}
-	c.log.InfoContext(ctx, "console: outbox action", "action", action, "outbox_id", id, "actor", actor, "reason", reason, "remote_addr", r.RemoteAddr)
+	c.log.InfoContext(ctx, "console: outbox action", "action", action, "outbox_id", id, "saga_id", sagaID, "actor", actor, "reason", reason, "remote_addr", r.RemoteAddr)
+	if sid, err := uuid.Parse(sagaID); err == nil {
+		kind := saga.ActionOutboxRetry
+		if action == "discard" {
+			kind = saga.ActionOutboxDiscard
+		}
+		note := fmt.Sprintf("outbox message %d", id)
+		if reason != "" {
+			note += ": " + reason
+		}
+		if err := c.sagas.Record(ctx, sid, kind, saga.ActionOptions{Actor: actor, Reason: note}); err != nil && !errors.Is(err, saga.ErrNotFound) {
+			c.log.ErrorContext(ctx, "console: record the outbox action in the saga's history", "saga_id", sid, "error", err)
+		}
+	}
 	notice := fmt.Sprintf("Message %d: %s done by %s.", id, action, actor)
 	http.Redirect(w, r, c.cfg.Prefix+"/outbox?notice="+url.QueryEscape(notice), http.StatusSeeOther)
 }

@@ -71,6 +71,11 @@ const (
 	ActionRetry ActionKind = "retry"
 	// ActionAbort: compensate a running saga (Admin.Abort).
 	ActionAbort ActionKind = "abort"
+	// ActionOutboxRetry and ActionOutboxDiscard: an operator put back in
+	// line, or deleted, a parked outbox message of the saga (a command it
+	// sent, a reply to it); recorded with Admin.Record.
+	ActionOutboxRetry   ActionKind = "outbox_retry"
+	ActionOutboxDiscard ActionKind = "outbox_discard"
 )
 
 // ActionResult is where an operator's action stands.
@@ -305,6 +310,25 @@ WHERE id = $1`, [16]byte(id), string(req))
 		}
 		return nil
 	})
+}
+
+// Record adds what an operator did elsewhere to the saga's history (its
+// Actions, result done), changing nothing else: for actions on the saga's
+// outbox messages, say. It returns ErrNotFound for an unknown saga.
+func (a *Admin) Record(ctx context.Context, id uuid.UUID, kind ActionKind, opt ActionOptions) error {
+	entry, err := json.Marshal(Action{Action: kind, Result: ResultDone, Actor: opt.Actor, Reason: opt.Reason, At: time.Now().UTC()})
+	if err != nil {
+		return err
+	}
+	tag, err := a.db.Exec(ctx, `UPDATE sagabox.sagas SET admin_log = coalesce(admin_log, '[]'::jsonb) || jsonb_build_array($2::jsonb) WHERE id = $1`,
+		[16]byte(id), string(entry))
+	if err != nil {
+		return fmt.Errorf("saga %s: record %s: %w", id, kind, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return nil
 }
 
 // Cleanup deletes, in batches of DefaultCleanupBatch, the sagas that

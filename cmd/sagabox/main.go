@@ -64,8 +64,8 @@ commands:
   saga abort ID -reason R [-actor A]    compensate a running saga that has not passed its pivot
   outbox stats [-json]                  pending and parked counts
   outbox parked [-limit N] [-json]      list parked messages
-  outbox retry ID...                    put parked messages back in line
-  outbox discard ID...                  delete parked messages
+  outbox retry ID... [-reason R]        put parked messages back in line
+  outbox discard ID... [-reason R]      delete parked messages (both are recorded in their sagas' history)
 Every command takes -database-url too (default $DATABASE_URL)`
 
 // env is what a command runs with: the database, opened on first use, and

@@ -2,11 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"text/tabwriter"
 
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
 	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/saga"
 )
 
 func outboxCmd(ctx context.Context, e *env, cmd string, args []string) error {
@@ -15,6 +20,11 @@ func outboxCmd(ctx context.Context, e *env, cmd string, args []string) error {
 	limit := 0
 	if cmd == "parked" {
 		fs.IntVar(&limit, "limit", 100, "how many to list")
+	}
+	var actor, reason *string
+	if cmd == "retry" || cmd == "discard" {
+		actor = fs.String("actor", defaultActor(), "who is acting (recorded in the history of the messages' sagas)")
+		reason = fs.String("reason", "", "why (recorded in the history of the messages' sagas)")
 	}
 	args, err := parse(fs, args)
 	if err != nil {
@@ -71,14 +81,43 @@ func outboxCmd(ctx context.Context, e *env, cmd string, args []string) error {
 		}
 		ids = append(ids, id)
 	}
+	// The sagas of the messages get the action in their history.
+	rows, err := pool.Query(ctx, `SELECT id, saga_id FROM sagabox.outbox WHERE id = ANY($1) AND parked_at IS NOT NULL AND saga_id <> ''`, ids)
+	if err != nil {
+		return err
+	}
+	type ofSaga struct {
+		ID     int64
+		SagaID string
+	}
+	sagaMsgs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[ofSaga])
+	if err != nil {
+		return err
+	}
 	var n int64
+	kind := saga.ActionOutboxRetry
 	if cmd == "retry" {
 		n, err = admin.Retry(ctx, ids...)
 	} else {
+		kind = saga.ActionOutboxDiscard
 		n, err = admin.Discard(ctx, ids...)
 	}
 	if err != nil {
 		return err
+	}
+	sagas := saga.NewAdmin(pool)
+	for _, m := range sagaMsgs {
+		sid, err := uuid.Parse(m.SagaID)
+		if err != nil {
+			continue
+		}
+		note := fmt.Sprintf("outbox message %d", m.ID)
+		if *reason != "" {
+			note += ": " + *reason
+		}
+		if err := sagas.Record(ctx, sid, kind, saga.ActionOptions{Actor: *actor, Reason: note}); err != nil && !errors.Is(err, saga.ErrNotFound) {
+			return fmt.Errorf("outbox %s: done, but recording it in saga %s's history failed: %w", cmd, sid, err)
+		}
 	}
 	if *asJSON {
 		return writeJSON(e.out, map[string]any{"action": cmd, "messages": n})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -233,5 +234,43 @@ func TestConsoleCommand(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("console: %v", err)
+	}
+}
+
+// outbox parked, retry and discard against a real shop; an action on a
+// saga's message goes into the saga's history.
+func TestOutboxCommands(t *testing.T) {
+	t.Parallel()
+	shop := consoletest.Start(t)
+	id := shop.StartSaga(t, consoletest.Parcel{Parcel: "p-5"})
+	shop.WaitStatus(t, id, saga.StatusSucceeded)
+	plain, ofSaga := shop.Park(t, "plain"), shop.ParkFor(t, "of-saga", id.String())
+	db := shop.DB.URL
+	var parked []map[string]any
+	if err := json.Unmarshal([]byte(mustCLI(t, db, "outbox", "parked", "-json")), &parked); err != nil || len(parked) != 2 {
+		t.Fatalf("outbox parked -json: %v %v", parked, err)
+	}
+	if out := mustCLI(t, db, "outbox", "parked"); !strings.Contains(out, "plain") || !strings.Contains(out, "of-saga") {
+		t.Errorf("outbox parked:\n%s", out)
+	}
+	out := mustCLI(t, db, "outbox", "discard", fmt.Sprint(ofSaga), fmt.Sprint(plain), "-reason", "test data", "-actor", "dave")
+	if !strings.Contains(out, "discard: 2 message(s)") {
+		t.Errorf("outbox discard: %s", out)
+	}
+	info, err := saga.NewAdmin(shop.DB.Pool).Get(testkit.Ctx(t), id)
+	testkit.Must(t, err, "get")
+	if len(info.Actions) != 1 || info.Actions[0].Action != saga.ActionOutboxDiscard || info.Actions[0].Actor != "dave" ||
+		info.Actions[0].Reason != fmt.Sprintf("outbox message %d: test data", ofSaga) {
+		t.Errorf("the saga's history: %+v", info.Actions)
+	}
+	if out := mustCLI(t, db, "saga", "show", id.String()); !strings.Contains(out, "outbox_discard done by dave") {
+		t.Errorf("saga show:\n%s", out)
+	}
+	if _, err := cli(t, db, "outbox", "retry", fmt.Sprint(plain)); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("retrying a discarded message: %v", err)
+	}
+	var stats map[string]float64
+	if err := json.Unmarshal([]byte(mustCLI(t, db, "outbox", "stats", "-json")), &stats); err != nil || stats["parked"] != 0 {
+		t.Errorf("outbox stats -json: %v %v", stats, err)
 	}
 }

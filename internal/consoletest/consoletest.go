@@ -196,8 +196,14 @@ func (s *Shop) FailedSaga(t testing.TB, p Parcel) uuid.UUID {
 // once the relay parked it.
 func (s *Shop) Park(t testing.TB, key string) int64 {
 	t.Helper()
+	return s.ParkFor(t, key, "")
+}
+
+// ParkFor is Park for a message of the saga sagaID.
+func (s *Shop) ParkFor(t testing.TB, key, sagaID string) int64 {
+	t.Helper()
 	err := pgx.BeginFunc(s.ctx, s.DB.Pool, func(tx pgx.Tx) error {
-		return s.Client.Writer().Write(s.ctx, tx, outbox.Message{Topic: BlobTopic, Key: key, Type: "test.console.Blob",
+		return s.Client.Writer().Write(s.ctx, tx, outbox.Message{Topic: BlobTopic, Key: key, Type: "test.console.Blob", SagaID: sagaID,
 			Value: blob{Data: []byte(strings.Repeat("x", 2*maxMessageBytes))}})
 	})
 	testkit.Must(t, err, "write an oversized message")
