@@ -153,7 +153,8 @@ func TestAdminRefusesWrongStateAndUnknownSagas(t *testing.T) {
 	if err := admin.Retry(w.ctx, id); !errors.Is(err, saga.ErrWrongState) || !strings.Contains(err.Error(), "only failed sagas") {
 		t.Fatalf("retry of a running saga: %v, want ErrWrongState", err)
 	}
-	for _, err := range []error{admin.Retry(w.ctx, uuid.New()), admin.Abort(w.ctx, uuid.New(), "x")} {
+	for _, err := range []error{admin.Retry(w.ctx, uuid.New()), admin.Abort(w.ctx, uuid.New(), "x"),
+		admin.Record(w.ctx, uuid.New(), saga.ActionOutboxDiscard, saga.ActionOptions{})} {
 		if !errors.Is(err, saga.ErrNotFound) {
 			t.Fatalf("unknown saga: %v, want ErrNotFound", err)
 		}
