@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: help test lint vet tidy-check fmt-check generate-check bench bench-saga bench-shop demo migrate compose-secrets
+.PHONY: help test lint vet tidy-check fmt-check generate-check bench bench-saga bench-compare bench-shop demo migrate compose-secrets console screenshot
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ demo: ## the embedded shop: three services, in-process Kafka and Schema Registry
 
 compose-secrets: ## create the docker compose secrets, readable by the services (deploy/secrets/README.md)
 	sh deploy/secrets/create.sh
+
+console: ## the operator console for DATABASE_URL on 127.0.0.1:8090
+	$(GO) run ./cmd/sagabox console
+
+screenshot: ## refresh docs/console.png: the browser test drives headless Chromium over a real shop and takes it
+	SAGABOX_SCREENSHOT=$(CURDIR)/docs/console.png $(GO) test -count=1 -run TestBrowser -v ./console
 
 migrate: ## apply the outbox and saga migrations to DATABASE_URL
 	$(GO) run ./cmd/sagabox migrate

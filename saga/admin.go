@@ -24,6 +24,7 @@ type AdminDB interface {
 type AnyDefinition interface {
 	Name() string
 	Version() int
+	Describe() DefinitionInfo
 	stepKinds() []stepKind
 }
 
@@ -41,21 +42,23 @@ type AnyDefinition interface {
 // for one. Orchestrator.Retry and Orchestrator.Abort are the immediate,
 // typed forms; both paths check the same things.
 type Admin struct {
-	db   AdminDB
-	defs map[string]map[int][]stepKind
+	db    AdminDB
+	infos map[string]map[int]DefinitionInfo
 }
 
-// NewAdmin returns an Admin over db. defs are optional: with a saga's
-// definition (type and version) Abort refuses at once a saga past its
-// pivot; without it, the orchestrator refuses it when it carries the
-// request out, and records the refusal in the saga's Actions.
+// NewAdmin returns an Admin over db. defs are optional: without a saga's
+// definition (type and version) the Admin uses the one its orchestrator
+// recorded in the database when it started (Admin.Definition). With a
+// definition, Abort refuses at once a saga past its pivot; without any,
+// the orchestrator refuses it when it carries the request out, and records
+// the refusal in the saga's Actions.
 func NewAdmin(db AdminDB, defs ...AnyDefinition) *Admin {
-	a := &Admin{db: db, defs: map[string]map[int][]stepKind{}}
+	a := &Admin{db: db, infos: map[string]map[int]DefinitionInfo{}}
 	for _, d := range defs {
-		if a.defs[d.Name()] == nil {
-			a.defs[d.Name()] = map[int][]stepKind{}
+		if a.infos[d.Name()] == nil {
+			a.infos[d.Name()] = map[int]DefinitionInfo{}
 		}
-		a.defs[d.Name()][d.Version()] = d.stepKinds()
+		a.infos[d.Name()][d.Version()] = d.Describe()
 	}
 	return a
 }
@@ -68,6 +71,11 @@ const (
 	ActionRetry ActionKind = "retry"
 	// ActionAbort: compensate a running saga (Admin.Abort).
 	ActionAbort ActionKind = "abort"
+	// ActionOutboxRetry and ActionOutboxDiscard: an operator put back in
+	// line, or deleted, a parked outbox message of the saga (a command it
+	// sent, a reply to it); recorded with Admin.Record.
+	ActionOutboxRetry   ActionKind = "outbox_retry"
+	ActionOutboxDiscard ActionKind = "outbox_discard"
 )
 
 // ActionResult is where an operator's action stands.
@@ -248,12 +256,28 @@ func (a *Admin) Abort(ctx context.Context, id uuid.UUID, reason string, opt ...A
 	if len(opt) > 0 {
 		o = opt[0]
 	}
-	return a.request(ctx, id, Action{Action: ActionAbort, Actor: o.Actor, Reason: reason}, func(s *state) error {
-		return checkAbort(s, a.defs[s.Type][s.DefVersion])
+	return a.requestTx(ctx, id, Action{Action: ActionAbort, Actor: o.Actor, Reason: reason}, func(tx pgx.Tx, s *state) error {
+		d, ok := a.infos[s.Type][s.DefVersion]
+		if !ok {
+			if rec, err := loadDefinition(ctx, tx, s.Type, s.DefVersion); err == nil {
+				d, ok = *rec, true
+			} else if !errors.Is(err, ErrNotFound) {
+				return err
+			}
+		}
+		var kinds []stepKind
+		if ok {
+			kinds = d.stepKinds()
+		}
+		return checkAbort(s, kinds)
 	})
 }
 
 func (a *Admin) request(ctx context.Context, id uuid.UUID, act Action, check func(*state) error) error {
+	return a.requestTx(ctx, id, act, func(_ pgx.Tx, s *state) error { return check(s) })
+}
+
+func (a *Admin) requestTx(ctx context.Context, id uuid.UUID, act Action, check func(pgx.Tx, *state) error) error {
 	act.Result, act.At = ResultRequested, time.Now().UTC()
 	return pgx.BeginFunc(ctx, a.db, func(tx pgx.Tx) error {
 		s := &state{}
@@ -271,7 +295,7 @@ func (a *Admin) request(ctx context.Context, id uuid.UUID, act Action, check fun
 			_ = json.Unmarshal(pending, &p)
 			return fmt.Errorf("%w: saga %s already has a request (%s) waiting for its orchestrator", ErrWrongState, id, p.Action)
 		}
-		if err := check(s); err != nil {
+		if err := check(tx, s); err != nil {
 			return err
 		}
 		req, err := json.Marshal(act)
@@ -286,6 +310,25 @@ WHERE id = $1`, [16]byte(id), string(req))
 		}
 		return nil
 	})
+}
+
+// Record adds what an operator did elsewhere to the saga's history (its
+// Actions, result done), changing nothing else: for actions on the saga's
+// outbox messages, say. It returns ErrNotFound for an unknown saga.
+func (a *Admin) Record(ctx context.Context, id uuid.UUID, kind ActionKind, opt ActionOptions) error {
+	entry, err := json.Marshal(Action{Action: kind, Result: ResultDone, Actor: opt.Actor, Reason: opt.Reason, At: time.Now().UTC()})
+	if err != nil {
+		return err
+	}
+	tag, err := a.db.Exec(ctx, `UPDATE sagabox.sagas SET admin_log = coalesce(admin_log, '[]'::jsonb) || jsonb_build_array($2::jsonb) WHERE id = $1`,
+		[16]byte(id), string(entry))
+	if err != nil {
+		return fmt.Errorf("saga %s: record %s: %w", id, kind, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return nil
 }
 
 // Cleanup deletes, in batches of DefaultCleanupBatch, the sagas that

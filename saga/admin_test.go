@@ -153,7 +153,8 @@ func TestAdminRefusesWrongStateAndUnknownSagas(t *testing.T) {
 	if err := admin.Retry(w.ctx, id); !errors.Is(err, saga.ErrWrongState) || !strings.Contains(err.Error(), "only failed sagas") {
 		t.Fatalf("retry of a running saga: %v, want ErrWrongState", err)
 	}
-	for _, err := range []error{admin.Retry(w.ctx, uuid.New()), admin.Abort(w.ctx, uuid.New(), "x")} {
+	for _, err := range []error{admin.Retry(w.ctx, uuid.New()), admin.Abort(w.ctx, uuid.New(), "x"),
+		admin.Record(w.ctx, uuid.New(), saga.ActionOutboxDiscard, saga.ActionOptions{})} {
 		if !errors.Is(err, saga.ErrNotFound) {
 			t.Fatalf("unknown saga: %v, want ErrNotFound", err)
 		}
@@ -191,6 +192,24 @@ func TestAdminRefusesWrongStateAndUnknownSagas(t *testing.T) {
 	}
 	if info.Deadline == nil || info.NextRetryAt != nil || info.Compensation {
 		t.Fatalf("refused abort changed the saga: %+v", info)
+	}
+
+	// The orchestrator recorded its definition when its timers started
+	// (sagabox.saga_definitions): an Admin without the Go definition reads
+	// it, and refuses at once too.
+	var rec *saga.DefinitionInfo
+	testkit.Eventually(t, 30*time.Second, "the definition to be recorded", func() bool {
+		rec, err = saga.NewAdmin(w.pool).Definition(w.ctx, def.Name(), def.Version())
+		return err == nil
+	})
+	if got, want := fmt.Sprint(rec.Steps), fmt.Sprint(def.Describe().Steps); got != want {
+		t.Fatalf("recorded steps %s, want %s", got, want)
+	}
+	if err := saga.NewAdmin(w.pool).Abort(w.ctx, past, "later"); !errors.Is(err, saga.ErrWrongState) || !strings.Contains(err.Error(), "past its pivot (approve_order)") {
+		t.Fatalf("abort past the pivot, definition from the database: %v, want ErrWrongState", err)
+	}
+	if _, err := saga.NewAdmin(w.pool).Definition(w.ctx, def.Name(), def.Version()+1); !errors.Is(err, saga.ErrNotFound) {
+		t.Fatalf("an unrecorded version: %v, want ErrNotFound", err)
 	}
 }
 

@@ -18,8 +18,10 @@ var embedded embed.FS
 //
 // They create, in the Postgres schema "sagabox", the tables sagas (one row
 // per saga, its state and the attempt in flight), saga_steps (each
-// attempt's history) and saga_inbox (the messages a participant or
-// orchestrator has handled, for deduplication), and later files alter them.
+// attempt's history), saga_inbox (the messages a participant or
+// orchestrator has handled, for deduplication) and saga_definitions (each
+// orchestrator's definitions, written when it starts, for operator tools),
+// and later files alter them.
 // Orchestrators also need the outbox tables: apply outbox.Migrations too
 // (in either order; neither references the other). Apply the files in
 // file-name order, each once. Migrate also does what a tool must then do

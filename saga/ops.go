@@ -20,8 +20,12 @@ type Info struct {
 	Status            Status
 	// Step is the index of the current step (being run, compensated, or
 	// where the saga stopped).
-	Step    int
-	Attempt int
+	Step int
+	// Step is len(steps) once succeeded and -1 once compensated.
+	// StepName names the step of the last attempt sent to a participant
+	// (local steps do not set it): use CurrentStep for the step's name.
+	StepName string
+	Attempt  int
 	// Compensation is true once the saga started compensating.
 	Compensation bool
 	// Version grows with every state change.
@@ -65,7 +69,7 @@ type Attempt struct {
 	Error   string
 }
 
-const infoColumns = `id, saga_type, definition_version, status, step, attempt, compensation, version,
+const infoColumns = `id, saga_type, definition_version, status, step, step_name, attempt, compensation, version,
 	deadline, next_retry_at, last_error, failure, correlation_id, created_at, updated_at, finished_at, data`
 
 // scanInfo scans infoColumns, then extra.
@@ -73,7 +77,7 @@ func scanInfo(row pgx.Row, extra ...any) (Info, error) {
 	var i Info
 	var status string
 	var failure []byte
-	err := row.Scan(append([]any{&i.ID, &i.Type, &i.DefinitionVersion, &status, &i.Step, &i.Attempt, &i.Compensation, &i.Version,
+	err := row.Scan(append([]any{&i.ID, &i.Type, &i.DefinitionVersion, &status, &i.Step, &i.StepName, &i.Attempt, &i.Compensation, &i.Version,
 		&i.Deadline, &i.NextRetryAt, &i.LastError, &failure, &i.CorrelationID, &i.CreatedAt, &i.UpdatedAt, &i.FinishedAt, &i.Data}, extra...)...)
 	i.Status = Status(status)
 	if err == nil {
@@ -87,8 +91,8 @@ func get(ctx context.Context, db Querier, id uuid.UUID) (*Info, error) {
 	var inFlight Attempt
 	var stepStarted *time.Time
 	var request, log []byte
-	i, err := scanInfo(db.QueryRow(ctx, `SELECT `+infoColumns+`, step_started_at, step_name, admin_request, admin_log FROM sagabox.sagas WHERE id = $1`, [16]byte(id)),
-		&stepStarted, &inFlight.Name, &request, &log)
+	i, err := scanInfo(db.QueryRow(ctx, `SELECT `+infoColumns+`, step_started_at, admin_request, admin_log FROM sagabox.sagas WHERE id = $1`, [16]byte(id)),
+		&stepStarted, &request, &log)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
@@ -135,7 +139,7 @@ FROM sagabox.saga_late_replies WHERE saga_id = $1 ORDER BY n`, id)
 	// The attempt awaiting its reply has no history row yet (it gets one
 	// when it ends): it is described by the saga's row.
 	if i.Deadline != nil && stepStarted != nil {
-		inFlight.Step, inFlight.Compensation, inFlight.Attempt, inFlight.StartedAt = i.Step, i.Compensation, i.Attempt, *stepStarted
+		inFlight.Step, inFlight.Name, inFlight.Compensation, inFlight.Attempt, inFlight.StartedAt = i.Step, i.StepName, i.Compensation, i.Attempt, *stepStarted
 		if !slices.ContainsFunc(i.History, func(a Attempt) bool {
 			return a.Step == inFlight.Step && a.Compensation == inFlight.Compensation && a.Attempt == inFlight.Attempt
 		}) {

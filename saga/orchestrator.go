@@ -650,6 +650,15 @@ func (o *Orchestrator[D]) Run(ctx context.Context) error {
 // retries, for an instance that does not consume replies. It returns when
 // ctx is done.
 func (o *Orchestrator[D]) RunTimers(ctx context.Context) {
+	// Once per start, for operator tools that lack the Go type (the
+	// console's diagram, Admin.Abort's pivot check): never on a saga's path.
+	defs := make([]DefinitionInfo, 0, len(o.machines))
+	for _, m := range o.machines {
+		defs = append(defs, m.def.Describe())
+	}
+	if err := recordDefinitions(ctx, o.pool, defs...); err != nil && ctx.Err() == nil {
+		o.log.WarnContext(ctx, "saga: record definitions", "saga_type", o.def.name, "error", err)
+	}
 	t := time.NewTicker(o.cfg.PollInterval)
 	defer t.Stop()
 	lastCount := time.Time{}

@@ -25,7 +25,7 @@ const replyTopic = "order.saga.replies"
 // harness runs the service's saga handlers on its database.
 func (b bundle) harness(t *testing.T) *participanttest.Harness {
 	return participanttest.New(t, b.db.Pool, b.svc.Client().Codec(),
-		saga.ParticipantConfig{Name: userservice.Name, Handlers: ports.SagaHandlers(b.svc.App())})
+		saga.ParticipantConfig{Name: userservice.Name, Handlers: ports.SagaHandlers(b.svc.App(), nil)})
 }
 
 // The credit commands work through the saga participant: the business

@@ -94,6 +94,13 @@ type Config struct {
 	// Logger defaults to a logger that discards everything. ConfigFromEnv
 	// sets a JSON logger at LOG_LEVEL (default info).
 	Logger *slog.Logger
+	// DebitFault, when set, is asked before each debit_credit command: an
+	// error it returns is the participant's answer, a transient failure
+	// with nothing debited, which the order saga retries and, at its pivot,
+	// ends failed for an operator once the retries run out. For failure
+	// drills and the demo (a payment processor that is down); nil in
+	// production.
+	DebitFault ports.DebitFault
 }
 
 // ConfigFromEnv reads Config from the environment, reporting every bad
@@ -265,7 +272,7 @@ func (s *Service) init(ctx context.Context) error {
 	// The saga participant: debit_credit and refund_credit commands arrive
 	// on user.commands; replies leave through the outbox.
 	s.part, err = saga.NewParticipant(s.client, saga.ParticipantConfig{Name: Name, CommandTopic: schemas.TopicUserCommands,
-		Handlers: ports.SagaHandlers(s.app)})
+		Handlers: ports.SagaHandlers(s.app, s.cfg.DebitFault)})
 	if err != nil {
 		return err
 	}

@@ -41,7 +41,8 @@ func TestHelpListsEveryCommandAndSucceeds(t *testing.T) {
 		if err := run(testkit.Ctx(t), args, &out); err != nil {
 			t.Fatalf("%v: %v", args, err)
 		}
-		for _, cmd := range []string{"migrate", "outbox stats", "outbox parked", "outbox retry", "outbox discard", "-database-url"} {
+		for _, cmd := range []string{"migrate", "console", "-listen", "-auth-token", "saga list", "saga show", "saga retry", "saga abort", "-reason", "-json",
+			"outbox stats", "outbox parked", "outbox retry", "outbox discard", "-database-url"} {
 			if !strings.Contains(out.String(), cmd) {
 				t.Errorf("%v: the usage does not list %q:\n%s", args, cmd, out.String())
 			}

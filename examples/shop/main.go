@@ -1,8 +1,11 @@
 // Command shop runs the whole shop in one process, with only Go and a
 // Postgres: the three services, their relays and the order saga, an
 // in-process Kafka on 127.0.0.1:9092 and Schema Registry on
-// 127.0.0.1:8081. With -scenario it plays three orders and prints each
-// saga's timeline.
+// 127.0.0.1:8081, and the operator console over the order service's
+// database on 127.0.0.1:8090. With -scenario it plays three orders, prints
+// each saga's timeline, and leaves a fourth order's saga failed on purpose
+// (the payment processor was down), with how to fix it from the console and
+// the CLI.
 //
 //	go run ./examples/shop -scenario
 //
@@ -24,7 +27,7 @@ import (
 )
 
 func main() {
-	scenario := flag.Bool("scenario", false, "play a scripted scenario (approved, no credit, no stock) and exit")
+	scenario := flag.Bool("scenario", false, "play a scripted scenario (approved, no credit, no stock, one saga left failed for the console) and exit")
 	stay := flag.Bool("stay", false, "with -scenario: keep the shop running afterwards")
 	verbose := flag.Bool("v", false, "print the services' logs")
 	ports, err := shop.PortsFromEnv(shop.DefaultPorts)
@@ -56,7 +59,11 @@ func run(scenario, stay, verbose bool, ports shop.Ports) error {
 	}
 	printWelcome(s)
 	if scenario {
-		if _, err := s.Client().PlayScenario(ctx, os.Stdout); err != nil {
+		r, err := s.Client().PlayScenario(ctx, os.Stdout)
+		if err == nil {
+			_, err = s.LeaveOneFailed(ctx, os.Stdout, r.Customer)
+		}
+		if err != nil {
 			_ = s.Close()
 			return err
 		}
@@ -85,9 +92,10 @@ The shop is running.
   Kafka     %s        (kfake: topics %s)
   Registry  %s   (srfake)
   Postgres  databases %s
+  console   %s   (the order service's sagas and outbox: retry, abort, discard)
 
 `, s.UsersURL, s.CatalogURL, s.OrdersURL, s.Brokers[0], "user.commands, catalog.commands, order.saga.replies, order.events",
-		s.RegistryURL, fmt.Sprint(s.Databases))
+		s.RegistryURL, fmt.Sprint(s.Databases), s.ConsoleURL)
 	if a.Generated {
 		fmt.Printf("Admin: %s / %s  (generated; set ADMIN_EMAIL and ADMIN_PASSWORD to choose)\n", a.Email, a.Password)
 		if a.Email != shop.DefaultAdminEmail {

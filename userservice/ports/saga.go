@@ -10,6 +10,10 @@ import (
 	"github.com/sagabox/sagabox/userservice/app"
 )
 
+// DebitFault decides whether a debit fails before it runs: for failure
+// drills and the demo (a payment processor that is down). nil: never.
+type DebitFault func(ctx context.Context, orderID, userID string, amountCents int64) error
+
 // SagaHandlers answer the order saga's credit commands
 // (schemas.CommandDebitCredit and CommandRefundCredit) with a.
 //
@@ -18,11 +22,20 @@ import (
 // (keyed by order, it stores the money moved). A rejection rolls back the
 // handler's savepoint, ledger row included; the inbox keeps the REJECTED
 // answer for the duplicates.
-func SagaHandlers(a *app.Application) []saga.Handler {
+//
+// debitFault, when not nil, is asked before each debit: an error it returns
+// is answered as a transient failure, nothing debited (see
+// userservice.Config.DebitFault).
+func SagaHandlers(a *app.Application, debitFault DebitFault) []saga.Handler {
 	return []saga.Handler{
 		// DebitCredit is answered with CreditDebited, or rejected.
 		saga.HandleCommand(schemas.CommandDebitCredit,
 			func(ctx context.Context, tx pgx.Tx, _ *saga.Command, p schemas.DebitCredit) (any, error) {
+				if debitFault != nil {
+					if err := debitFault(ctx, p.OrderID, p.UserID, p.AmountCents); err != nil {
+						return nil, err // transient: retried with backoff
+					}
+				}
 				out, err := a.DebitCredit(ctx, tx, p.OrderID, p.UserID, p.AmountCents)
 				if err != nil {
 					return nil, err // transient: retried with backoff

@@ -13,12 +13,14 @@ import (
 // Ports says where each part listens on 127.0.0.1. Zero picks a free port.
 type Ports struct {
 	Users, Catalog, Orders, Kafka, Registry int
+	// Console is the operator console over the order service's database.
+	Console int
 }
 
 // DefaultPorts are docker-compose.yml's ports, so the same curl commands and
 // tools work against either. The demo's are these unless a flag or the
 // environment says otherwise (PortsFromEnv, Ports.RegisterFlags).
-var DefaultPorts = Ports{Users: 8001, Catalog: 8002, Orders: 8003, Kafka: 9092, Registry: 8081}
+var DefaultPorts = Ports{Users: 8001, Catalog: 8002, Orders: 8003, Kafka: 9092, Registry: 8081, Console: 8090}
 
 // portSetting is one port: what listens there, its flag and its variable.
 type portSetting struct {
@@ -33,12 +35,13 @@ func (p *Ports) settings() []portSetting {
 		{"orderservice", "orders-port", "SHOP_ORDERS_PORT", &p.Orders},
 		{"the in-process Kafka", "kafka-port", "SHOP_KAFKA_PORT", &p.Kafka},
 		{"the in-process Schema Registry", "registry-port", "SHOP_REGISTRY_PORT", &p.Registry},
+		{"the operator console", "console-port", "SHOP_CONSOLE_PORT", &p.Console},
 	}
 }
 
 // PortsFromEnv returns def with each port the environment sets replaced:
 // SHOP_USERS_PORT, SHOP_CATALOG_PORT, SHOP_ORDERS_PORT, SHOP_KAFKA_PORT,
-// SHOP_REGISTRY_PORT (0: any free port). A malformed value is an error
+// SHOP_REGISTRY_PORT, SHOP_CONSOLE_PORT (0: any free port). A malformed value is an error
 // naming the variable.
 func PortsFromEnv(def Ports) (Ports, error) {
 	p := def
@@ -58,8 +61,8 @@ func PortsFromEnv(def Ports) (Ports, error) {
 	return p, errors.Join(errs...)
 }
 
-// RegisterFlags adds -users-port, -catalog-port, -orders-port, -kafka-port
-// and -registry-port to fs, defaulting to p's current ports.
+// RegisterFlags adds -users-port, -catalog-port, -orders-port, -kafka-port,
+// -registry-port and -console-port to fs, defaulting to p's current ports.
 func (p *Ports) RegisterFlags(fs *flag.FlagSet) {
 	for _, s := range p.settings() {
 		fs.IntVar(s.port, s.flag, *s.port, fmt.Sprintf("port of %s on 127.0.0.1, 0 for any free port (%s)", s.what, s.env))

@@ -120,3 +120,56 @@ func WriteTimeline(w io.Writer, o Order, took time.Duration) {
 }
 
 func money(cents int64) string { return fmt.Sprintf("%d.%02d", cents/100, cents%100) }
+
+// LeaveOneFailed places one more order for the customer while the payment
+// processor is down, on purpose: the debit (the saga's pivot) answers with
+// an error on every attempt, and since its outcome is unknown the saga does
+// not compensate but ends failed, the order PENDING with its stock
+// reserved. The processor comes back once the saga has failed, and w gets
+// how to finish the order from the console and from the CLI.
+func (s *Shop) LeaveOneFailed(ctx context.Context, w io.Writer, customer Session) (Order, error) {
+	c := s.Client()
+	fmt.Fprintf(w, "\n5. The payment processor goes down; Ann orders a mug (%s) meanwhile.\n", money(1200))
+	s.SetPaymentsDown(true)
+	defer s.SetPaymentsDown(false)
+	placed := time.Now()
+	id, err := c.PlaceOrder(ctx, customer.Token, Line{"MUG-1", 1})
+	if err != nil {
+		return Order{}, err
+	}
+	fmt.Fprintf(w, "   POST /orders → 202 PENDING, order %s\n", id)
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	var o Order
+	for {
+		if o, err = c.Order(wctx, customer.Token, id); err != nil {
+			return o, err
+		}
+		if o.Saga != nil && o.Saga.Status == "failed" {
+			break
+		}
+		select {
+		case <-wctx.Done():
+			return o, fmt.Errorf("shop: order %s: the saga did not end failed: %w", id, wctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	WriteTimeline(w, o, time.Since(placed))
+	s.SetPaymentsDown(false)
+	fmt.Fprintf(w, `
+   The debit is the saga's pivot and its outcome is unknown, so the saga did
+   not undo the reservation: it is FAILED, waiting for an operator, with the
+   order PENDING and one mug reserved. The payment processor is back now.
+
+   Fix it from the console: open %[1]ssagas?failed=1, open the saga, press
+   Retry and confirm. Or from the CLI:
+
+     go run ./cmd/sagabox -database-url '%[2]s' saga list -failed
+     go run ./cmd/sagabox -database-url '%[2]s' saga retry %[3]s -reason "payments are back"
+
+   The order service's orchestrator carries the retry out within a poll
+   interval (it needs the shop running: -stay, or run the shop again), the
+   debit goes through and the order is APPROVED.
+`, s.ConsoleURL, s.OrdersDatabaseURL, o.Saga.ID)
+	return o, nil
+}

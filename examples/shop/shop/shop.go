@@ -17,12 +17,14 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/sr/srfake"
 
 	"github.com/sagabox/sagabox/catalogservice"
+	"github.com/sagabox/sagabox/console"
 	"github.com/sagabox/sagabox/internal/platform/config"
 	"github.com/sagabox/sagabox/orderservice"
 	"github.com/sagabox/sagabox/saga"
@@ -144,7 +146,15 @@ type Shop struct {
 	RegistryURL string
 	// Databases are the three databases' names (users, catalog, orders).
 	Databases []string
-	Admin     Admin
+	// OrdersDatabaseURL is the order service's database: the sagas and
+	// outbox the console shows, what sagabox -database-url takes.
+	OrdersDatabaseURL string
+	// ConsoleURL is the operator console over the order service's
+	// database ("http://127.0.0.1:8090/"), on loopback, without a token.
+	ConsoleURL string
+	Admin      Admin
+
+	paymentsDown atomic.Bool
 
 	cfg      Config
 	stop     context.CancelFunc
@@ -235,7 +245,13 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 	jwks := s.UsersURL + "/.well-known/jwks.json"
 
 	users, err := userservice.New(ctx, userservice.Config{DatabaseURL: dbURLs[0], MaxConns: cfg.MaxConns,
-		Messaging: msg, PasswordParams: cfg.PasswordParams, SignupBurst: cfg.SignupBurst, Logger: cfg.Logger})
+		Messaging: msg, PasswordParams: cfg.PasswordParams, SignupBurst: cfg.SignupBurst, Logger: cfg.Logger,
+		DebitFault: func(context.Context, string, string, int64) error {
+			if s.paymentsDown.Load() {
+				return errors.New("payment processor unreachable (the demo switched it off)")
+			}
+			return nil
+		}})
 	if err != nil {
 		return nil, err
 	}
@@ -253,6 +269,20 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 		return nil, err
 	}
 	s.cleanup = append(s.cleanup, func() error { orders.Close(); return nil })
+
+	// The operator console over the order service's database: its sagas
+	// and its outbox.
+	s.OrdersDatabaseURL = dbURLs[2]
+	cl2, err := listen(&cfg.Ports, &cfg.Ports.Console)
+	if err != nil {
+		return nil, err
+	}
+	s.cleanup = append(s.cleanup, func() error { _ = cl2.Close(); return nil })
+	s.ConsoleURL = "http://" + cl2.Addr().String() + "/"
+	ops, err := console.New(console.Config{Pool: orders.Pool(), Logger: cfg.Logger, Operator: "demo operator"})
+	if err != nil {
+		return nil, err
+	}
 
 	if s.Admin, err = ensureAdmin(ctx, users, cfg); err != nil {
 		return nil, err
@@ -287,6 +317,7 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 	serve(userservice.Name, users.Serve, ul)
 	serve(catalogservice.Name, catalog.Serve, cl)
 	serve(orderservice.Name, orders.Serve, ol)
+	serve("console", func(ctx context.Context, l net.Listener) error { return serveConsole(ctx, ops, l) }, cl2)
 	go func() {
 		wg.Wait()
 		s.err = errors.Join(errs...)
@@ -300,6 +331,37 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 	}
 	return s, nil
 }
+
+// serveConsole serves the console on l until ctx is done, sampling the
+// outbox's publish rate meanwhile.
+func serveConsole(ctx context.Context, c *console.Console, l net.Listener) error {
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	srv := &http.Server{Handler: c, ReadHeaderTimeout: 10 * time.Second}
+	sampled := make(chan error, 1)
+	go func() { sampled <- c.Run(ctx) }()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-served:
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	stop()
+	<-sampled
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// SetPaymentsDown switches the users service's payment processor off or on:
+// while off, every debit_credit answers with a transient error, so the
+// order saga's pivot runs out of attempts and ends failed.
+func (s *Shop) SetPaymentsDown(down bool) { s.paymentsDown.Store(down) }
 
 // listen listens on 127.0.0.1:*port (0: any free port), which is one of
 // ports' fields.

@@ -3,14 +3,19 @@ package shop_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/sagabox/sagabox/examples/shop/shop"
 	"github.com/sagabox/sagabox/internal/testkit"
+	"github.com/sagabox/sagabox/saga"
 	useradapters "github.com/sagabox/sagabox/userservice/adapters"
 )
 
@@ -201,4 +206,64 @@ func steps(o shop.Order) string {
 		out = append(out, s)
 	}
 	return strings.Join(out, ", ")
+}
+
+// The scenario's last order is left failed on purpose: the payment
+// processor is down, the pivot's outcome stays unknown, and the saga ends
+// failed with the stock reserved and nothing debited. The console lists it;
+// a retry once the processor is back approves the order and charges it once.
+func TestScenarioLeavesOneSagaFailedForTheConsole(t *testing.T) {
+	t.Parallel()
+	s, c, ctx := setup(t)
+	var out strings.Builder
+	r, err := c.PlayScenario(ctx, &out)
+	if err != nil {
+		t.Fatalf("scenario: %v\n%s", err, out.String())
+	}
+	credit, err := c.Credit(ctx, r.Customer)
+	testkit.Must(t, err, "credit")
+	mugs, err := c.Product(ctx, "MUG-1")
+	testkit.Must(t, err, "mugs")
+	o, err := s.LeaveOneFailed(ctx, &out, r.Customer)
+	t.Log(out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Status != "PENDING" || o.Saga.Status != "failed" {
+		t.Fatalf("order %s saga %s, want PENDING and failed", o.Status, o.Saga.Status)
+	}
+	for _, s := range []string{s.ConsoleURL + "sagas?failed=1", "saga retry " + o.Saga.ID, "-database-url '" + s.OrdersDatabaseURL + "'"} {
+		if !strings.Contains(out.String(), s) {
+			t.Errorf("the scenario does not print %q", s)
+		}
+	}
+	if got, _ := c.Credit(ctx, r.Customer); got != credit {
+		t.Errorf("credit %d, want %d: nothing is debited while payments are down", got, credit)
+	}
+	if p, _ := c.Product(ctx, "MUG-1"); p.Stock != mugs.Stock-1 {
+		t.Errorf("mugs %d, want %d: the failed saga keeps its reservation", p.Stock, mugs.Stock-1)
+	}
+
+	// The console over the order service's database lists it.
+	res, err := http.Get(s.ConsoleURL + "sagas?failed=1")
+	testkit.Must(t, err, "console")
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK || !strings.Contains(string(body), `data-saga="`+o.Saga.ID+`" data-status="failed"`) {
+		t.Fatalf("the console does not list the failed saga: %d\n%s", res.StatusCode, body)
+	}
+
+	// An operator retries it (as the console's button and the CLI do).
+	pool, err := pgxpool.New(ctx, s.OrdersDatabaseURL)
+	testkit.Must(t, err, "pool")
+	defer pool.Close()
+	testkit.Must(t, saga.NewAdmin(pool).Retry(ctx, uuid.MustParse(o.Saga.ID), saga.ActionOptions{Actor: "test", Reason: "payments are back"}), "retry")
+	done, err := c.AwaitDecided(ctx, r.Customer.Token, o.OrderID, 50*time.Millisecond)
+	testkit.Must(t, err, "await")
+	if done.Status != "APPROVED" || done.Saga.Status != "succeeded" {
+		t.Errorf("after the retry: %s, saga %s", done.Status, done.Saga.Status)
+	}
+	if got, _ := c.Credit(ctx, r.Customer); got != credit-1200 {
+		t.Errorf("credit %d, want %d: charged once", got, credit-1200)
+	}
 }
