@@ -50,7 +50,7 @@ func TestPortsComeFromTheEnvironmentAndFlags(t *testing.T) {
 	fs := flag.NewFlagSet("shop", flag.ContinueOnError)
 	p.RegisterFlags(fs)
 	testkit.Must(t, fs.Parse([]string{"-orders-port", "18003"}), "flags")
-	if want := (shop.Ports{Users: 0, Catalog: 8002, Orders: 18003, Kafka: 19092, Registry: 8081}); p != want {
+	if want := (shop.Ports{Users: 0, Catalog: 8002, Orders: 18003, Kafka: 19092, Registry: 8081, Console: 8090}); p != want {
 		t.Fatalf("ports %+v, want %+v", p, want)
 	}
 	t.Setenv("SHOP_REGISTRY_PORT", "eighty")
