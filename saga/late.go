@@ -84,12 +84,17 @@ func (m *machine[D]) onLateReply(ctx context.Context, e env[D], s *state, data *
 	st := &m.def.steps[r.Step]
 	l := LateReply{Step: r.Step, Name: st.Name, Compensation: r.Compensation, Attempt: r.Attempt, Outcome: r.Outcome,
 		Reason: r.Reason, ReceivedAt: e.now()}
-	if !r.Compensation && st.Kind != Compensatable && st.Invoke != nil && r.Step == s.Step && !s.Compensation &&
-		(s.Status == StatusRunning || s.Status == StatusFailed) {
+	waiting := !r.Compensation && st.Kind != Compensatable && st.Invoke != nil && r.Step == s.Step && !s.Compensation
+	if waiting && s.Status == StatusRunning {
 		return m.applyLate(ctx, e, s, data, r, l)
 	}
 	if known, err := e.knownOutcome(ctx, s, r.Step, r.Compensation); err != nil || known {
 		return false, err
+	}
+	if waiting && s.Status == StatusFailed {
+		// Failed on this step (its budget spent, or it kept erroring)
+		// without a definitive answer: this is it.
+		return m.applyLate(ctx, e, s, data, r, l)
 	}
 	sameAttemptLine := r.Step == s.Step && r.Compensation == s.Compensation
 	if sameAttemptLine && (s.Status == StatusRunning || s.Status == StatusCompensating || s.Status == StatusFailed) {
