@@ -116,7 +116,9 @@ func (m *machine[D]) onLateReply(ctx context.Context, e env[D], s *state, data *
 		l.Note = fmt.Sprintf("the action succeeded but the saga (%s at step %d) did not wait for it", s.Status, s.Step)
 	case st.Compensate != nil:
 		inv := st.Compensate
-		env, err := m.command(withFailure(ctx, s.Failure), s, r.Step, r.Attempt, true, inv, st.Name, data)
+		// Attempt 0: outside the compensation's own attempts, so that
+		// neither its command nor its reply passes for one of them.
+		env, err := m.command(withFailure(ctx, s.Failure), s, r.Step, 0, true, inv, st.Name, data)
 		if err != nil {
 			return false, err
 		}
