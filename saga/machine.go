@@ -23,9 +23,12 @@ const (
 	StatusSucceeded Status = "succeeded"
 	// StatusCompensated: a step failed and every completed step was undone.
 	StatusCompensated Status = "compensated"
-	// StatusFailed: a compensation (or a step past the pivot) kept failing
-	// after its retries. The saga is stuck half done and needs an operator
-	// (Admin.Retry, Orchestrator.Retry); it is never reported as compensated.
+	// StatusFailed: a compensation (or the pivot, or a step past it) kept
+	// failing after its retries, or a pivot or retriable step stayed
+	// unanswered past its UnknownOutcomeBudget. The saga is stuck half done
+	// and needs an operator (Admin.Retry, Orchestrator.Retry); it is never
+	// reported as compensated. A definitive late reply to the step it
+	// failed on still moves it on.
 	StatusFailed Status = "failed"
 )
 
