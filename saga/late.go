@@ -88,6 +88,12 @@ func (m *machine[D]) onLateReply(ctx context.Context, e env[D], s *state, data *
 	if waiting && s.Status == StatusRunning {
 		return m.applyLate(ctx, e, s, data, r, l)
 	}
+	sameAttemptLine := r.Step == s.Step && r.Compensation == s.Compensation
+	if !waiting && sameAttemptLine && (s.Status == StatusRunning || s.Status == StatusCompensating || s.Status == StatusFailed) {
+		// Still on that step and phase: the attempt in flight (or the
+		// next, or an operator's retry) gets the same answer.
+		return false, nil
+	}
 	if known, err := e.knownOutcome(ctx, s, r.Step, r.Compensation); err != nil || known {
 		return false, err
 	}
@@ -95,12 +101,6 @@ func (m *machine[D]) onLateReply(ctx context.Context, e env[D], s *state, data *
 		// Failed on this step (its budget spent, or it kept erroring)
 		// without a definitive answer: this is it.
 		return m.applyLate(ctx, e, s, data, r, l)
-	}
-	sameAttemptLine := r.Step == s.Step && r.Compensation == s.Compensation
-	if sameAttemptLine && (s.Status == StatusRunning || s.Status == StatusCompensating || s.Status == StatusFailed) {
-		// Still on that step and phase: the attempt in flight (or the
-		// next, or an operator's retry) gets the same answer.
-		return false, nil
 	}
 	l.Disposition = LateRecorded
 	var cmd *outCommand
