@@ -82,7 +82,8 @@
 //     UnknownOutcomeBudget (0, the default: until the participant answers
 //     or an operator decides). The saga stays running, awaiting the pivot,
 //     its attempts in the history (Admin.Get) and "outcome unknown" in its
-//     last error. The participant's inbox answers a command it already ran
+//     last error; each re-ask counts in
+//     sagabox_saga_unknown_outcome_retries_total, the metric to alert on. The participant's inbox answers a command it already ran
 //     with the reply it stored, so asking again never debits twice. A pivot
 //     that keeps answering errors ends failed for an operator.
 //   - A retriable step (after the pivot) is never compensated: timed out it

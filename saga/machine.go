@@ -104,6 +104,8 @@ type env[D any] interface {
 	// late records a reply the saga did not wait for (see LateReply), and
 	// sends cmd (a compensation) if not nil.
 	late(ctx context.Context, s *state, l LateReply, cmd *outCommand) error
+	// askAgain says that a step whose outcome is unknown is asked again.
+	askAgain()
 }
 
 type machine[D any] struct {
@@ -276,6 +278,7 @@ func (m *machine[D]) failed(e env[D], s *state, final, clean bool, reason string
 		// the step's UnknownOutcomeBudget runs out.
 		if st.keepAsking(s.Attempt) {
 			s.LastError += " (outcome unknown: asking again until the participant answers or an operator acts)"
+			e.askAgain()
 			m.retryLater(e, s, st.Retry)
 			return
 		}
