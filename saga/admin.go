@@ -247,7 +247,12 @@ func (a *Admin) Retry(ctx context.Context, id uuid.UUID, opt ...ActionOptions) e
 }
 
 // Abort asks for a running saga that has not passed its pivot to be
-// compensated, including the step in flight. It returns ErrNotFound, or
+// compensated, including the step in flight (or backing off between
+// attempts). A saga waiting on its pivot can be aborted: the steps before
+// it are compensated, and if the pivot's participant then answers that it
+// did it, the late reply is recorded (Info.LateReplies) and counted
+// (sagabox_saga_late_replies_total{disposition="recorded"}) for an operator
+// to reverse, since a pivot has no compensation. It returns ErrNotFound, or
 // ErrWrongState (the saga is not running, is past its pivot, or a request
 // is already pending) and changes nothing. See Admin for how the request
 // is carried out.

@@ -162,7 +162,9 @@ type Step[D any] struct {
 	// The deadline is stored in the database. Defaults to DefaultTimeout.
 	Timeout time.Duration
 	// Retry bounds the attempts of the step. A rejection is final and not
-	// retried; errors and timeouts are.
+	// retried; errors and timeouts are. A pivot or retriable step that
+	// times out on its last attempt is asked again past MaxAttempts (see
+	// UnknownOutcomeBudget), at MaxBackoff intervals at most.
 	Retry RetryPolicy
 	// CompensationTimeout defaults to Timeout.
 	CompensationTimeout time.Duration

@@ -48,10 +48,11 @@
 //
 //	stateDiagram-v2
 //	    [*] --> running: Start (in the caller's transaction)
-//	    running --> running: step succeeded / retry after error or timeout
+//	    running --> running: step succeeded / retry after error or timeout / pivot or retriable step asked again
 //	    running --> succeeded: last step succeeded
 //	    running --> compensating: step rejected, or out of attempts
-//	    running --> failed: pivot outcome unknown, or a step past it fails
+//	    running --> failed: pivot errors, a step past it fails, or UnknownOutcomeBudget spent
+//	    failed --> running: a late definitive reply to the step it failed on
 //	    compensating --> compensating: compensation succeeded / retried
 //	    compensating --> compensated: first step undone
 //	    compensating --> failed: a compensation out of attempts
@@ -59,6 +60,77 @@
 //	    failed --> compensating: Retry (while compensating)
 //	    succeeded --> [*]
 //	    compensated --> [*]
+//
+// # When the outcome is unknown: the policy per step kind
+//
+// A reply that does not come says nothing: the participant may be down,
+// slow, or done with a reply still on its way. What the orchestrator does
+// then depends on what the step can afford. An attempt times out after
+// Step.Timeout and is retried as Step.Retry says (MaxAttempts, exponential
+// backoff from InitialBackoff capped at MaxBackoff); an error reply means
+// "nothing was done, try again" and is retried the same way; a rejection
+// is final. When the attempts are spent:
+//
+//   - A compensatable step that timed out or kept erroring is compensated,
+//     with the steps before it: its compensation is sent even though the
+//     action may never have run, and the participant's barrier makes that
+//     compensation a no-op, and the late action too.
+//   - A pivot cannot be compensated, and compensating the steps before it
+//     could contradict a debit that did happen. Rejected, it compensates
+//     the steps before it. Timed out, it is asked again: the command is
+//     re-sent with the same capped backoff, for as long as the step's
+//     UnknownOutcomeBudget (0, the default: until the participant answers
+//     or an operator decides). The saga stays running, awaiting the pivot,
+//     its attempts in the history (Admin.Get) and "outcome unknown" in its
+//     last error; each re-ask counts in
+//     sagabox_saga_unknown_outcome_retries_total, the metric to alert on. The participant's inbox answers a command it already ran
+//     with the reply it stored, so asking again never debits twice. A pivot
+//     that keeps answering errors ends failed for an operator.
+//   - A retriable step (after the pivot) is never compensated: timed out it
+//     is asked again like a pivot; rejected or erroring past its attempts it
+//     ends failed.
+//   - A compensation is retried up to CompensationRetry.MaxAttempts, a
+//     rejection too, then the saga ends failed, never compensated.
+//
+// Replies are matched on step, phase (action or compensation) and attempt.
+// Error replies count only for the attempt in flight. A definitive reply
+// (succeeded or rejected) is what the participant's inbox answers every
+// attempt of a step in that phase with, so for a pivot or retriable step
+// the saga is still on (waiting, backing off, failed after its budget, or
+// retried by an operator) it is applied whatever its attempt, once: the
+// step moves on and later copies are duplicates. Any other definitive reply
+// the saga cannot use, such as an action's success after the saga
+// compensated past it or a debit after an operator aborted the saga, is
+// never silently dropped: unless the history already has that step's
+// outcome (a duplicate), it is recorded in the saga's history
+// (saga_late_replies, Info.LateReplies) and counted in
+// sagabox_saga_late_replies_total by what was done. An action that
+// succeeded after the saga compensated past it gets its compensation sent
+// (again; the inbox makes a second one a no-op), so no effect stays behind;
+// a pivot has no compensation, so its late success is recorded, logged as
+// an error, for an operator to reverse. An abort while a step backs off
+// between attempts compensates that step too: the attempt that timed out
+// may yet run.
+//
+// dtm, for comparison, has no pivot: every saga branch has a compensation.
+// A branch answering neither success nor FAILURE is retried by dtm's cron
+// with exponential backoff, by default indefinitely; a RetryLimit or a
+// TimeoutToFail turns it into a rollback, and a rollback treats a branch
+// that was started but never answered as done and compensates it, relying
+// on the participant's barrier exactly as sagabox's compensatable steps do.
+// Compensations are retried until they succeed. Temporal retries an
+// Activity by default without limit (MaximumAttempts 0; 1 s backoff
+// doubling, capped at 100 times that), each attempt bounded by its
+// StartToClose timeout and the whole by an optional ScheduleToClose one; a
+// result reported after the attempt timed out is rejected by the server,
+// so, as here, only a later attempt's answer counts, and the Activity must
+// be idempotent for that to be safe. Compensation in Temporal is workflow
+// code the developer writes (a deferred list of undo activities): what to
+// do with a step whose outcome is unknown is the developer's choice.
+// sagabox takes dtm's "keep asking, the barrier makes it safe" for the
+// steps that cannot be undone, Temporal's unlimited-by-default retries, and
+// adds what neither gives by default: the pivot waits instead of rolling
+// back, and a late answer is applied or recorded instead of being refused.
 //
 // # Why participants must be idempotent
 //
@@ -95,9 +167,9 @@
 // Every state change locks the saga's row and bumps its version in the same
 // transaction that writes the next command into the outbox, so two replies,
 // or a reply and a timeout, cannot both apply, and several orchestrators can
-// run at once. Replies carry the saga ID, the step and the attempt: a reply
-// for an attempt the saga has left (it timed out, or it is a duplicate) is
-// ignored. Deadlines and retry times are columns, fired by a poller with
+// run at once. Replies carry the saga ID, the step, the phase and the
+// attempt: a reply for an attempt the saga has left is ignored, or, if it
+// tells the saga something new, applied or recorded (see above). Deadlines and retry times are columns, fired by a poller with
 // FOR UPDATE SKIP LOCKED, so they survive restarts. Replies that cannot be
 // decoded go to a dead-letter topic (through the outbox) with the reason;
 // a registry outage is retried instead.

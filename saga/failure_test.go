@@ -76,7 +76,7 @@ func TestCompensationSeesTheFailureFromTheRow(t *testing.T) {
 	defer cancel()
 	w.wg.Go(func() { a.RunTimers(ctx) })
 	w.wg.Go(func() { b.RunTimers(ctx) })
-	for id, st := range w.waitFinished([]string{rejected, timedOut}, 20*time.Second) {
+	for id, st := range w.waitFinished([]string{rejected, timedOut}, 60*time.Second) {
 		if st != saga.StatusCompensated {
 			t.Fatalf("saga %s: status %s", id, st)
 		}

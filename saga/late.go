@@ -84,18 +84,23 @@ func (m *machine[D]) onLateReply(ctx context.Context, e env[D], s *state, data *
 	st := &m.def.steps[r.Step]
 	l := LateReply{Step: r.Step, Name: st.Name, Compensation: r.Compensation, Attempt: r.Attempt, Outcome: r.Outcome,
 		Reason: r.Reason, ReceivedAt: e.now()}
-	if !r.Compensation && st.Kind != Compensatable && st.Invoke != nil && r.Step == s.Step && !s.Compensation &&
-		(s.Status == StatusRunning || s.Status == StatusFailed) {
+	waiting := !r.Compensation && st.Kind != Compensatable && st.Invoke != nil && r.Step == s.Step && !s.Compensation
+	if waiting && s.Status == StatusRunning {
 		return m.applyLate(ctx, e, s, data, r, l)
+	}
+	sameAttemptLine := r.Step == s.Step && r.Compensation == s.Compensation
+	if !waiting && sameAttemptLine && (s.Status == StatusRunning || s.Status == StatusCompensating || s.Status == StatusFailed) {
+		// Still on that step and phase: the attempt in flight (or the
+		// next, or an operator's retry) gets the same answer.
+		return false, nil
 	}
 	if known, err := e.knownOutcome(ctx, s, r.Step, r.Compensation); err != nil || known {
 		return false, err
 	}
-	sameAttemptLine := r.Step == s.Step && r.Compensation == s.Compensation
-	if sameAttemptLine && (s.Status == StatusRunning || s.Status == StatusCompensating || s.Status == StatusFailed) {
-		// Still on that step and phase: the attempt in flight (or the
-		// next, or an operator's retry) gets the same answer.
-		return false, nil
+	if waiting && s.Status == StatusFailed {
+		// Failed on this step (its budget spent, or it kept erroring)
+		// without a definitive answer: this is it.
+		return m.applyLate(ctx, e, s, data, r, l)
 	}
 	l.Disposition = LateRecorded
 	var cmd *outCommand
@@ -111,7 +116,9 @@ func (m *machine[D]) onLateReply(ctx context.Context, e env[D], s *state, data *
 		l.Note = fmt.Sprintf("the action succeeded but the saga (%s at step %d) did not wait for it", s.Status, s.Step)
 	case st.Compensate != nil:
 		inv := st.Compensate
-		env, err := m.command(withFailure(ctx, s.Failure), s, r.Step, r.Attempt, true, inv, st.Name, data)
+		// Attempt 0: outside the compensation's own attempts, so that
+		// neither its command nor its reply passes for one of them.
+		env, err := m.command(withFailure(ctx, s.Failure), s, r.Step, 0, true, inv, st.Name, data)
 		if err != nil {
 			return false, err
 		}

@@ -23,9 +23,12 @@ const (
 	StatusSucceeded Status = "succeeded"
 	// StatusCompensated: a step failed and every completed step was undone.
 	StatusCompensated Status = "compensated"
-	// StatusFailed: a compensation (or a step past the pivot) kept failing
-	// after its retries. The saga is stuck half done and needs an operator
-	// (Admin.Retry, Orchestrator.Retry); it is never reported as compensated.
+	// StatusFailed: a compensation (or the pivot, or a step past it) kept
+	// failing after its retries, or a pivot or retriable step stayed
+	// unanswered past its UnknownOutcomeBudget. The saga is stuck half done
+	// and needs an operator (Admin.Retry, Orchestrator.Retry); it is never
+	// reported as compensated. A definitive late reply to the step it
+	// failed on still moves it on.
 	StatusFailed Status = "failed"
 )
 
@@ -101,6 +104,8 @@ type env[D any] interface {
 	// late records a reply the saga did not wait for (see LateReply), and
 	// sends cmd (a compensation) if not nil.
 	late(ctx context.Context, s *state, l LateReply, cmd *outCommand) error
+	// askAgain says that a step whose outcome is unknown is asked again.
+	askAgain()
 }
 
 type machine[D any] struct {
@@ -273,6 +278,7 @@ func (m *machine[D]) failed(e env[D], s *state, final, clean bool, reason string
 		// the step's UnknownOutcomeBudget runs out.
 		if st.keepAsking(s.Attempt) {
 			s.LastError += " (outcome unknown: asking again until the participant answers or an operator acts)"
+			e.askAgain()
 			m.retryLater(e, s, st.Retry)
 			return
 		}

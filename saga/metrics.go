@@ -17,6 +17,9 @@ type metrics struct {
 	// late counts late replies recorded in saga_late_replies, by
 	// disposition (applied, compensated, recorded).
 	late *prometheus.CounterVec
+	// askedAgain counts the commands re-sent to pivot and retriable steps
+	// whose outcome is unknown.
+	askedAgain prometheus.Counter
 	// unknownVersion counts sagas met whose definition version the
 	// orchestrator does not have.
 	unknownVersion prometheus.Counter
@@ -40,9 +43,15 @@ func newMetrics(reg prometheus.Registerer, sagaType string) (*metrics, error) {
 	late := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sagabox", Subsystem: "saga",
 		Name: "late_replies_total", Help: "Replies that came after the saga stopped waiting for them and told it something new, by what was done: applied (the saga still waited on the step), compensated (the action's compensation was sent), recorded (kept in saga_late_replies for an operator)."},
 		[]string{"saga_type", "disposition"})
+	asked := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sagabox", Subsystem: "saga",
+		Name: "unknown_outcome_retries_total", Help: "Commands re-sent to a pivot or retriable step that timed out past its retry attempts (its outcome unknown): a participant that stays silent shows here."},
+		[]string{"saga_type"})
 	if reg != nil {
 		var err error
 		if late, err = promreg.Register(reg, late); err != nil {
+			return nil, err
+		}
+		if asked, err = promreg.Register(reg, asked); err != nil {
 			return nil, err
 		}
 		if unknown, err = promreg.Register(reg, unknown); err != nil {
@@ -80,6 +89,7 @@ func newMetrics(reg prometheus.Registerer, sagaType string) (*metrics, error) {
 		inFlight:       inFlight.With(labels),
 		ignored:        ignored.With(labels),
 		late:           late.MustCurryWith(labels),
+		askedAgain:     asked.With(labels),
 	}, nil
 }
 

@@ -384,6 +384,9 @@ func (o *Orchestrator[D]) inSaga(ctx context.Context, load func(pgx.Tx) (*state,
 		return false, nil
 	}
 	o.metrics.record(e.finishes, e.hist)
+	if e.asked > 0 {
+		o.metrics.askedAgain.Add(float64(e.asked))
+	}
 	return true, nil
 }
 

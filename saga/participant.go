@@ -22,10 +22,13 @@ import (
 
 // Command is a saga command as a participant sees it.
 type Command struct {
-	SagaID       uuid.UUID
-	SagaType     string
-	Step         int
-	StepName     string
+	SagaID   uuid.UUID
+	SagaType string
+	Step     int
+	StepName string
+	// Attempt counts the step's (or compensation's) attempts from 1. It is
+	// 0 for a compensation sent outside them, because the action's success
+	// arrived after the saga had compensated past it (LateCompensated).
 	Attempt      int
 	Compensation bool
 	// Name is the command, such as "reserve_stock".

@@ -166,3 +166,5 @@ func (e *simEnv[D]) late(_ context.Context, _ *state, l LateReply, cmd *outComma
 	}
 	return nil
 }
+
+func (e *simEnv[D]) askAgain() {}

@@ -116,6 +116,8 @@ type txEnv[D any] struct {
 	// became of them (for the metrics).
 	writer *outbox.Writer
 	lates  []lateNote
+	// asked counts the re-asks of steps whose outcome is unknown.
+	asked int
 }
 
 // lateNote is a late reply recorded in the transaction, for the log and
@@ -161,6 +163,8 @@ func (e *txEnv[D]) attemptEnded(step int, comp bool, attempt int, name string, o
 }
 
 func (e *txEnv[D]) finished(s *state) { e.finishes = append(e.finishes, s.Status) }
+
+func (e *txEnv[D]) askAgain() { e.asked++ }
 
 // knownOutcomeSQL walks saga_steps' primary key (saga, step, phase).
 const knownOutcomeSQL = `SELECT EXISTS (SELECT 1 FROM sagabox.saga_steps

@@ -81,7 +81,8 @@ func TestPivotFrozenPastItsRetryBudgetFinishesWhenItAnswers(t *testing.T) {
 	w.seed("book", 10, "poor", 0)
 	catalog, users := w.participants("g")
 	w.goRun("catalog", catalog.Run) // users is frozen: not running
-	o := w.orchestrator(pivotDefinition(0), nil)
+	reg := prometheus.NewRegistry()
+	o := w.orchestrator(pivotDefinition(0), func(c *saga.Config, rt *testRuntime) { rt.registerer = reg })
 	w.startOrchestrator(o)
 	ok := w.placeOrder(o, order{OrderID: "o1", Item: "book", Qty: 2, User: "ann", Amount: 30})
 	refused := w.placeOrder(o, order{OrderID: "o2", Item: "book", Qty: 3, User: "poor", Amount: 30})
@@ -102,6 +103,11 @@ func TestPivotFrozenPastItsRetryBudgetFinishesWhenItAnswers(t *testing.T) {
 			t.Fatalf("saga %s: %d timed out attempts in the history", id, n)
 		}
 	}
+	// Attempts 3 and 4 of both sagas were re-asks, counted for alerts (after
+	// their commits).
+	testkit.Eventually(t, 30*time.Second, "sagabox_saga_unknown_outcome_retries_total to count 4 re-asks", func() bool {
+		return counter(t, reg, "sagabox_saga_unknown_outcome_retries_total", nil) >= 4
+	})
 	w.goRun("users", users.Run) // the participant thaws
 	st := w.waitFinished(ids, 90*time.Second)
 	if st[ok] != saga.StatusSucceeded || st[refused] != saga.StatusCompensated {

@@ -396,7 +396,7 @@ func TestLateRepliesAreRecordedAndLateActionsCompensated(t *testing.T) {
 	if h.Deliver(saga.Reply{Step: 2, Attempt: 2, Outcome: saga.OutcomeSucceeded}) {
 		t.Fatal("a late reply changed a compensated saga")
 	}
-	if c := h.ExpectCommands("cancel_hotel")[0]; !c.Compensation || c.Step != 2 {
+	if c := h.ExpectCommands("cancel_hotel")[0]; !c.Compensation || c.Step != 2 || c.Attempt != 0 {
 		t.Fatalf("compensation %+v", c)
 	}
 	late := h.Sim.LateReplies()
