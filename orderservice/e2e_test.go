@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagabox/sagabox/catalogservice"
 	"github.com/sagabox/sagabox/internal/platform/auth"
@@ -48,6 +49,13 @@ func startShop(t *testing.T, ctx context.Context) *shop {
 // service a pool of that many connections instead of the test kit's 16.
 func startShopWithPools(t *testing.T, ctx context.Context, maxConns int) *shop {
 	t.Helper()
+	return startShopWith(t, ctx, maxConns, func(string) trace.TracerProvider { return nil })
+}
+
+// startShopWith is startShopWithPools with each service's tracer provider
+// (nil: the global one).
+func startShopWith(t *testing.T, ctx context.Context, maxConns int, tp func(service string) trace.TracerProvider) *shop {
+	t.Helper()
 	pool := func() *pgxpool.Pool {
 		db := testkit.NewDatabase(t)
 		if maxConns <= 0 {
@@ -79,20 +87,21 @@ func startShopWithPools(t *testing.T, ctx context.Context, maxConns int) *shop {
 	}
 
 	ul, uurl := listen()
-	users, err := userservice.New(ctx, userservice.Config{Pool: pool(), Messaging: msg,
+	users, err := userservice.New(ctx, userservice.Config{Pool: pool(), Messaging: msg, TracerProvider: tp(userservice.Name),
 		PasswordParams: useradapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1}})
 	testkit.Must(t, err, "userservice")
 	t.Cleanup(users.Close)
 	jwks := uurl + "/.well-known/jwks.json"
 
 	cl, curl := listen()
-	catalog, err := catalogservice.New(ctx, catalogservice.Config{Pool: pool(), JWKSURL: jwks, Messaging: msg})
+	catalog, err := catalogservice.New(ctx, catalogservice.Config{Pool: pool(), JWKSURL: jwks, Messaging: msg,
+		TracerProvider: tp(catalogservice.Name)})
 	testkit.Must(t, err, "catalogservice")
 	t.Cleanup(catalog.Close)
 
 	ol, ourl := listen()
 	orders, err := orderservice.New(ctx, orderservice.Config{Pool: pool(), JWKSURL: jwks, CatalogURL: curl, Messaging: msg,
-		Saga: saga.Config{PollInterval: 100 * time.Millisecond}})
+		Saga: saga.Config{PollInterval: 100 * time.Millisecond}, TracerProvider: tp(orderservice.Name)})
 	testkit.Must(t, err, "orderservice")
 	t.Cleanup(orders.Close)
 

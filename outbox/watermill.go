@@ -4,6 +4,7 @@ import (
 	stdsql "database/sql"
 	"errors"
 	"fmt"
+	"github.com/sagabox/sagabox/internal/tracing"
 	"reflect"
 	"strings"
 
@@ -148,7 +149,7 @@ func (w *Writer) watermillStatement(topic string, msgs message.Messages) (statem
 		}
 		// One statement stores one trace context; a call mixing traces would
 		// file all of them under one.
-		mtp, mts := traceContext(wm.Context())
+		mtp, mts := tracing.FromContext(wm.Context())
 		if mtp == "" {
 			mtp, mts = md.Get(HeaderTraceparent), md.Get(HeaderTracestate)
 		}

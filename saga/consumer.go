@@ -9,6 +9,9 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
 
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagabox/sagabox/internal/tracing"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -66,6 +69,12 @@ type ConsumerConfig struct {
 	NackResendSleep time.Duration
 	// OverwriteSaramaConfig replaces SaramaConfig().
 	OverwriteSaramaConfig *sarama.Config
+	// TracerProvider makes the "process" span of each event whose record
+	// carries a trace context, a child of it; the handler's ctx carries
+	// it, so what the handler writes to the outbox stays in the trace.
+	// Defaults to the Runtime's (TracerProviderRuntime), else the global
+	// provider.
+	TracerProvider trace.TracerProvider
 }
 
 // WithDefaults returns a copy of c with every unset field defaulted.
@@ -104,6 +113,7 @@ type Consumer struct {
 	inbox   *Inbox
 	decoder *outbox.Decoder
 	once    runOnce
+	tracer  trace.Tracer
 }
 
 // NewConsumer checks cfg and attaches the consumer to rt, whose Run runs
@@ -117,7 +127,7 @@ func NewConsumer(rt Runtime, cfg ConsumerConfig) (*Consumer, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	c := &Consumer{cfg: cfg, rt: rt, inbox: NewInbox(rt.Pool(), cfg.Name)}
+	c := &Consumer{cfg: cfg, rt: rt, inbox: NewInbox(rt.Pool(), cfg.Name), tracer: tracerOf(cfg.TracerProvider, rt)}
 	if reg := rt.Registry(); reg != nil {
 		c.decoder = outbox.NewDecoder(reg, rt.Codec())
 	}
@@ -145,7 +155,19 @@ func (c *Consumer) Run(ctx context.Context) error {
 	})
 	return runRouter(ctx, consumeConfig{Brokers: c.rt.Brokers(), ConsumerGroup: c.cfg.ConsumerGroup, Topic: c.cfg.Topic,
 		Sarama: c.cfg.OverwriteSaramaConfig, NackResendSleep: c.cfg.NackResendSleep, Logger: c.rt.Logger(),
-		Name: "consumer_" + c.cfg.Name}, func(msg *message.Message) error { _, err := h(msg); return err })
+		Name: "consumer_" + c.cfg.Name}, func(msg *message.Message) error {
+		ctx, span := startProcess(msg.Context(), c.tracer, recordTrace(msg), c.cfg.Topic, c.cfg.ConsumerGroup, msg, func(span trace.Span) {
+			if id := msg.Metadata.Get(outbox.HeaderSagaID); id != "" {
+				span.SetAttributes(tracing.SagaID.String(id))
+			}
+		})
+		if span != nil {
+			msg.SetContext(ctx)
+		}
+		_, err := h(msg)
+		endSpan(span, err)
+		return err
+	})
 }
 
 func (c *Consumer) event(msg *message.Message) *Event {

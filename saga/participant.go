@@ -17,6 +17,9 @@ import (
 	"github.com/hamba/avro/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagabox/sagabox/internal/tracing"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -37,6 +40,13 @@ type Command struct {
 	CorrelationID string
 
 	codec *outbox.Codec
+	// trace is the record's trace context; span the command's process
+	// span (nil when the record carried no trace context).
+	trace trace.SpanContext
+	span  trace.Span
+	// What the command came to, for its span and metrics.
+	outcome   string
+	duplicate bool
 }
 
 // Decode decodes the command's payload into v with the schema named
@@ -169,6 +179,11 @@ type ParticipantConfig struct {
 	DisableCleanup bool
 	// CleanupInterval defaults to DefaultCleanupInterval.
 	CleanupInterval time.Duration
+	// TracerProvider makes the "process" span of each command whose record
+	// carries a trace context, a child of it; the handler's ctx carries
+	// the span and the reply carries its context. Defaults to the
+	// Runtime's (TracerProviderRuntime), else the global provider.
+	TracerProvider trace.TracerProvider
 }
 
 // WithDefaults returns a copy of c with every unset field defaulted.
@@ -263,6 +278,7 @@ type Participant struct {
 	decoder  *outbox.Decoder
 	batch    *batcher[*Command]
 	once     runOnce
+	tracer   trace.Tracer
 }
 
 // NewParticipant checks cfg, fills its defaults and attaches the
@@ -291,7 +307,8 @@ func NewParticipant(rt Runtime, cfg ParticipantConfig) (*Participant, error) {
 	}
 	p := &Participant{cfg: cfg, pool: rt.Pool(), writer: rt.Writer(), codec: rt.Codec(), brokers: rt.Brokers(),
 		handlers: make(map[string]HandlerFunc, len(cfg.Handlers)),
-		log:      log.With("component", "saga.participant", "participant", cfg.Name)}
+		log:      log.With("component", "saga.participant", "participant", cfg.Name),
+		tracer:   tracerOf(cfg.TracerProvider, rt)}
 	for _, h := range cfg.Handlers {
 		p.handlers[h.command] = h.fn
 	}
@@ -447,7 +464,7 @@ func (p *Participant) runBatch(ctx context.Context, cmds []*Command, eager bool)
 	msgs := make([]outbox.Message, 0, len(cmds))
 	for _, cmd := range cmds {
 		cmd.codec = p.codec
-		reply, err := p.decide(ctx, htx, cmd, stored, &entries, eager)
+		reply, err := p.decide(withSpan(ctx, cmd.span), htx, cmd, stored, &entries, eager)
 		if err != nil {
 			ptx.abort(ctx)
 			return err
@@ -529,6 +546,7 @@ func (p *Participant) decide(ctx context.Context, htx *handlerTx, cmd *Command, 
 	if r, ok := stored[key]; ok {
 		// Seen before: answer what we answered then.
 		p.log.DebugContext(ctx, "saga: duplicate command, sending the stored reply", "saga_id", cmd.SagaID, "step", cmd.Step)
+		cmd.outcome, cmd.duplicate = r.Outcome, true
 		return r, nil
 	}
 	if cmd.Compensation {
@@ -543,6 +561,7 @@ func (p *Participant) decide(ctx context.Context, htx *handlerTx, cmd *Command, 
 			// The action never ran, or was refused: nothing to undo.
 			reply := &replyEnvelope{Outcome: wireSuccess, Reason: "nothing to compensate", Payload: []byte{}}
 			e.add(key, reply)
+			cmd.outcome, cmd.duplicate = reply.Outcome, false
 			return reply, nil
 		}
 	}
@@ -561,6 +580,7 @@ func (p *Participant) decide(ctx context.Context, htx *handlerTx, cmd *Command, 
 	if store {
 		e.add(key, reply)
 	}
+	cmd.outcome, cmd.duplicate = reply.Outcome, false
 	return reply, nil
 }
 
@@ -619,7 +639,8 @@ func (p *Participant) replyMessage(cmd *Command, r *replyEnvelope) outbox.Messag
 		r.Payload = []byte{}
 	}
 	return outbox.Message{Topic: cmd.ReplyTopic, Key: cmd.SagaID.String(), Type: ReplyType,
-		Value: r, CorrelationID: cmd.CorrelationID, CausationID: cmd.MessageID, SagaID: cmd.SagaID.String()}
+		Value: r, CorrelationID: cmd.CorrelationID, CausationID: cmd.MessageID, SagaID: cmd.SagaID.String(),
+		SpanContext: spanContext(cmd.span)}
 }
 
 // HandleMessage is the watermill handler for the command topic: it decodes
@@ -641,7 +662,15 @@ func (p *Participant) handleMessage(msg *message.Message, process func(context.C
 		p.log.WarnContext(ctx, "saga: dead-lettering command", "message_id", msg.UUID, "error", err)
 		return writeDeadLetter(ctx, p.pool, p.writer, p.cfg.DeadLetterTopic, msg, err)
 	}
-	return process(ctx, cmd)
+	ctx, cmd.span = startProcess(ctx, p.tracer, cmd.trace, p.cfg.CommandTopic, p.cfg.ConsumerGroup, msg, func(span trace.Span) {
+		sagaAttrs(span, cmd.SagaID.String(), cmd.SagaType, cmd.Step, cmd.StepName, cmd.Attempt, cmd.Compensation)
+		span.SetAttributes(tracing.Command.String(cmd.Name), tracing.Participant.String(p.cfg.Name))
+	})
+	err = process(ctx, cmd)
+	if cmd.span != nil {
+		endSpan(cmd.span, err, tracing.Outcome.String(string(outcomeFromWire(cmd.outcome))), tracing.Duplicate.Bool(cmd.duplicate))
+	}
+	return err
 }
 
 func (p *Participant) decodeCommand(msg *message.Message) (*Command, error) {
@@ -652,7 +681,8 @@ func (p *Participant) decodeCommand(msg *message.Message) (*Command, error) {
 	}
 	return &Command{SagaID: id, SagaType: env.SagaType, Step: env.Step, StepName: env.StepName, Attempt: env.Attempt,
 		Compensation: env.Compensation, Name: env.Command, ReplyTopic: env.ReplyTopic, PayloadType: env.PayloadType,
-		Payload: env.Payload, MessageID: msg.UUID, CorrelationID: msg.Metadata.Get(outbox.HeaderCorrelationID)}, nil
+		Payload: env.Payload, MessageID: msg.UUID, CorrelationID: msg.Metadata.Get(outbox.HeaderCorrelationID),
+		trace: recordTrace(msg)}, nil
 }
 
 // Run consumes CommandTopic until ctx is done, then lets the commands in
