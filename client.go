@@ -130,6 +130,11 @@ func NewClient(pool *pgxpool.Pool, cfg Config) (*Client, error) {
 		if rc.TracerProvider == nil {
 			rc.TracerProvider = cfg.TracerProvider
 		}
+		rc.Topics = slices.Clone(rc.Topics)
+		for topic := range cfg.Publishes {
+			rc.Topics = append(rc.Topics, topic)
+		}
+		slices.Sort(rc.Topics)
 		if c.relay, err = outbox.NewRelay(rc); err != nil {
 			return nil, err
 		}

@@ -237,6 +237,8 @@ func TestOneTracePerOrderAcrossTheThreeServices(t *testing.T) {
 			}
 		}
 	}
+	stop()
+	s.stopped(t)
 }
 
 // The approved order: POST /orders checks the SKUs with the catalog, then

@@ -124,6 +124,12 @@ type RelayConfig struct {
 	// builds (TLS, SASL, compression...). The relay still sets what its
 	// protocol needs: client ID default, version, timeouts.
 	OverwriteSaramaConfig *sarama.Config
+	// Topics are topics the relay is expected to publish to: their
+	// sagabox_outbox_published_total series exist at 0 from the start, so
+	// that an alert on their rate reads 0, not "no data". Other topics'
+	// series appear with their first message. sagabox.Client sets the
+	// topics of its Publishes.
+	Topics []string
 	// TracerProvider makes the relay's "publish" spans: one per message
 	// that carries a trace context, a child of it, whose context the
 	// Kafka record's traceparent header then carries. Defaults to the
@@ -258,6 +264,9 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
+	}
+	for _, t := range cfg.Topics {
+		m.published.WithLabelValues(t)
 	}
 	if c, ok := cfg.Registry.(*srclient.SchemaRegistryClient); ok {
 		c.CodecCreationEnabled(false) // we parse schemas with hamba/avro

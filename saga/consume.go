@@ -37,6 +37,7 @@ type consumeConfig struct {
 	NackResendSleep time.Duration
 	Logger          *slog.Logger
 	Name            string
+	Metrics         *consumerMetrics // nil: none
 }
 
 // routerCloseTimeout bounds how long a stopping consumer waits for the
@@ -65,6 +66,21 @@ func runRouter(ctx context.Context, c consumeConfig, h message.NoPublishHandlerF
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: routerCloseTimeout}, wlog)
 	if err != nil {
 		return fmt.Errorf("saga: %s: router: %w", c.Name, err)
+	}
+	if m := c.Metrics; m != nil {
+		ok, retry, inner := m.consumed.WithLabelValues(consumedOK), m.consumed.WithLabelValues(consumedRetry), h
+		h = func(msg *message.Message) error {
+			if ts, found := kafka.MessageTimestampFromCtx(msg.Context()); found && !ts.IsZero() {
+				m.recordAge.Observe(time.Since(ts).Seconds())
+			}
+			err := inner(msg)
+			if err != nil {
+				retry.Inc()
+			} else {
+				ok.Inc()
+			}
+			return err
+		}
 	}
 	router.AddConsumerHandler(c.Name, c.Topic, sub, h)
 	done := make(chan error, 1)

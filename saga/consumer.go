@@ -8,6 +8,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"go.opentelemetry.io/otel/trace"
 
@@ -114,6 +115,8 @@ type Consumer struct {
 	decoder *outbox.Decoder
 	once    runOnce
 	tracer  trace.Tracer
+	cm      *consumerMetrics
+	events  *prometheus.CounterVec // by outcome
 }
 
 // NewConsumer checks cfg and attaches the consumer to rt, whose Run runs
@@ -128,6 +131,13 @@ func NewConsumer(rt Runtime, cfg ConsumerConfig) (*Consumer, error) {
 		return nil, err
 	}
 	c := &Consumer{cfg: cfg, rt: rt, inbox: NewInbox(rt.Pool(), cfg.Name), tracer: tracerOf(cfg.TracerProvider, rt)}
+	var err error
+	if c.cm, err = newConsumerMetrics(rt.Registerer(), "consumer_"+cfg.Name); err != nil {
+		return nil, err
+	}
+	if c.events, err = newEventMetrics(rt.Registerer(), "consumer_"+cfg.Name); err != nil {
+		return nil, err
+	}
 	if reg := rt.Registry(); reg != nil {
 		c.decoder = outbox.NewDecoder(reg, rt.Codec())
 	}
@@ -148,27 +158,42 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if len(c.rt.Brokers()) == 0 || c.decoder == nil {
 		return fmt.Errorf("%w: Consumer %s: Run needs the runtime's brokers and registry", ErrInvalidConfig, c.cfg.Name)
 	}
+	handled, duplicate, failed := c.events.WithLabelValues("handled"), c.events.WithLabelValues("duplicate"), c.events.WithLabelValues("failed")
 	h := c.inbox.Middleware(func(msg *message.Message) ([]*message.Message, error) {
 		ctx := msg.Context()
 		tx, _ := Tx(ctx)
+		if ran, ok := ctx.Value(ranKey{}).(*bool); ok {
+			*ran = true
+		}
 		return nil, c.cfg.Handler(ctx, tx, c.event(msg))
 	})
 	return runRouter(ctx, consumeConfig{Brokers: c.rt.Brokers(), ConsumerGroup: c.cfg.ConsumerGroup, Topic: c.cfg.Topic,
 		Sarama: c.cfg.OverwriteSaramaConfig, NackResendSleep: c.cfg.NackResendSleep, Logger: c.rt.Logger(),
-		Name: "consumer_" + c.cfg.Name}, func(msg *message.Message) error {
+		Name: "consumer_" + c.cfg.Name, Metrics: c.cm}, func(msg *message.Message) error {
 		ctx, span := startProcess(msg.Context(), c.tracer, recordTrace(msg), c.cfg.Topic, c.cfg.ConsumerGroup, msg, func(span trace.Span) {
 			if id := msg.Metadata.Get(outbox.HeaderSagaID); id != "" {
 				span.SetAttributes(tracing.SagaID.String(id))
 			}
 		})
-		if span != nil {
-			msg.SetContext(ctx)
-		}
+		ran := false
+		msg.SetContext(context.WithValue(ctx, ranKey{}, &ran))
 		_, err := h(msg)
+		switch {
+		case err != nil:
+			failed.Inc()
+		case ran:
+			handled.Inc()
+		default:
+			duplicate.Inc() // the inbox had it: the handler did not run
+		}
 		endSpan(span, err)
 		return err
 	})
 }
+
+// ranKey is the context key of a flag the handler sets when the inbox let
+// it run: a record it did not run for was a duplicate.
+type ranKey struct{}
 
 func (c *Consumer) event(msg *message.Message) *Event {
 	md := msg.Metadata

@@ -155,6 +155,7 @@ type Orchestrator[D any] struct {
 	batch    *batcher[replyItem]
 	once     runOnce
 	tracer   trace.Tracer
+	cm       *consumerMetrics
 }
 
 type replyItem struct {
@@ -234,6 +235,9 @@ func NewOrchestrator[D any](rt Runtime, cfg Config, defs ...*Definition[D]) (*Or
 		return nil, fmt.Errorf("saga: register metrics: %w", err)
 	}
 	o.metrics = met
+	if o.cm, err = newConsumerMetrics(rt.Registerer(), "saga_replies_"+o.def.name); err != nil {
+		return nil, err
+	}
 	o.log = rt.Logger().With("component", "saga.orchestrator", "saga_type", o.def.name)
 	if reg := rt.Registry(); reg != nil {
 		o.decoder = outbox.NewDecoder(reg, codec)
@@ -600,7 +604,11 @@ func (o *Orchestrator[D]) handleMessage(msg *message.Message) error {
 			return err
 		}
 		o.log.WarnContext(ctx, "saga: dead-lettering reply", "message_id", msg.UUID, "topic", o.cfg.DeadLetterTopic, "error", err)
-		return writeDeadLetter(ctx, o.pool, o.writer, o.cfg.DeadLetterTopic, msg, err)
+		if err := writeDeadLetter(ctx, o.pool, o.writer, o.cfg.DeadLetterTopic, msg, err); err != nil {
+			return err
+		}
+		o.cm.deadLetters.Inc()
+		return nil
 	}
 	ctx, span := startProcess(ctx, o.tracer, r.trace, o.cfg.ReplyTopic, o.cfg.ConsumerGroup, msg, func(span trace.Span) {
 		sagaAttrs(span, r.SagaID.String(), o.def.name, r.Step, "", r.Attempt, r.Compensation)
@@ -647,7 +655,7 @@ func (o *Orchestrator[D]) Run(ctx context.Context) error {
 		defer stopBatch() // after the router: its handlers wait on the batcher
 		err := runRouter(ctx, consumeConfig{Brokers: o.brokers, ConsumerGroup: o.cfg.ConsumerGroup,
 			Topic: o.cfg.ReplyTopic, Sarama: o.cfg.OverwriteSaramaConfig, NackResendSleep: o.cfg.NackResendSleep,
-			Logger: o.log, Name: "saga_replies_" + o.def.name}, o.handleMessage)
+			Logger: o.log, Name: "saga_replies_" + o.def.name, Metrics: o.cm}, o.handleMessage)
 		if err != nil {
 			errs <- err
 		}

@@ -279,6 +279,8 @@ type Participant struct {
 	batch    *batcher[*Command]
 	once     runOnce
 	tracer   trace.Tracer
+	cm       *consumerMetrics
+	pm       *participantMetrics
 }
 
 // NewParticipant checks cfg, fills its defaults and attaches the
@@ -309,8 +311,17 @@ func NewParticipant(rt Runtime, cfg ParticipantConfig) (*Participant, error) {
 		handlers: make(map[string]HandlerFunc, len(cfg.Handlers)),
 		log:      log.With("component", "saga.participant", "participant", cfg.Name),
 		tracer:   tracerOf(cfg.TracerProvider, rt)}
+	names := make([]string, 0, len(cfg.Handlers))
 	for _, h := range cfg.Handlers {
 		p.handlers[h.command] = h.fn
+		names = append(names, h.command)
+	}
+	var err error
+	if p.cm, err = newConsumerMetrics(rt.Registerer(), p.consumerName()); err != nil {
+		return nil, err
+	}
+	if p.pm, err = newParticipantMetrics(rt.Registerer(), cfg.Name, names); err != nil {
+		return nil, err
 	}
 	if reg := rt.Registry(); reg != nil {
 		p.decoder = outbox.NewDecoder(reg, p.codec)
@@ -334,8 +345,9 @@ func (p *Participant) Process(ctx context.Context, cmd *Command) error {
 // concurrent delivery of one of the commands, a handler that broke the
 // transaction), or if two commands need the same inbox entry, each command
 // is run again in a transaction of its own.
-func (p *Participant) processBatch(ctx context.Context, cmds []*Command) []error {
-	errs := make([]error, len(cmds))
+func (p *Participant) processBatch(ctx context.Context, cmds []*Command) (errs []error) {
+	defer p.count(cmds, &errs)
+	errs = make([]error, len(cmds))
 	if distinctKeys(cmds) {
 		err := p.runBatch(ctx, cmds, false)
 		if err == nil || ctx.Err() != nil {
@@ -351,6 +363,28 @@ func (p *Participant) processBatch(ctx context.Context, cmds []*Command) []error
 	}
 	return errs
 }
+
+// count counts what each command of a processed batch came to.
+func (p *Participant) count(cmds []*Command, errs *[]error) {
+	for i, cmd := range cmds {
+		name := cmd.Name
+		if _, ok := p.handlers[name]; !ok {
+			name = unknownCommand
+		}
+		if (*errs)[i] != nil {
+			p.pm.commands.WithLabelValues(name, "failed").Inc()
+			continue
+		}
+		p.pm.commands.WithLabelValues(name, string(outcomeFromWire(cmd.outcome))).Inc()
+		if cmd.duplicate {
+			p.pm.duplicates.WithLabelValues(name).Inc()
+		}
+	}
+}
+
+// consumerName names the participant's consumer in the router and the
+// metrics.
+func (p *Participant) consumerName() string { return "saga_commands_" + p.cfg.Name }
 
 // distinctKeys reports whether no two commands need the same inbox entry
 // (their own, or for a compensation its action's).
@@ -593,7 +627,9 @@ func (p *Participant) run(ctx context.Context, htx *handlerTx, cmd *Command) (*r
 		return &replyEnvelope{Outcome: wireRejected, Reason: fmt.Sprintf("participant %s has no handler for %q", p.cfg.Name, cmd.Name),
 			Payload: []byte{}}, true, nil
 	}
+	start := time.Now()
 	res, herr := h(ctx, htx, cmd)
+	p.pm.duration.WithLabelValues(cmd.Name).Observe(time.Since(start).Seconds())
 	if herr != nil {
 		if errors.Is(herr, ErrRejected) {
 			return &replyEnvelope{Outcome: wireRejected, Reason: rejectionReason(herr), Payload: []byte{}}, true, nil
@@ -660,7 +696,11 @@ func (p *Participant) handleMessage(msg *message.Message, process func(context.C
 			return err
 		}
 		p.log.WarnContext(ctx, "saga: dead-lettering command", "message_id", msg.UUID, "error", err)
-		return writeDeadLetter(ctx, p.pool, p.writer, p.cfg.DeadLetterTopic, msg, err)
+		if err := writeDeadLetter(ctx, p.pool, p.writer, p.cfg.DeadLetterTopic, msg, err); err != nil {
+			return err
+		}
+		p.cm.deadLetters.Inc()
+		return nil
 	}
 	ctx, cmd.span = startProcess(ctx, p.tracer, cmd.trace, p.cfg.CommandTopic, p.cfg.ConsumerGroup, msg, func(span trace.Span) {
 		sagaAttrs(span, cmd.SagaID.String(), cmd.SagaType, cmd.Step, cmd.StepName, cmd.Attempt, cmd.Compensation)
@@ -705,5 +745,5 @@ func (p *Participant) Run(ctx context.Context) error {
 	}
 	return runRouter(ctx, consumeConfig{Brokers: p.brokers, ConsumerGroup: p.cfg.ConsumerGroup, Topic: p.cfg.CommandTopic,
 		Sarama: p.cfg.OverwriteSaramaConfig, NackResendSleep: p.cfg.NackResendSleep, Logger: p.log,
-		Name: "saga_commands_" + p.cfg.Name}, func(msg *message.Message) error { return p.handleMessage(msg, p.batch.do) })
+		Name: p.consumerName(), Metrics: p.cm}, func(msg *message.Message) error { return p.handleMessage(msg, p.batch.do) })
 }
