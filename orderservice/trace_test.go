@@ -147,7 +147,7 @@ func sagaSpans(spans []sdktrace.ReadOnlySpan, sagaID string) []sdktrace.ReadOnly
 func attr(sp sdktrace.ReadOnlySpan, k attribute.Key) string {
 	for _, a := range sp.Attributes() {
 		if a.Key == k {
-			return a.Value.Emit()
+			return a.Value.String()
 		}
 	}
 	return ""
