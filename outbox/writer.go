@@ -532,8 +532,8 @@ func (w *Writer) buildStatement(msgs []Message, tp, ts string) (statement, error
 			tps[i], tss[i] = tp, ts
 		}
 	}
-	if n == 1 && tps != nil {
-		tp, ts, tps = tps[0], tss[0], nil
+	if tps != nil && allEqual(tps) && allEqual(tss) {
+		tp, ts, tps = tps[0], tss[0], nil // one trace after all: the plain insert
 	}
 	var st statement
 	switch {
@@ -559,6 +559,15 @@ func (w *Writer) buildStatement(msgs []Message, tp, ts string) (statement, error
 		st = statement{withSchemasSQL[st.sql], append(st.args, sfps, names, defs)}
 	}
 	return st, nil
+}
+
+func allEqual(ss []string) bool {
+	for _, s := range ss[1:] {
+		if s != ss[0] {
+			return false
+		}
+	}
+	return true
 }
 
 func (w *Writer) prepare(i int, m Message) error {

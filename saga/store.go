@@ -502,7 +502,7 @@ var (
 // orchestrator that has theirs.
 //
 // It also returns which timer it was ("deadline" or "retry") and the
-// trace context stored with the saga at its start (migration 006).
+// trace context stored with the saga at its start (migration 007).
 func loadDue(ctx context.Context, tx pgx.Tx, typ string, versions []int, now time.Time) (s *state, data []byte, req []byte,
 	due dueTimer, err error) {
 	for i, sql := range []string{loadDeadlineSQL, loadRetrySQL} {

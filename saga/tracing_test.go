@@ -15,7 +15,7 @@ import (
 )
 
 // A timer has no record to read a trace context from: the saga stores the
-// one it started under (migration 006), so the deadlines that expire and
+// one it started under (migration 007), so the deadlines that expire and
 // the retries that come due later produce spans in the saga's trace,
 // children of the span that started it, and what they send stays there.
 func TestTimersJoinTheTraceTheSagaStartedIn(t *testing.T) {

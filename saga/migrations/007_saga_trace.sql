@@ -1,3 +1,5 @@
+-- Numbered 007: main took 006 for saga_definitions (the console) while this
+-- was written; a database at 005 applies both, in order.
 -- The W3C trace context (traceparent, tracestate) of the work that started
 -- each saga: the HTTP request of an order, for instance. Commands and
 -- replies carry their trace context in Kafka headers, but a timer has no
