@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -293,7 +294,12 @@ func Run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("%s: %w", Name, err)
 		}
 		t.Install()
-		defer func() { _ = t.Shutdown(context.WithoutCancel(ctx)) }()
+		defer func() {
+			// Flush what is buffered, without hanging on an unreachable collector.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = t.Shutdown(sctx)
+		}()
 		cfg.TracerProvider = t.Provider
 	}
 	s, err := New(ctx, cfg)

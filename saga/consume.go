@@ -13,6 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/sagabox/sagabox/internal/tracing"
 	"github.com/sagabox/sagabox/internal/wmlog"
 	"github.com/sagabox/sagabox/outbox"
 )
@@ -127,6 +128,7 @@ func writeDeadLetter(ctx context.Context, db interface {
 	for k, v := range md {
 		headers[k] = v
 	}
+	ctx = tracing.ContextWith(ctx, recordTrace(msg)) // the dead letter stays in the record's trace
 	dl := deadLetter{Topic: md.Get(outbox.MetadataTopic), Partition: part, Offset: off,
 		Key: md.Get(outbox.MetadataKey), Reason: reason.Error(), Value: msg.Payload, Headers: headers}
 	if dl.Value == nil {

@@ -242,7 +242,11 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("shop: %w", err)
 		}
-		s.cleanup = append(s.cleanup, func() error { return t.Shutdown(context.Background()) })
+		s.cleanup = append(s.cleanup, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second) // an unreachable collector must not hang Close
+			defer cancel()
+			return t.Shutdown(ctx)
+		})
 		tps[name] = t.Provider
 	}
 	s.UsersURL, s.CatalogURL, s.OrdersURL = "http://"+ul.Addr().String(), "http://"+cl.Addr().String(), "http://"+ol.Addr().String()
