@@ -11,6 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riferrei/srclient"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/saga"
@@ -60,6 +62,13 @@ type Config struct {
 	// Registerer gets every part's Prometheus metrics. Nil: none are
 	// registered.
 	Registerer prometheus.Registerer
+	// TracerProvider makes every part's spans: the outbox writes and
+	// publishes, and (through TracerProvider, see saga.TracerProviderRuntime)
+	// the orchestrators', participants' and consumers' unless their own
+	// config sets one. Relay.TracerProvider and Writer.TracerProvider, when
+	// set, win. Defaults to the global provider (otel.GetTracerProvider),
+	// a no-op until one is set: tracing off costs nothing.
+	TracerProvider trace.TracerProvider
 }
 
 // Client owns a service's messaging runtime: the codec, the outbox writer,
@@ -118,12 +127,23 @@ func NewClient(pool *pgxpool.Pool, cfg Config) (*Client, error) {
 		}
 		rc := cfg.Relay
 		rc.Pool, rc.Brokers, rc.Registry, rc.Logger, rc.Registerer = pool, cfg.Brokers, c.registry, cfg.Logger, cfg.Registerer
+		if rc.TracerProvider == nil {
+			rc.TracerProvider = cfg.TracerProvider
+		}
+		rc.Topics = slices.Clone(rc.Topics)
+		for topic := range cfg.Publishes {
+			rc.Topics = append(rc.Topics, topic)
+		}
+		slices.Sort(rc.Topics)
 		if c.relay, err = outbox.NewRelay(rc); err != nil {
 			return nil, err
 		}
 	}
 	wc := cfg.Writer
 	wc.Codec, wc.Logger = codec, cfg.Logger
+	if wc.TracerProvider == nil {
+		wc.TracerProvider = cfg.TracerProvider
+	}
 	if c.relay != nil {
 		wc.Notify, wc.NotifyCommitted = c.relay.Notify, c.relay.NotifyCommitted
 	}
@@ -163,6 +183,15 @@ func (c *Client) Logger() *slog.Logger { return c.log }
 
 // Registerer is Config.Registerer.
 func (c *Client) Registerer() prometheus.Registerer { return c.cfg.Registerer }
+
+// TracerProvider is Config.TracerProvider, or the global provider when it
+// is nil.
+func (c *Client) TracerProvider() trace.TracerProvider {
+	if c.cfg.TracerProvider == nil {
+		return otel.GetTracerProvider()
+	}
+	return c.cfg.TracerProvider
+}
 
 // Relay is the outbox relay Run runs; nil without Brokers. Its Admin-like
 // calls (Cleanup) and Notify are safe any time.
@@ -272,3 +301,5 @@ func runParts(ctx context.Context, front, back []part, ready ...chan struct{}) e
 	backWG.Wait()
 	return firstErr
 }
+
+var _ saga.TracerProviderRuntime = (*Client)(nil)

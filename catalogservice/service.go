@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -19,8 +20,10 @@ import (
 	"github.com/sagabox/sagabox/internal/platform/config"
 	"github.com/sagabox/sagabox/internal/platform/dbpool"
 	"github.com/sagabox/sagabox/internal/platform/httpx"
+	"github.com/sagabox/sagabox/internal/platform/telemetry"
 	"github.com/sagabox/sagabox/saga"
 	"github.com/sagabox/sagabox/schemas"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Name is the service's name in logs, metrics and migrations.
@@ -62,6 +65,12 @@ type Config struct {
 	// Logger defaults to a logger that discards everything. ConfigFromEnv
 	// sets a JSON logger at LOG_LEVEL (default info).
 	Logger *slog.Logger
+	// TracerProvider traces the HTTP API and clients (otelhttp) and the
+	// service's messaging (sagabox.Config.TracerProvider). Nil: the global
+	// provider, a no-op unless one is set. Run (the command) builds one
+	// from the OTEL_* environment variables when they turn tracing on
+	// (see internal/platform/telemetry), and none otherwise.
+	TracerProvider trace.TracerProvider
 }
 
 // ConfigFromEnv reads Config from the environment, reporting every bad
@@ -152,7 +161,7 @@ func (s *Service) init(ctx context.Context) error {
 	}
 	verifier := s.cfg.Verifier
 	if verifier == nil {
-		v, err := auth.NewVerifier(auth.VerifierConfig{Keys: auth.FromURL(s.cfg.JWKSURL, nil),
+		v, err := auth.NewVerifier(auth.VerifierConfig{Keys: auth.FromURL(s.cfg.JWKSURL, telemetry.Client(&http.Client{Timeout: auth.JWKSTimeout}, s.cfg.TracerProvider)),
 			Issuer: s.cfg.Issuer, Audience: s.cfg.Audience})
 		if err != nil {
 			return err
@@ -163,7 +172,7 @@ func (s *Service) init(ctx context.Context) error {
 	var err error
 	s.client, err = sagabox.NewClient(s.pool, sagabox.Config{
 		Brokers: s.cfg.Messaging.Brokers, RegistryURL: s.cfg.Messaging.RegistryURL, Registry: s.cfg.Messaging.Registry,
-		Schemas: schemas.All(), Logger: s.log, Registerer: metrics.Registry,
+		Schemas: schemas.All(), Logger: s.log, Registerer: metrics.Registry, TracerProvider: s.cfg.TracerProvider,
 	})
 	if err != nil {
 		return fmt.Errorf("catalogservice: %w", err)
@@ -193,8 +202,8 @@ func (s *Service) init(ctx context.Context) error {
 
 	s.health = httpx.NewHealth()
 	s.health.Add("postgres", repo.Ping)
-	s.handler = ports.NewHTTP(ports.HTTPConfig{App: s.app, Verifier: verifier, Health: s.health,
-		Metrics: metrics, Logger: s.log})
+	s.handler = telemetry.Handler(ports.NewHTTP(ports.HTTPConfig{App: s.app, Verifier: verifier, Health: s.health,
+		Metrics: metrics, Logger: s.log}), Name, s.cfg.TracerProvider)
 	return nil
 }
 
@@ -255,6 +264,20 @@ func (s *Service) Close() {
 
 // Run builds the service from cfg, runs it until ctx is done and closes it.
 func Run(ctx context.Context, cfg Config) error {
+	if cfg.TracerProvider == nil {
+		t, err := telemetry.FromEnv(ctx, Name, false)
+		if err != nil {
+			return fmt.Errorf("%s: %w", Name, err)
+		}
+		t.Install()
+		defer func() {
+			// Flush what is buffered, without hanging on an unreachable collector.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = t.Shutdown(sctx)
+		}()
+		cfg.TracerProvider = t.Provider
+	}
 	s, err := New(ctx, cfg)
 	if err != nil {
 		return err

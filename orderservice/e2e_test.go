@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagabox/sagabox/catalogservice"
 	"github.com/sagabox/sagabox/internal/platform/auth"
@@ -58,11 +59,18 @@ type shopOptions struct {
 	// catalog, when set, wraps the order service's catalog client; it gets
 	// the catalog's database.
 	catalog func(c app.Catalog, catalogDB *pgxpool.Pool) app.Catalog
+	// tp, when set, gives each service its tracer provider (nil: the
+	// global one).
+	tp func(service string) trace.TracerProvider
 }
 
 func startShopWith(t *testing.T, ctx context.Context, opts shopOptions) *shop {
 	t.Helper()
 	maxConns := opts.maxConns
+	tp := opts.tp
+	if tp == nil {
+		tp = func(string) trace.TracerProvider { return nil }
+	}
 	pool := func() *pgxpool.Pool {
 		db := testkit.NewDatabase(t)
 		if maxConns <= 0 {
@@ -94,7 +102,7 @@ func startShopWith(t *testing.T, ctx context.Context, opts shopOptions) *shop {
 	}
 
 	ul, uurl := listen()
-	users, err := userservice.New(ctx, userservice.Config{Pool: pool(), Messaging: msg, SignupBurst: 1000,
+	users, err := userservice.New(ctx, userservice.Config{Pool: pool(), Messaging: msg, SignupBurst: 1000, TracerProvider: tp(userservice.Name),
 		PasswordParams: useradapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1}})
 	testkit.Must(t, err, "userservice")
 	t.Cleanup(users.Close)
@@ -102,7 +110,8 @@ func startShopWith(t *testing.T, ctx context.Context, opts shopOptions) *shop {
 
 	cl, curl := listen()
 	catalogDB := pool()
-	catalog, err := catalogservice.New(ctx, catalogservice.Config{Pool: catalogDB, JWKSURL: jwks, Messaging: msg})
+	catalog, err := catalogservice.New(ctx, catalogservice.Config{Pool: catalogDB, JWKSURL: jwks, Messaging: msg,
+		TracerProvider: tp(catalogservice.Name)})
 	testkit.Must(t, err, "catalogservice")
 	t.Cleanup(catalog.Close)
 
@@ -113,7 +122,7 @@ func startShopWith(t *testing.T, ctx context.Context, opts shopOptions) *shop {
 	}
 	orders, err := orderservice.New(ctx, orderservice.Config{Pool: pool(), JWKSURL: jwks, CatalogURL: curl, Catalog: catalogClient, Messaging: msg,
 		MaxPendingOrders: 100, // TestTinyPoolsDoNotDeadlockUnderLoad places 24 at once
-		Saga:             saga.Config{PollInterval: 100 * time.Millisecond}})
+		Saga:             saga.Config{PollInterval: 100 * time.Millisecond}, TracerProvider: tp(orderservice.Name)})
 	testkit.Must(t, err, "orderservice")
 	t.Cleanup(orders.Close)
 

@@ -93,4 +93,15 @@
 // shows). Relays in other processes poll every PollInterval, or listen for
 // NOTIFY when WriterConfig.NotifyChannel is set; that costs every writing
 // transaction a global lock at commit, see BENCHMARKS.md.
+//
+// # Trace context
+//
+// A trace does not survive a table unless it is stored with the row. Write
+// and Queue store the W3C trace context of ctx's span (or of each
+// Message.SpanContext) in the row, under an "outbox write" span when
+// tracing records; the relay publishes a traced row under a "publish
+// <topic>" span, its child, and the record's traceparent and tracestate
+// headers carry the publish span. WriterConfig.TracerProvider and
+// RelayConfig.TracerProvider default to the global provider. An untraced
+// write starts no span and allocates nothing for tracing.
 package outbox

@@ -1,10 +1,8 @@
 package outbox
 
 import (
-	"context"
-
 	"github.com/google/uuid"
-	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Kafka header names the relay sets on every record. Consumers deduplicate on
@@ -46,12 +44,10 @@ type Message struct {
 	SagaID string
 	// Headers are extra Kafka headers. The names above are reserved.
 	Headers map[string]string
-}
-
-// traceContext returns the W3C trace context of ctx's span (empty strings
-// when there is none), so the trace survives the trip through the table.
-func traceContext(ctx context.Context) (traceparent, tracestate string) {
-	carrier := propagation.MapCarrier{}
-	propagation.TraceContext{}.Inject(ctx, carrier)
-	return carrier.Get("traceparent"), carrier.Get("tracestate")
+	// SpanContext, when valid, is the trace context stored with the
+	// message (and sent as HeaderTraceparent and HeaderTracestate) instead
+	// of the one of the ctx given to Write or Queue: code that writes the
+	// messages of several traces in one call, as the saga participants
+	// and orchestrators do for a batch, keeps each in its own trace.
+	SpanContext trace.SpanContext
 }

@@ -19,6 +19,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riferrei/srclient"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagabox/sagabox/internal/tracing"
 )
 
 // Relay defaults.
@@ -120,6 +124,18 @@ type RelayConfig struct {
 	// builds (TLS, SASL, compression...). The relay still sets what its
 	// protocol needs: client ID default, version, timeouts.
 	OverwriteSaramaConfig *sarama.Config
+	// Topics are topics the relay is expected to publish to: their
+	// sagabox_outbox_published_total series exist at 0 from the start, so
+	// that an alert on their rate reads 0, not "no data". Other topics'
+	// series appear with their first message. sagabox.Client sets the
+	// topics of its Publishes.
+	Topics []string
+	// TracerProvider makes the relay's "publish" spans: one per message
+	// that carries a trace context, a child of it, whose context the
+	// Kafka record's traceparent header then carries. Defaults to the
+	// global provider (otel.GetTracerProvider), a no-op until one is set.
+	// Messages without a trace context start no span.
+	TracerProvider trace.TracerProvider
 }
 
 // WithDefaults returns a copy of c with every unset field filled in.
@@ -234,6 +250,8 @@ type Relay struct {
 	vacuumChecked bool
 	vacuumOff     atomic.Bool
 
+	tracer trace.Tracer
+
 	testHookBeforeProduce func() // tests: block a worker mid-batch
 }
 
@@ -247,6 +265,9 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
+	for _, t := range cfg.Topics {
+		m.published.WithLabelValues(t)
+	}
 	if c, ok := cfg.Registry.(*srclient.SchemaRegistryClient); ok {
 		c.CodecCreationEnabled(false) // we parse schemas with hamba/avro
 		c.SetTimeout(cfg.ProduceTimeout)
@@ -259,6 +280,7 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 		schemas: newSchemaResolver(cfg.Pool, cfg.Registry),
 		wake:    make(chan struct{}, 1),
 		vacuum:  make(chan struct{}, 1),
+		tracer:  tracing.Tracer(cfg.TracerProvider, "outbox"),
 	}, nil
 }
 
@@ -645,7 +667,8 @@ func (r *Relay) cycle(ctx context.Context, producer *batchProducer, shards []int
 	keyOf := func(x *row) string { return x.topic + "\x00" + x.key }
 	var (
 		recs  []record
-		recOf []int // recs index -> batch index
+		recOf []int        // recs index -> batch index
+		spans []trace.Span // recs index -> publish span, when traced
 	)
 	for i := range batch {
 		x := &batch[i]
@@ -660,9 +683,24 @@ func (r *Relay) cycle(ctx context.Context, producer *batchProducer, shards []int
 			}
 			continue
 		}
+		if x.tp != "" {
+			if spans == nil {
+				spans = make([]trace.Span, len(recs), len(batch))
+			}
+			spans = append(spans, r.publishSpan(ctx, x))
+		} else if spans != nil {
+			spans = append(spans, nil)
+		}
 		recs = append(recs, record{topic: x.topic, key: keyBytes(x.key), value: frame(id, x.value), headers: recordHeaders(x)})
 		recOf = append(recOf, i)
 	}
+	defer func() {
+		for _, s := range spans {
+			if s != nil {
+				s.End() // a batch dropped before its produce (a lapsed lease)
+			}
+		}
+	}()
 	if len(recs) > 0 {
 		if r.testHookBeforeProduce != nil {
 			r.testHookBeforeProduce()
@@ -683,6 +721,10 @@ func (r *Relay) cycle(ctx context.Context, producer *batchProducer, shards []int
 		for j, err := range results {
 			i := recOf[j]
 			x := &batch[i]
+			if spans != nil && spans[j] != nil {
+				endSpan(spans[j], err)
+				spans[j] = nil
+			}
 			if err == nil {
 				outcomes[i] = outcome{ok: true, recorded: true}
 				continue
@@ -821,6 +863,30 @@ func keyBytes(k string) []byte {
 		return nil
 	}
 	return []byte(k)
+}
+
+// publishSpan starts the publish span of a row that carries a trace
+// context, as its child, and makes the row (and so the record's headers)
+// carry the span's context instead when it records.
+func (r *Relay) publishSpan(ctx context.Context, x *row) trace.Span {
+	parent := tracing.Parse(x.tp, x.ts)
+	if !parent.IsValid() {
+		return nil
+	}
+	_, span := r.tracer.Start(tracing.ContextWith(ctx, parent), "publish "+x.topic, trace.WithSpanKind(trace.SpanKindProducer))
+	if !span.IsRecording() {
+		return span
+	}
+	span.SetAttributes(tracing.Messaging(tracing.OpSend, "publish", x.topic)...)
+	span.SetAttributes(tracing.MessageID(x.messageID), tracing.KafkaKey(x.key))
+	if x.saga != "" {
+		span.SetAttributes(tracing.SagaID.String(x.saga))
+	}
+	if x.attempts > 0 {
+		span.SetAttributes(attribute.Int("sagabox.outbox.attempt", x.attempts+1))
+	}
+	x.tp, x.ts = tracing.Format(span.SpanContext())
+	return span
 }
 
 func recordHeaders(x *row) []sarama.RecordHeader {

@@ -4,6 +4,8 @@ import (
 	stdsql "database/sql"
 	"errors"
 	"fmt"
+	"github.com/sagabox/sagabox/internal/tracing"
+	"go.opentelemetry.io/otel/trace"
 	"reflect"
 	"strings"
 
@@ -33,7 +35,7 @@ import (
 //	metadata HeaderCorrelationID correlation_id (watermill's CorrelationID middleware uses the same name)
 //	metadata HeaderCausationID   causation_id
 //	metadata HeaderSagaID        saga_id
-//	msg.Context()                traceparent, tracestate (or metadata of those names)
+//	msg.Context()                traceparent, tracestate (or metadata of those names), per message
 //	any other metadata           extra Kafka headers
 //
 // Metadata that describes a record read from Kafka (HeaderID,
@@ -107,11 +109,7 @@ func (a *WatermillSchemaAdapter) SubscribeIsolationLevel() stdsql.IsolationLevel
 // watermillStatement turns watermill messages into the insert Writer.Write
 // runs, with the same validation.
 func (w *Writer) watermillStatement(topic string, msgs message.Messages) (statement, error) {
-	var (
-		out    = make([]Message, len(msgs))
-		tp, ts string
-		traced = -1
-	)
+	out := make([]Message, len(msgs))
 	for i, wm := range msgs {
 		if wm == nil {
 			return statement{}, &MessageError{Index: i, Topic: topic, Err: errors.New("watermill message is nil")}
@@ -146,21 +144,14 @@ func (w *Writer) watermillStatement(topic string, msgs message.Messages) (statem
 			}
 			m.Headers[k] = v
 		}
-		// One statement stores one trace context; a call mixing traces would
-		// file all of them under one.
-		mtp, mts := traceContext(wm.Context())
-		if mtp == "" {
-			mtp, mts = md.Get(HeaderTraceparent), md.Get(HeaderTracestate)
-		}
-		if mtp != "" {
-			if traced >= 0 && (mtp != tp || mts != ts) {
-				return statement{}, bad("its trace context differs from message %d's: publish messages of different traces in separate Publish calls", traced)
-			}
-			tp, ts, traced = mtp, mts, i
+		// Each message keeps its own trace: its context's span, or the
+		// trace context metadata it came with.
+		if m.SpanContext = trace.SpanContextFromContext(wm.Context()); !m.SpanContext.IsValid() {
+			m.SpanContext = tracing.Parse(md.Get(HeaderTraceparent), md.Get(HeaderTracestate))
 		}
 		out[i] = m
 	}
-	return w.buildStatement(out, tp, ts)
+	return w.buildStatement(out, "", "")
 }
 
 // WatermillPublisher is a watermill message.Publisher that adds messages to

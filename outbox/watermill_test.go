@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/components/cqrs"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/hamba/avro/v2"
@@ -434,4 +435,39 @@ func TestWatermillPublisherNotifiesTheChannel(t *testing.T) {
 		t.Fatalf("notification on %q", n.Channel)
 	}
 	_, _ = listener.Exec(context.Background(), `UNLISTEN *`)
+}
+
+// Messages of different traces in one Publish call each keep their own
+// trace context (they used to be refused).
+func TestWatermillPublishKeepsEachMessagesTrace(t *testing.T) {
+	t.Parallel()
+	b := setupWatermill(t)
+	tx, err := b.sqlDB.BeginTx(b.ctx, nil)
+	testkit.Must(t, err, "begin")
+	pub, err := outbox.NewWatermillPublisher(tx, b.writer)
+	testkit.Must(t, err, "publisher")
+	tps := []string{"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", ""}
+	var msgs []*message.Message
+	for i, tp := range tps {
+		value, err := avro.Marshal(b.codec.MustSchema(orderPlacedType), orderPlaced{OrderID: "o1", Seq: int64(i)})
+		testkit.Must(t, err, "marshal")
+		m := message.NewMessage(watermill.NewUUID(), value)
+		m.Metadata.Set(outbox.HeaderType, orderPlacedType)
+		m.Metadata.Set(outbox.MetadataKey, "o1")
+		if tp != "" {
+			m.Metadata.Set(outbox.HeaderTraceparent, tp)
+		}
+		msgs = append(msgs, m)
+	}
+	testkit.Must(t, pub.Publish("orders", msgs...), "publish")
+	testkit.Must(t, tx.Commit(), "commit")
+	rows := readRows(t, b)
+	if len(rows) != len(tps) {
+		t.Fatalf("%d rows, want %d", len(rows), len(tps))
+	}
+	for i, r := range rows {
+		if r.tp != tps[i] {
+			t.Errorf("row %d: traceparent %q, want %q", i, r.tp, tps[i])
+		}
+	}
 }

@@ -15,6 +15,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagabox/sagabox/internal/tracing"
 )
 
 // NumShards is how many shards the keys are hashed into. Relays split the
@@ -59,6 +63,13 @@ type WriterConfig struct {
 
 	// Logger defaults to a logger that discards everything.
 	Logger *slog.Logger
+
+	// TracerProvider makes the spans of writes (an "outbox write" span,
+	// child of the caller's span, whose context the messages carry).
+	// Defaults to the global provider (otel.GetTracerProvider), a no-op
+	// until one is set. A write under a span that is not recording starts
+	// none.
+	TracerProvider trace.TracerProvider
 }
 
 // WithDefaults returns a copy of c with every unset field filled in.
@@ -79,8 +90,9 @@ func (c WriterConfig) validate() error {
 // Writer writes messages into the outbox inside the caller's transaction.
 // It is safe for concurrent use.
 type Writer struct {
-	cfg WriterConfig
-	log *slog.Logger
+	cfg    WriterConfig
+	log    *slog.Logger
+	tracer trace.Tracer
 	// stored: StoreSchemas has put every schema of the codec into
 	// sagabox.outbox_schemas, so writes need not carry them.
 	stored atomic.Bool
@@ -100,7 +112,8 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Writer{cfg: cfg, log: cfg.Logger.With("component", "outbox.writer")}, nil
+	return &Writer{cfg: cfg, log: cfg.Logger.With("component", "outbox.writer"),
+		tracer: tracing.Tracer(cfg.TracerProvider, "outbox")}, nil
 }
 
 // StoreSchemas stores every schema of the writer's codec in
@@ -155,6 +168,24 @@ FROM locks, unnest($5::uuid[], $6::int2[], $7::text[], $8::text[], $9::bytea[], 
 WHERE locks.n >= 0
 ORDER BY m.ord`
 
+// insertTracedSQL is insertSQL for messages that carry different trace
+// contexts (Message.SpanContext): $3 and $4 are arrays, one entry per
+// message, instead of one value for all.
+const insertTracedSQL = `
+WITH locks AS MATERIALIZED (
+	SELECT count(pg_advisory_xact_lock($1::int4, l)) AS n FROM unnest($2::int4[]) AS l
+)
+INSERT INTO sagabox.outbox (message_id, shard, topic, key, value, schema_fp, message_type,
+	correlation_id, causation_id, saga_id, traceparent, tracestate, headers)
+SELECT m.message_id, m.shard, m.topic, m.key, m.value, m.schema_fp, m.message_type,
+	m.correlation_id, m.causation_id, m.saga_id, m.traceparent, m.tracestate, m.headers
+FROM locks, unnest($5::uuid[], $6::int2[], $7::text[], $8::text[], $9::bytea[], $10::bytea[],
+	$11::text[], $12::text[], $13::text[], $14::text[], $15::jsonb[], $3::text[], $4::text[]) WITH ORDINALITY
+	AS m(message_id, shard, topic, key, value, schema_fp, message_type,
+		correlation_id, causation_id, saga_id, headers, traceparent, tracestate, ord)
+WHERE locks.n >= 0
+ORDER BY m.ord`
+
 // insertOneKeyedSQL and insertOneKeylessSQL are the same write for the most
 // common call, one message: scalar parameters cost the client and the server
 // less than fifteen one-element arrays (see BENCHMARKS.md, write path).
@@ -190,7 +221,7 @@ var withSchemasSQL = func() map[string]string {
 	for _, q := range []struct {
 		sql    string
 		params int
-	}{{insertSQL, 15}, {insertOneKeyedSQL, 15}, {insertOneKeylessSQL, 13}} {
+	}{{insertSQL, 15}, {insertTracedSQL, 15}, {insertOneKeyedSQL, 15}, {insertOneKeylessSQL, 13}} {
 		p := q.params
 		cte := fmt.Sprintf(storeSchemasCTE, p+1, p+2, p+3)
 		if rest, ok := strings.CutPrefix(q.sql, "\nWITH "); ok {
@@ -214,7 +245,10 @@ var reservedHeaders = map[string]bool{
 // untouched. The messages are published once tx commits, never if it rolls
 // back. The trace context of ctx is stored with them. Write costs one round
 // trip to the database; Queue costs none of its own.
-func (w *Writer) Write(ctx context.Context, tx Execer, msgs ...Message) error {
+func (w *Writer) Write(ctx context.Context, tx Execer, msgs ...Message) (err error) {
+	if spans := w.traceWrite(&ctx, &msgs); spans != nil {
+		defer func() { endSpans(spans, err) }()
+	}
 	st, err := w.statement(ctx, msgs)
 	if err != nil || st.sql == "" {
 		return err
@@ -231,13 +265,114 @@ func (w *Writer) Write(ctx context.Context, tx Execer, msgs ...Message) error {
 	return nil
 }
 
+// traceWrite starts the "outbox write" spans of a write: one child of
+// ctx's span when it records, for the messages that take their trace
+// context from ctx (then *ctx carries it), and one child of each distinct
+// sampled Message.SpanContext (then the message carries its span's
+// context; msgs is copied first, never changed in place). It returns no
+// spans, and costs nothing, when nothing is traced.
+func (w *Writer) traceWrite(ctx *context.Context, msgs *[]Message) []trace.Span {
+	ms := *msgs
+	var spans []trace.Span
+	fromCtx := trace.SpanFromContext(*ctx).IsRecording()
+	own := 0
+	for i := range ms {
+		if ms[i].SpanContext.IsValid() {
+			own++
+		}
+	}
+	if fromCtx && own < len(ms) {
+		c, span := w.startWrite(*ctx, ms, func(m *Message) bool { return !m.SpanContext.IsValid() })
+		if span != nil {
+			*ctx, spans = c, append(spans, span)
+		}
+	}
+	if own == 0 {
+		return spans
+	}
+	var copied []Message
+	for i := range ms {
+		parent := ms[i].SpanContext
+		if !parent.IsSampled() || (copied != nil && !copied[i].SpanContext.Equal(parent)) {
+			continue // not traced, or done with an earlier message of its trace
+		}
+		_, span := w.startWrite(trace.ContextWithSpanContext(context.Background(), parent), ms[i:],
+			func(m *Message) bool { return m.SpanContext.Equal(parent) })
+		if span == nil {
+			continue
+		}
+		if copied == nil {
+			copied = slices.Clone(ms)
+		}
+		for j := i; j < len(copied); j++ {
+			if copied[j].SpanContext.Equal(parent) {
+				copied[j].SpanContext = span.SpanContext()
+			}
+		}
+		spans = append(spans, span)
+	}
+	if copied != nil {
+		*msgs = copied
+	}
+	return spans
+}
+
+// startWrite starts one "outbox write" span under ctx for the messages of
+// ms that mine selects; nil when it would not record.
+func (w *Writer) startWrite(ctx context.Context, ms []Message, mine func(*Message) bool) (context.Context, trace.Span) {
+	c, span := w.tracer.Start(ctx, "outbox write", trace.WithSpanKind(trace.SpanKindProducer))
+	if !span.IsRecording() {
+		span.End()
+		return ctx, nil
+	}
+	topic, saga, n := "", "", 0
+	for i := range ms {
+		if !mine(&ms[i]) {
+			continue
+		}
+		if n == 0 {
+			topic, saga = ms[i].Topic, ms[i].SagaID
+		} else if ms[i].Topic != topic {
+			topic = "*" // several destinations
+		}
+		n++
+	}
+	if topic == "*" {
+		topic = ""
+	}
+	span.SetAttributes(tracing.Messaging(tracing.OpCreate, "create", topic)...)
+	span.SetAttributes(tracing.BatchCount(n), tracing.DBSystemPostgres,
+		tracing.DBCollection("sagabox.outbox"), tracing.DBOperation("INSERT"))
+	if saga != "" {
+		span.SetAttributes(tracing.SagaID.String(saga))
+	}
+	return c, span
+}
+
+func endSpans(spans []trace.Span, err error) {
+	for _, s := range spans {
+		endSpan(s, err)
+	}
+}
+
+func endSpan(span trace.Span, err error) {
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+}
+
 // Queue validates and encodes msgs like Write, then appends their insert to
 // b instead of running it, so that the outbox write travels to the database
 // in the same round trip as the business statements queued in b. Send b
 // inside the business transaction (tx.SendBatch(ctx, b)) and check its
 // result: the messages exist if and only if that transaction commits. A
 // refused message returns its error here and queues nothing.
-func (w *Writer) Queue(ctx context.Context, b *pgx.Batch, msgs ...Message) error {
+func (w *Writer) Queue(ctx context.Context, b *pgx.Batch, msgs ...Message) (err error) {
+	if spans := w.traceWrite(&ctx, &msgs); spans != nil {
+		defer func() { endSpans(spans, err) }()
+	}
 	st, err := w.statement(ctx, msgs)
 	if err != nil || st.sql == "" {
 		return err
@@ -324,7 +459,7 @@ type statement struct {
 // statement validates and encodes msgs and builds their insert, with the
 // trace context of ctx. It returns an empty statement for no messages.
 func (w *Writer) statement(ctx context.Context, msgs []Message) (statement, error) {
-	tp, ts := traceContext(ctx)
+	tp, ts := tracing.FromContext(ctx)
 	return w.buildStatement(msgs, tp, ts)
 }
 
@@ -348,6 +483,9 @@ func (w *Writer) buildStatement(msgs []Message, tp, ts string) (statement, error
 		sagas    = make([]string, n)
 		headers  = make([]string, n)
 		lockKeys = make([]int32, 0, n)
+		// Per-message trace contexts, allocated only when a message
+		// carries one of its own (Message.SpanContext).
+		tps, tss []string
 	)
 	for i, m := range msgs {
 		if err := w.prepare(i, m); err != nil {
@@ -382,6 +520,20 @@ func (w *Writer) buildStatement(msgs []Message, tp, ts string) (statement, error
 		if m.Key != "" {
 			lockKeys = append(lockKeys, lockKeyOf(m.Topic, m.Key))
 		}
+		if m.SpanContext.IsValid() {
+			if tps == nil {
+				tps, tss = make([]string, n), make([]string, n)
+				for j := range i {
+					tps[j], tss[j] = tp, ts
+				}
+			}
+			tps[i], tss[i] = tracing.Format(m.SpanContext)
+		} else if tps != nil {
+			tps[i], tss[i] = tp, ts
+		}
+	}
+	if tps != nil && allEqual(tps) && allEqual(tss) {
+		tp, ts, tps = tps[0], tss[0], nil // one trace after all: the plain insert
 	}
 	var st statement
 	switch {
@@ -391,6 +543,11 @@ func (w *Writer) buildStatement(msgs []Message, tp, ts string) (statement, error
 	case n == 1:
 		st = statement{insertOneKeylessSQL, []any{ids[0], shards[0], topics[0], keys[0],
 			values[0], fps[0], types[0], corrs[0], causes[0], sagas[0], tp, ts, headers[0]}}
+	case tps != nil:
+		slices.Sort(lockKeys)
+		lockKeys = slices.Compact(lockKeys)
+		st = statement{insertTracedSQL, []any{lockClass, lockKeys, tps, tss,
+			ids, shards, topics, keys, values, fps, types, corrs, causes, sagas, headers}}
 	default:
 		slices.Sort(lockKeys)
 		lockKeys = slices.Compact(lockKeys)
@@ -402,6 +559,15 @@ func (w *Writer) buildStatement(msgs []Message, tp, ts string) (statement, error
 		st = statement{withSchemasSQL[st.sql], append(st.args, sfps, names, defs)}
 	}
 	return st, nil
+}
+
+func allEqual(ss []string) bool {
+	for _, s := range ss[1:] {
+		if s != ss[0] {
+			return false
+		}
+	}
+	return true
 }
 
 func (w *Writer) prepare(i int, m Message) error {

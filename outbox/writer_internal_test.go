@@ -69,3 +69,30 @@ func maxParam(sql string) int {
 	}
 	return n
 }
+
+// Tracing off costs a write nothing: no span, no allocation, and the same
+// statement as before there was tracing (the per-message trace contexts
+// of insertTracedSQL only when messages carry their own).
+func TestUntracedWriteStartsNoSpanAndAllocatesNothing(t *testing.T) {
+	codec := MustCodec(`{"type":"record","name":"E","namespace":"t","fields":[{"name":"n","type":"long"}]}`)
+	w, err := NewWriter(WriterConfig{Codec: codec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := []Message{{Topic: "t", Key: "a", Type: "t.E", Value: map[string]any{"n": int64(1)}},
+		{Topic: "t", Key: "b", Type: "t.E", Value: map[string]any{"n": int64(1)}}}
+	ctx := context.Background()
+	if n := testing.AllocsPerRun(100, func() {
+		c, m := ctx, msgs
+		if spans := w.traceWrite(&c, &m); spans != nil {
+			t.Fatal("an untraced write started a span")
+		}
+	}); n != 0 {
+		t.Fatalf("an untraced write's tracing allocates %v times, want 0", n)
+	}
+	w.stored.Store(true)
+	st, err := w.statement(ctx, msgs)
+	if err != nil || st.sql != insertSQL {
+		t.Fatalf("untraced write: %v, statement %q", err, st.sql)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/sagabox/sagabox/internal/tracing"
 	"github.com/sagabox/sagabox/internal/wmlog"
 	"github.com/sagabox/sagabox/outbox"
 )
@@ -37,6 +38,7 @@ type consumeConfig struct {
 	NackResendSleep time.Duration
 	Logger          *slog.Logger
 	Name            string
+	Metrics         *consumerMetrics // nil: none
 }
 
 // routerCloseTimeout bounds how long a stopping consumer waits for the
@@ -65,6 +67,21 @@ func runRouter(ctx context.Context, c consumeConfig, h message.NoPublishHandlerF
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: routerCloseTimeout}, wlog)
 	if err != nil {
 		return fmt.Errorf("saga: %s: router: %w", c.Name, err)
+	}
+	if m := c.Metrics; m != nil {
+		ok, retry, inner := m.consumed.WithLabelValues(consumedOK), m.consumed.WithLabelValues(consumedRetry), h
+		h = func(msg *message.Message) error {
+			if ts, found := kafka.MessageTimestampFromCtx(msg.Context()); found && !ts.IsZero() {
+				m.recordAge.Observe(time.Since(ts).Seconds())
+			}
+			err := inner(msg)
+			if err != nil {
+				retry.Inc()
+			} else {
+				ok.Inc()
+			}
+			return err
+		}
 	}
 	router.AddConsumerHandler(c.Name, c.Topic, sub, h)
 	done := make(chan error, 1)
@@ -111,6 +128,7 @@ func writeDeadLetter(ctx context.Context, db interface {
 	for k, v := range md {
 		headers[k] = v
 	}
+	ctx = tracing.ContextWith(ctx, recordTrace(msg)) // the dead letter stays in the record's trace
 	dl := deadLetter{Topic: md.Get(outbox.MetadataTopic), Partition: part, Offset: off,
 		Key: md.Get(outbox.MetadataKey), Reason: reason.Error(), Value: msg.Payload, Headers: headers}
 	if dl.Value == nil {

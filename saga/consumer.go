@@ -8,7 +8,11 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagabox/sagabox/internal/tracing"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -72,6 +76,12 @@ type ConsumerConfig struct {
 	NackResendSleep time.Duration
 	// OverwriteSaramaConfig replaces SaramaConfig().
 	OverwriteSaramaConfig *sarama.Config
+	// TracerProvider makes the "process" span of each event whose record
+	// carries a trace context, a child of it; the handler's ctx carries
+	// it, so what the handler writes to the outbox stays in the trace.
+	// Defaults to the Runtime's (TracerProviderRuntime), else the global
+	// provider.
+	TracerProvider trace.TracerProvider
 }
 
 // WithDefaults returns a copy of c with every unset field defaulted.
@@ -110,6 +120,9 @@ type Consumer struct {
 	inbox   *Inbox
 	decoder *outbox.Decoder
 	once    runOnce
+	tracer  trace.Tracer
+	cm      *consumerMetrics
+	events  *prometheus.CounterVec // by outcome
 }
 
 // NewConsumer checks cfg and attaches the consumer to rt, whose Run runs
@@ -123,7 +136,14 @@ func NewConsumer(rt Runtime, cfg ConsumerConfig) (*Consumer, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	c := &Consumer{cfg: cfg, rt: rt, inbox: NewInbox(rt.Pool(), cfg.Name)}
+	c := &Consumer{cfg: cfg, rt: rt, inbox: NewInbox(rt.Pool(), cfg.Name), tracer: tracerOf(cfg.TracerProvider, rt)}
+	var err error
+	if c.cm, err = newConsumerMetrics(rt.Registerer(), "consumer_"+cfg.Name); err != nil {
+		return nil, err
+	}
+	if c.events, err = newEventMetrics(rt.Registerer(), "consumer_"+cfg.Name); err != nil {
+		return nil, err
+	}
 	if reg := rt.Registry(); reg != nil {
 		c.decoder = outbox.NewDecoder(reg, rt.Codec())
 	}
@@ -144,21 +164,45 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if len(c.rt.Brokers()) == 0 || c.decoder == nil {
 		return fmt.Errorf("%w: Consumer %s: Run needs the runtime's brokers and registry", ErrInvalidConfig, c.cfg.Name)
 	}
+	handled, duplicate, failed := c.events.WithLabelValues("handled"), c.events.WithLabelValues("duplicate"), c.events.WithLabelValues("failed")
 	h := c.inbox.Middleware(func(msg *message.Message) ([]*message.Message, error) {
 		ctx := msg.Context()
 		tx, _ := Tx(ctx)
+		if ran, ok := ctx.Value(ranKey{}).(*bool); ok {
+			*ran = true
+		}
 		return nil, c.cfg.Handler(ctx, tx, c.event(msg))
 	})
 	return runRouter(ctx, consumeConfig{Brokers: c.rt.Brokers(), ConsumerGroup: c.cfg.ConsumerGroup, Topic: c.cfg.Topic,
 		Sarama: c.cfg.OverwriteSaramaConfig, NackResendSleep: c.cfg.NackResendSleep, Logger: c.rt.Logger(),
-		Name: "consumer_" + c.cfg.Name}, func(msg *message.Message) error {
+		Name: "consumer_" + c.cfg.Name, Metrics: c.cm}, func(msg *message.Message) error {
+		ctx, span := startProcess(msg.Context(), c.tracer, recordTrace(msg), c.cfg.Topic, c.cfg.ConsumerGroup, msg, func(span trace.Span) {
+			if id := msg.Metadata.Get(outbox.HeaderSagaID); id != "" {
+				span.SetAttributes(tracing.SagaID.String(id))
+			}
+		})
+		ran := false
+		msg.SetContext(context.WithValue(ctx, ranKey{}, &ran))
 		_, err := h(msg)
+		switch {
+		case err != nil:
+			failed.Inc()
+		case ran:
+			handled.Inc()
+		default:
+			duplicate.Inc() // the inbox had it: the handler did not run
+		}
 		if err == nil && c.cfg.AfterCommit != nil {
 			c.cfg.AfterCommit(msg.Context(), c.event(msg))
 		}
+		endSpan(span, err)
 		return err
 	})
 }
+
+// ranKey is the context key of a flag the handler sets when the inbox let
+// it run: a record it did not run for was a duplicate.
+type ranKey struct{}
 
 func (c *Consumer) event(msg *message.Message) *Event {
 	md := msg.Metadata

@@ -221,4 +221,29 @@
 // for tables that were empty when the service started. BENCHMARKS.md has
 // the figures: about 1,100 three-step sagas a second on two cores, Postgres
 // and the broker included.
+//
+// # Tracing: one trace per saga
+//
+// A saga crosses services and waits in tables, so its trace context has
+// to travel with it explicitly (W3C traceparent and tracestate, the
+// OpenTelemetry API). Start stores the trace context of its ctx with the
+// saga's row and with its first command. A participant handles each
+// command under a "process <topic>" span, a child of the record's
+// traceparent header; the handler's ctx carries it, and so does the reply,
+// even when one transaction answers a batch of commands of different
+// sagas (outbox.Message.SpanContext). The orchestrator handles each reply
+// the same way, and the commands it sends carry that span's context. A
+// timer has no record: a deadline that expires, a retry that comes due or
+// an operator's request runs under a "saga timer <type>" span, a child of
+// the trace context stored with the saga, however late. Consumers
+// (NewConsumer) start their span from the event's header too. With the
+// outbox's "outbox write" and "publish <topic>" spans between them, an
+// order is one trace from its HTTP request to its last compensation.
+//
+// Spans carry sagabox.saga.id, .type, .step, .step_index, .attempt,
+// .compensation, .outcome and .command, next to the messaging semantic
+// conventions. TracerProvider in Config, ParticipantConfig and
+// ConsumerConfig (or the Runtime's, see TracerProviderRuntime) chooses the
+// provider; the default is the global one. A record without a trace
+// context starts no span, so tracing off costs nothing.
 package saga

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
 	"time"
 
 	"github.com/google/uuid"
@@ -65,6 +66,11 @@ func (s *state) awaiting() bool { return !s.Deadline.IsZero() }
 type outCommand struct {
 	Topic    string
 	Envelope commandEnvelope
+	// trace is the span context of the work that sent the command (the
+	// HTTP request that started the saga, the reply or the timer): the
+	// command carries it, even when a batch writes several sagas' commands
+	// at once.
+	trace trace.SpanContext
 }
 
 // Outcome is how an attempt of a step or compensation ended (Attempt,
@@ -202,7 +208,7 @@ func (m *machine[D]) invoke(ctx context.Context, e env[D], s *state, inv *Invoca
 		return err
 	}
 	now := e.now()
-	e.send(outCommand{Topic: inv.Topic, Envelope: env})
+	e.send(outCommand{Topic: inv.Topic, Envelope: env, trace: trace.SpanContextFromContext(ctx)})
 	e.attemptStarted(s.Step, s.Compensation, s.Attempt, name, now)
 	s.Deadline = now.Add(timeout)
 	s.NextRetryAt = time.Time{}

@@ -16,6 +16,9 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagabox/sagabox/internal/tracing"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -70,6 +73,14 @@ type Config struct {
 	DisableCleanup bool
 	// CleanupInterval defaults to DefaultCleanupInterval.
 	CleanupInterval time.Duration
+
+	// TracerProvider makes the "process" span of each reply whose record
+	// carries a trace context (a child of it: the commands it leads to
+	// carry its context), and a span per timer that fires (deadline,
+	// retry, operator request), a child of the trace context stored with
+	// the saga when it started. Defaults to the Runtime's
+	// (TracerProviderRuntime), else the global provider.
+	TracerProvider trace.TracerProvider
 }
 
 // WithDefaults returns a copy of c with every unset field defaulted, but
@@ -143,11 +154,14 @@ type Orchestrator[D any] struct {
 	decoder  *outbox.Decoder
 	batch    *batcher[replyItem]
 	once     runOnce
+	tracer   trace.Tracer
+	cm       *consumerMetrics
 }
 
 type replyItem struct {
 	r         *Reply
 	causation string
+	span      trace.Span // the reply's process span; nil when not traced
 }
 
 // NewOrchestrator checks cfg and the definitions, and attaches the
@@ -184,7 +198,7 @@ func NewOrchestrator[D any](rt Runtime, cfg Config, defs ...*Definition[D]) (*Or
 		return nil, err
 	}
 	o := &Orchestrator[D]{cfg: cfg, machines: map[int]*machine[D]{}, pool: rt.Pool(), writer: rt.Writer(),
-		codec: codec, brokers: rt.Brokers()}
+		codec: codec, brokers: rt.Brokers(), tracer: tracerOf(cfg.TracerProvider, rt)}
 	for i, def := range defs {
 		switch {
 		case def == nil:
@@ -221,6 +235,9 @@ func NewOrchestrator[D any](rt Runtime, cfg Config, defs ...*Definition[D]) (*Or
 		return nil, fmt.Errorf("saga: register metrics: %w", err)
 	}
 	o.metrics = met
+	if o.cm, err = newConsumerMetrics(rt.Registerer(), "saga_replies_"+o.def.name); err != nil {
+		return nil, err
+	}
 	o.log = rt.Logger().With("component", "saga.orchestrator", "saga_type", o.def.name)
 	if reg := rt.Registry(); reg != nil {
 		o.decoder = outbox.NewDecoder(reg, codec)
@@ -465,7 +482,7 @@ func (o *Orchestrator[D]) handleReplies(ctx context.Context, items []replyItem) 
 			o.log.WarnContext(ctx, "saga: reply batch failed, handling its replies one by one", "replies", len(items), "error", err)
 		}
 		for i, it := range items {
-			_, errs[i] = o.handleReply(ctx, it.r, it.causation)
+			_, errs[i] = o.handleReply(withSpan(ctx, it.span), it.r, it.causation)
 		}
 		return errs
 	}
@@ -559,7 +576,7 @@ func (o *Orchestrator[D]) runReplies(ctx context.Context, tx pgx.Tx, items []rep
 			envs[id] = &txEnv[D]{tx: tx, writer: o.writer}
 		}
 		it.r.codec = o.codec
-		used, err := o.machines[s.DefVersion].onReply(ctx, envs[id], s, datas[id], it.r)
+		used, err := o.machines[s.DefVersion].onReply(withSpan(ctx, it.span), envs[id], s, datas[id], it.r)
 		if err != nil {
 			return nil, 0, nil, err
 		}
@@ -590,13 +607,22 @@ func (o *Orchestrator[D]) handleMessage(msg *message.Message) error {
 			return err
 		}
 		o.log.WarnContext(ctx, "saga: dead-lettering reply", "message_id", msg.UUID, "topic", o.cfg.DeadLetterTopic, "error", err)
-		return writeDeadLetter(ctx, o.pool, o.writer, o.cfg.DeadLetterTopic, msg, err)
+		if err := writeDeadLetter(ctx, o.pool, o.writer, o.cfg.DeadLetterTopic, msg, err); err != nil {
+			return err
+		}
+		o.cm.deadLetters.Inc()
+		return nil
 	}
+	ctx, span := startProcess(ctx, o.tracer, r.trace, o.cfg.ReplyTopic, o.cfg.ConsumerGroup, msg, func(span trace.Span) {
+		sagaAttrs(span, r.SagaID.String(), o.def.name, r.Step, "", r.Attempt, r.Compensation)
+		span.SetAttributes(tracing.Outcome.String(string(r.Outcome)))
+	})
 	if o.batch != nil {
-		err = o.batch.do(ctx, replyItem{r: r, causation: msg.UUID})
+		err = o.batch.do(ctx, replyItem{r: r, causation: msg.UUID, span: span})
 	} else {
 		_, err = o.handleReply(ctx, r, msg.UUID)
 	}
+	endSpan(span, err)
 	if err != nil && ctx.Err() == nil {
 		o.log.ErrorContext(ctx, "saga: handle reply", "saga_id", r.SagaID, "error", err)
 	}
@@ -610,7 +636,8 @@ func (o *Orchestrator[D]) decodeReply(msg *message.Message) (*Reply, error) {
 		return nil, err
 	}
 	return &Reply{SagaID: id, Step: env.Step, Attempt: env.Attempt, Compensation: env.Compensation,
-		Outcome: outcomeFromWire(env.Outcome), Reason: env.Reason, PayloadType: env.PayloadType, Payload: env.Payload}, nil
+		Outcome: outcomeFromWire(env.Outcome), Reason: env.Reason, PayloadType: env.PayloadType, Payload: env.Payload,
+		trace: recordTrace(msg)}, nil
 }
 
 // Run consumes replies and fires deadlines, retries and operator requests
@@ -631,7 +658,7 @@ func (o *Orchestrator[D]) Run(ctx context.Context) error {
 		defer stopBatch() // after the router: its handlers wait on the batcher
 		err := runRouter(ctx, consumeConfig{Brokers: o.brokers, ConsumerGroup: o.cfg.ConsumerGroup,
 			Topic: o.cfg.ReplyTopic, Sarama: o.cfg.OverwriteSaramaConfig, NackResendSleep: o.cfg.NackResendSleep,
-			Logger: o.log, Name: "saga_replies_" + o.def.name}, o.handleMessage)
+			Logger: o.log, Name: "saga_replies_" + o.def.name, Metrics: o.cm}, o.handleMessage)
 		if err != nil {
 			errs <- err
 		}
@@ -699,17 +726,48 @@ func (o *Orchestrator[D]) RunTimers(ctx context.Context) {
 
 // fireOne handles one saga of a registered version whose deadline
 // expired, whose retry is due, or that has an operator's request.
+//
+// A saga started under a trace gets a "saga timer" span, a child of the
+// trace context stored with it, however long ago it started: the commands
+// the timer sends carry it, so a retry an hour later still joins the
+// saga's trace.
 func (o *Orchestrator[D]) fireOne(ctx context.Context) (bool, error) {
-	var req []byte
-	return o.inSaga(ctx, func(tx pgx.Tx) (s *state, raw []byte, err error) {
-		s, raw, req, err = loadDue(ctx, tx, o.def.name, o.versions, time.Now())
+	var (
+		req  []byte
+		due  dueTimer
+		span trace.Span
+	)
+	did, err := o.inSaga(ctx, func(tx pgx.Tx) (s *state, raw []byte, err error) {
+		s, raw, req, due, err = loadDue(ctx, tx, o.def.name, o.versions, time.Now())
 		return s, raw, err
 	}, "", func(e *txEnv[D], m *machine[D], s *state, data *D) (bool, error) {
-		if req != nil { // an operator's request (admin.go) comes before the timers
-			return true, o.carryOut(ctx, e, m, s, data, req)
+		kind := due.kind
+		if req != nil {
+			kind = "operator"
 		}
-		return m.onDue(ctx, e, s, data)
+		var sctx context.Context
+		sctx, span = o.startTimer(ctx, due.trace, kind, s)
+		if req != nil { // an operator's request (admin.go) comes before the timers
+			return true, o.carryOut(sctx, e, m, s, data, req)
+		}
+		return m.onDue(sctx, e, s, data)
 	})
+	endSpan(span, err)
+	return did, err
+}
+
+// startTimer starts the span of a timer firing on a saga that carries a
+// trace context; nil (and ctx) otherwise.
+func (o *Orchestrator[D]) startTimer(ctx context.Context, parent trace.SpanContext, kind string, s *state) (context.Context, trace.Span) {
+	if !parent.IsValid() {
+		return ctx, nil
+	}
+	ctx, span := o.tracer.Start(tracing.ContextWith(ctx, parent), "saga timer "+o.def.name)
+	if span.IsRecording() {
+		sagaAttrs(span, s.ID.String(), s.Type, s.Step, s.StepName, s.Attempt, s.Compensation)
+		span.SetAttributes(tracing.Timer.String(kind))
+	}
+	return ctx, span
 }
 
 // runCleaner calls Admin.Cleanup every interval until ctx is done.

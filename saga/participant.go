@@ -17,6 +17,9 @@ import (
 	"github.com/hamba/avro/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagabox/sagabox/internal/tracing"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -40,6 +43,13 @@ type Command struct {
 	CorrelationID string
 
 	codec *outbox.Codec
+	// trace is the record's trace context; span the command's process
+	// span (nil when the record carried no trace context).
+	trace trace.SpanContext
+	span  trace.Span
+	// What the command came to, for its span and metrics.
+	outcome   string
+	duplicate bool
 }
 
 // Decode decodes the command's payload into v with the schema named
@@ -172,6 +182,11 @@ type ParticipantConfig struct {
 	DisableCleanup bool
 	// CleanupInterval defaults to DefaultCleanupInterval.
 	CleanupInterval time.Duration
+	// TracerProvider makes the "process" span of each command whose record
+	// carries a trace context, a child of it; the handler's ctx carries
+	// the span and the reply carries its context. Defaults to the
+	// Runtime's (TracerProviderRuntime), else the global provider.
+	TracerProvider trace.TracerProvider
 }
 
 // WithDefaults returns a copy of c with every unset field defaulted.
@@ -266,6 +281,9 @@ type Participant struct {
 	decoder  *outbox.Decoder
 	batch    *batcher[*Command]
 	once     runOnce
+	tracer   trace.Tracer
+	cm       *consumerMetrics
+	pm       *participantMetrics
 }
 
 // NewParticipant checks cfg, fills its defaults and attaches the
@@ -294,9 +312,19 @@ func NewParticipant(rt Runtime, cfg ParticipantConfig) (*Participant, error) {
 	}
 	p := &Participant{cfg: cfg, pool: rt.Pool(), writer: rt.Writer(), codec: rt.Codec(), brokers: rt.Brokers(),
 		handlers: make(map[string]HandlerFunc, len(cfg.Handlers)),
-		log:      log.With("component", "saga.participant", "participant", cfg.Name)}
+		log:      log.With("component", "saga.participant", "participant", cfg.Name),
+		tracer:   tracerOf(cfg.TracerProvider, rt)}
+	names := make([]string, 0, len(cfg.Handlers))
 	for _, h := range cfg.Handlers {
 		p.handlers[h.command] = h.fn
+		names = append(names, h.command)
+	}
+	var err error
+	if p.cm, err = newConsumerMetrics(rt.Registerer(), p.consumerName()); err != nil {
+		return nil, err
+	}
+	if p.pm, err = newParticipantMetrics(rt.Registerer(), cfg.Name, names); err != nil {
+		return nil, err
 	}
 	if reg := rt.Registry(); reg != nil {
 		p.decoder = outbox.NewDecoder(reg, p.codec)
@@ -320,8 +348,9 @@ func (p *Participant) Process(ctx context.Context, cmd *Command) error {
 // concurrent delivery of one of the commands, a handler that broke the
 // transaction), or if two commands need the same inbox entry, each command
 // is run again in a transaction of its own.
-func (p *Participant) processBatch(ctx context.Context, cmds []*Command) []error {
-	errs := make([]error, len(cmds))
+func (p *Participant) processBatch(ctx context.Context, cmds []*Command) (errs []error) {
+	defer p.count(cmds, &errs)
+	errs = make([]error, len(cmds))
 	if distinctKeys(cmds) {
 		err := p.runBatch(ctx, cmds, false)
 		if err == nil || ctx.Err() != nil {
@@ -337,6 +366,28 @@ func (p *Participant) processBatch(ctx context.Context, cmds []*Command) []error
 	}
 	return errs
 }
+
+// count counts what each command of a processed batch came to.
+func (p *Participant) count(cmds []*Command, errs *[]error) {
+	for i, cmd := range cmds {
+		name := cmd.Name
+		if _, ok := p.handlers[name]; !ok {
+			name = unknownCommand
+		}
+		if (*errs)[i] != nil {
+			p.pm.commands.WithLabelValues(name, "failed").Inc()
+			continue
+		}
+		p.pm.commands.WithLabelValues(name, string(outcomeFromWire(cmd.outcome))).Inc()
+		if cmd.duplicate {
+			p.pm.duplicates.WithLabelValues(name).Inc()
+		}
+	}
+}
+
+// consumerName names the participant's consumer in the router and the
+// metrics.
+func (p *Participant) consumerName() string { return "saga_commands_" + p.cfg.Name }
 
 // distinctKeys reports whether no two commands need the same inbox entry
 // (their own, or for a compensation its action's).
@@ -450,7 +501,7 @@ func (p *Participant) runBatch(ctx context.Context, cmds []*Command, eager bool)
 	msgs := make([]outbox.Message, 0, len(cmds))
 	for _, cmd := range cmds {
 		cmd.codec = p.codec
-		reply, err := p.decide(ctx, htx, cmd, stored, &entries, eager)
+		reply, err := p.decide(withSpan(ctx, cmd.span), htx, cmd, stored, &entries, eager)
 		if err != nil {
 			ptx.abort(ctx)
 			return err
@@ -532,6 +583,7 @@ func (p *Participant) decide(ctx context.Context, htx *handlerTx, cmd *Command, 
 	if r, ok := stored[key]; ok {
 		// Seen before: answer what we answered then.
 		p.log.DebugContext(ctx, "saga: duplicate command, sending the stored reply", "saga_id", cmd.SagaID, "step", cmd.Step)
+		cmd.outcome, cmd.duplicate = r.Outcome, true
 		return r, nil
 	}
 	if cmd.Compensation {
@@ -546,6 +598,7 @@ func (p *Participant) decide(ctx context.Context, htx *handlerTx, cmd *Command, 
 			// The action never ran, or was refused: nothing to undo.
 			reply := &replyEnvelope{Outcome: wireSuccess, Reason: "nothing to compensate", Payload: []byte{}}
 			e.add(key, reply)
+			cmd.outcome, cmd.duplicate = reply.Outcome, false
 			return reply, nil
 		}
 	}
@@ -564,6 +617,7 @@ func (p *Participant) decide(ctx context.Context, htx *handlerTx, cmd *Command, 
 	if store {
 		e.add(key, reply)
 	}
+	cmd.outcome, cmd.duplicate = reply.Outcome, false
 	return reply, nil
 }
 
@@ -576,7 +630,9 @@ func (p *Participant) run(ctx context.Context, htx *handlerTx, cmd *Command) (*r
 		return &replyEnvelope{Outcome: wireRejected, Reason: fmt.Sprintf("participant %s has no handler for %q", p.cfg.Name, cmd.Name),
 			Payload: []byte{}}, true, nil
 	}
+	start := time.Now()
 	res, herr := h(ctx, htx, cmd)
+	p.pm.duration.WithLabelValues(cmd.Name).Observe(time.Since(start).Seconds())
 	if herr != nil {
 		if errors.Is(herr, ErrRejected) {
 			return &replyEnvelope{Outcome: wireRejected, Reason: rejectionReason(herr), Payload: []byte{}}, true, nil
@@ -622,7 +678,8 @@ func (p *Participant) replyMessage(cmd *Command, r *replyEnvelope) outbox.Messag
 		r.Payload = []byte{}
 	}
 	return outbox.Message{Topic: cmd.ReplyTopic, Key: cmd.SagaID.String(), Type: ReplyType,
-		Value: r, CorrelationID: cmd.CorrelationID, CausationID: cmd.MessageID, SagaID: cmd.SagaID.String()}
+		Value: r, CorrelationID: cmd.CorrelationID, CausationID: cmd.MessageID, SagaID: cmd.SagaID.String(),
+		SpanContext: spanContext(cmd.span)}
 }
 
 // HandleMessage is the watermill handler for the command topic: it decodes
@@ -642,9 +699,21 @@ func (p *Participant) handleMessage(msg *message.Message, process func(context.C
 			return err
 		}
 		p.log.WarnContext(ctx, "saga: dead-lettering command", "message_id", msg.UUID, "error", err)
-		return writeDeadLetter(ctx, p.pool, p.writer, p.cfg.DeadLetterTopic, msg, err)
+		if err := writeDeadLetter(ctx, p.pool, p.writer, p.cfg.DeadLetterTopic, msg, err); err != nil {
+			return err
+		}
+		p.cm.deadLetters.Inc()
+		return nil
 	}
-	return process(ctx, cmd)
+	ctx, cmd.span = startProcess(ctx, p.tracer, cmd.trace, p.cfg.CommandTopic, p.cfg.ConsumerGroup, msg, func(span trace.Span) {
+		sagaAttrs(span, cmd.SagaID.String(), cmd.SagaType, cmd.Step, cmd.StepName, cmd.Attempt, cmd.Compensation)
+		span.SetAttributes(tracing.Command.String(cmd.Name), tracing.Participant.String(p.cfg.Name))
+	})
+	err = process(ctx, cmd)
+	if cmd.span != nil {
+		endSpan(cmd.span, err, tracing.Outcome.String(string(outcomeFromWire(cmd.outcome))), tracing.Duplicate.Bool(cmd.duplicate))
+	}
+	return err
 }
 
 func (p *Participant) decodeCommand(msg *message.Message) (*Command, error) {
@@ -655,7 +724,8 @@ func (p *Participant) decodeCommand(msg *message.Message) (*Command, error) {
 	}
 	return &Command{SagaID: id, SagaType: env.SagaType, Step: env.Step, StepName: env.StepName, Attempt: env.Attempt,
 		Compensation: env.Compensation, Name: env.Command, ReplyTopic: env.ReplyTopic, PayloadType: env.PayloadType,
-		Payload: env.Payload, MessageID: msg.UUID, CorrelationID: msg.Metadata.Get(outbox.HeaderCorrelationID)}, nil
+		Payload: env.Payload, MessageID: msg.UUID, CorrelationID: msg.Metadata.Get(outbox.HeaderCorrelationID),
+		trace: recordTrace(msg)}, nil
 }
 
 // Run consumes CommandTopic until ctx is done, then lets the commands in
@@ -678,5 +748,5 @@ func (p *Participant) Run(ctx context.Context) error {
 	}
 	return runRouter(ctx, consumeConfig{Brokers: p.brokers, ConsumerGroup: p.cfg.ConsumerGroup, Topic: p.cfg.CommandTopic,
 		Sarama: p.cfg.OverwriteSaramaConfig, NackResendSleep: p.cfg.NackResendSleep, Logger: p.log,
-		Name: "saga_commands_" + p.cfg.Name}, func(msg *message.Message) error { return p.handleMessage(msg, p.batch.do) })
+		Name: p.consumerName(), Metrics: p.cm}, func(msg *message.Message) error { return p.handleMessage(msg, p.batch.do) })
 }

@@ -2,6 +2,7 @@ package saga
 
 import (
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/google/uuid"
 	"github.com/hamba/avro/v2"
@@ -139,6 +140,7 @@ type Reply struct {
 	Payload []byte
 
 	codec *outbox.Codec
+	trace trace.SpanContext // the record's, for the process span
 }
 
 // Decode decodes the reply's payload into v (a pointer to a struct with avro

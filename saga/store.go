@@ -12,6 +12,9 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagabox/sagabox/internal/tracing"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -210,8 +213,10 @@ func (e *txEnv[D]) late(ctx context.Context, s *state, l LateReply, cmd *outComm
 
 const insertSagaSQL = `
 INSERT INTO sagabox.sagas (id, saga_type, definition_version, status, step, attempt, compensation,
-	data, deadline, next_retry_at, step_started_at, step_name, last_error, correlation_id, finished_at, failure)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, CASE WHEN $15 THEN now() END, $16::jsonb)`
+	data, deadline, next_retry_at, step_started_at, step_name, last_error, correlation_id, finished_at, failure,
+	traceparent, tracestate)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, CASE WHEN $15 THEN now() END, $16::jsonb,
+	nullif($17, ''), nullif($18, ''))`
 
 // The row lock taken at load makes the version check redundant, but it
 // costs nothing and turns any mistake into an error instead of a lost update.
@@ -260,9 +265,10 @@ func (e *txEnv[D]) queue(ctx context.Context, b *pgx.Batch, w *outbox.Writer, s 
 		if err != nil {
 			return err
 		}
+		tp, ts := tracing.FromContext(ctx) // a timer much later still joins the saga's trace
 		b.Queue(insertSagaSQL, id, s.Type, s.DefVersion, string(s.Status), s.Step, s.Attempt, s.Compensation,
 			js, nullTime(s.Deadline), nullTime(s.NextRetryAt), nullTime(s.StepStartedAt), s.StepName, s.LastError,
-			s.CorrelationID, s.Status.Finished(), failure)
+			s.CorrelationID, s.Status.Finished(), failure, tp, ts)
 	} else if err := queueUpdate(b, s, data); err != nil {
 		return err
 	}
@@ -287,7 +293,7 @@ func (e *txEnv[D]) messages(s *state, causation string) []outbox.Message {
 	msgs := make([]outbox.Message, len(e.cmds))
 	for i, c := range e.cmds {
 		msgs[i] = outbox.Message{Topic: c.Topic, Key: s.ID.String(), Type: CommandType, Value: c.Envelope,
-			CorrelationID: s.CorrelationID, CausationID: causation, SagaID: s.ID.String()}
+			CorrelationID: s.CorrelationID, CausationID: causation, SagaID: s.ID.String(), SpanContext: c.trace}
 	}
 	return msgs
 }
@@ -485,7 +491,7 @@ func loadForUpdate(ctx context.Context, tx pgx.Tx, typ string, id uuid.UUID) (*s
 // the generic plan Postgres settled on for the prepared statement while
 // the table was empty was a sequential scan, kept as the table grew, of
 // every saga, finished ones included, twice a second per poll worker.
-const loadDueSQL = `SELECT ` + stateColumns + `, admin_request FROM sagabox.sagas
+const loadDueSQL = `SELECT ` + stateColumns + `, admin_request, coalesce(traceparent, ''), coalesce(tracestate, '') FROM sagabox.sagas
 WHERE %[1]s <= $2 AND saga_type = $1 AND definition_version = ANY($3::int4[])
 ORDER BY %[1]s LIMIT 1 FOR UPDATE SKIP LOCKED`
 
@@ -498,17 +504,32 @@ var (
 // retry time has come, or returns nil. req is the saga's pending operator
 // request (nil if none). Sagas of other versions are left to an
 // orchestrator that has theirs.
-func loadDue(ctx context.Context, tx pgx.Tx, typ string, versions []int, now time.Time) (s *state, data []byte, req []byte, err error) {
-	for _, sql := range []string{loadDeadlineSQL, loadRetrySQL} {
+//
+// It also returns which timer it was ("deadline" or "retry") and the
+// trace context stored with the saga at its start (migration 007).
+func loadDue(ctx context.Context, tx pgx.Tx, typ string, versions []int, now time.Time) (s *state, data []byte, req []byte,
+	due dueTimer, err error) {
+	for i, sql := range []string{loadDeadlineSQL, loadRetrySQL} {
 		s = &state{}
-		err := scanState(tx.QueryRow(ctx, sql, pgx.QueryExecModeExec, typ, now, versions), s, &data, &req)
+		var tp, ts string
+		err := scanState(tx.QueryRow(ctx, sql, pgx.QueryExecModeExec, typ, now, versions), s, &data, &req, &tp, &ts)
 		if errors.Is(err, pgx.ErrNoRows) {
 			continue
 		}
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("saga: poll: %w", err)
+			return nil, nil, nil, due, fmt.Errorf("saga: poll: %w", err)
 		}
-		return s, data, req, nil
+		due = dueTimer{kind: "deadline", trace: tracing.Parse(tp, ts)}
+		if i == 1 {
+			due.kind = "retry"
+		}
+		return s, data, req, due, nil
 	}
-	return nil, nil, nil, nil
+	return nil, nil, nil, due, nil
+}
+
+// dueTimer is what loadDue found due, and the saga's trace context.
+type dueTimer struct {
+	kind  string
+	trace trace.SpanContext
 }

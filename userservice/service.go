@@ -19,12 +19,14 @@ import (
 	"github.com/sagabox/sagabox/internal/platform/dbpool"
 	"github.com/sagabox/sagabox/internal/platform/httpx"
 	"github.com/sagabox/sagabox/internal/platform/ratelimit"
+	"github.com/sagabox/sagabox/internal/platform/telemetry"
 	"github.com/sagabox/sagabox/saga"
 	"github.com/sagabox/sagabox/schemas"
 	"github.com/sagabox/sagabox/userservice/adapters"
 	"github.com/sagabox/sagabox/userservice/app"
 	"github.com/sagabox/sagabox/userservice/domain"
 	"github.com/sagabox/sagabox/userservice/ports"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Name is the service's name in logs, metrics and migrations.
@@ -101,6 +103,13 @@ type Config struct {
 	// drills and the demo (a payment processor that is down); nil in
 	// production.
 	DebitFault ports.DebitFault
+
+	// TracerProvider traces the HTTP API and clients (otelhttp) and the
+	// service's messaging (sagabox.Config.TracerProvider). Nil: the global
+	// provider, a no-op unless one is set. Run (the command) builds one
+	// from the OTEL_* environment variables when they turn tracing on
+	// (see internal/platform/telemetry), and none otherwise.
+	TracerProvider trace.TracerProvider
 }
 
 // ConfigFromEnv reads Config from the environment, reporting every bad
@@ -249,7 +258,7 @@ func (s *Service) init(ctx context.Context) error {
 	metrics := httpx.NewMetrics(Name)
 	s.client, err = sagabox.NewClient(s.pool, sagabox.Config{
 		Brokers: cfg.Messaging.Brokers, RegistryURL: cfg.Messaging.RegistryURL, Registry: cfg.Messaging.Registry,
-		Schemas: schemas.All(), Logger: s.log, Registerer: metrics.Registry,
+		Schemas: schemas.All(), Logger: s.log, Registerer: metrics.Registry, TracerProvider: s.cfg.TracerProvider,
 	})
 	if err != nil {
 		return fmt.Errorf("userservice: %w", err)
@@ -278,12 +287,12 @@ func (s *Service) init(ctx context.Context) error {
 	}
 	s.health = httpx.NewHealth()
 	s.health.Add("postgres", repo.Ping)
-	s.handler = ports.NewHTTP(ports.HTTPConfig{
+	s.handler = telemetry.Handler(ports.NewHTTP(ports.HTTPConfig{
 		App: s.app, Verifier: verifier, JWKS: jwks, Health: s.health, Metrics: metrics, Logger: s.log,
 		LoginPerAccount: ratelimit.New(cfg.LoginEvery, cfg.LoginBurst),
 		LoginPerClient:  ratelimit.New(DefaultClientEvery, DefaultClientBurst),
 		SignupPerClient: ratelimit.New(cfg.SignupEvery, cfg.SignupBurst),
-	})
+	}), Name, s.cfg.TracerProvider)
 	return nil
 }
 
@@ -348,6 +357,20 @@ func (s *Service) Close() {
 
 // Run builds the service from cfg, runs it until ctx is done and closes it.
 func Run(ctx context.Context, cfg Config) error {
+	if cfg.TracerProvider == nil {
+		t, err := telemetry.FromEnv(ctx, Name, false)
+		if err != nil {
+			return fmt.Errorf("%s: %w", Name, err)
+		}
+		t.Install()
+		defer func() {
+			// Flush what is buffered, without hanging on an unreachable collector.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = t.Shutdown(sctx)
+		}()
+		cfg.TracerProvider = t.Provider
+	}
 	s, err := New(ctx, cfg)
 	if err != nil {
 		return err

@@ -8,10 +8,13 @@
 package shop
 
 import (
+	"go.opentelemetry.io/otel/trace"
+
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/sagabox/sagabox/internal/platform/telemetry"
 	"log/slog"
 	"net"
 	"net/http"
@@ -92,6 +95,13 @@ type Config struct {
 	SagaPollInterval time.Duration
 	// Logger receives the services' logs. Defaults to discarding them.
 	Logger *slog.Logger
+	// TracerProvider, when set, traces the three services. Nil: Start
+	// builds one SDK per service (service.name userservice, catalogservice,
+	// orderservice) from the OTEL_* environment variables when they turn
+	// tracing on (OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 to a
+	// Jaeger or a collector, say), and none otherwise: see
+	// internal/platform/telemetry. Close flushes them.
+	TracerProvider trace.TracerProvider
 }
 
 // ConfigFromEnv reads DATABASE_URL, ADMIN_EMAIL and ADMIN_PASSWORD.
@@ -241,11 +251,30 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 		s.cleanup = append(s.cleanup, func() error { _ = l.Close(); return nil }) // already closed once served
 	}
 	ul, cl, ol := ls[0], ls[1], ls[2]
+
+	// Tracing, one SDK per service so that each has its service.name.
+	tps := map[string]trace.TracerProvider{}
+	for _, name := range []string{userservice.Name, catalogservice.Name, orderservice.Name} {
+		tps[name] = cfg.TracerProvider
+		if cfg.TracerProvider != nil {
+			continue
+		}
+		t, err := telemetry.FromEnv(ctx, name, true)
+		if err != nil {
+			return nil, fmt.Errorf("shop: %w", err)
+		}
+		s.cleanup = append(s.cleanup, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second) // an unreachable collector must not hang Close
+			defer cancel()
+			return t.Shutdown(ctx)
+		})
+		tps[name] = t.Provider
+	}
 	s.UsersURL, s.CatalogURL, s.OrdersURL = "http://"+ul.Addr().String(), "http://"+cl.Addr().String(), "http://"+ol.Addr().String()
 	jwks := s.UsersURL + "/.well-known/jwks.json"
 
 	users, err := userservice.New(ctx, userservice.Config{DatabaseURL: dbURLs[0], MaxConns: cfg.MaxConns,
-		Messaging: msg, PasswordParams: cfg.PasswordParams, SignupBurst: cfg.SignupBurst, Logger: cfg.Logger,
+		Messaging: msg, PasswordParams: cfg.PasswordParams, SignupBurst: cfg.SignupBurst, Logger: cfg.Logger, TracerProvider: tps[userservice.Name],
 		DebitFault: func(context.Context, string, string, int64) error {
 			if s.paymentsDown.Load() {
 				return errors.New("payment processor unreachable (the demo switched it off)")
@@ -257,14 +286,14 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 	}
 	s.cleanup = append(s.cleanup, func() error { users.Close(); return nil })
 	catalog, err := catalogservice.New(ctx, catalogservice.Config{DatabaseURL: dbURLs[1], MaxConns: cfg.MaxConns,
-		JWKSURL: jwks, Messaging: msg, Logger: cfg.Logger})
+		JWKSURL: jwks, Messaging: msg, Logger: cfg.Logger, TracerProvider: tps[catalogservice.Name]})
 	if err != nil {
 		return nil, err
 	}
 	s.cleanup = append(s.cleanup, func() error { catalog.Close(); return nil })
 	orders, err := orderservice.New(ctx, orderservice.Config{DatabaseURL: dbURLs[2], MaxConns: cfg.MaxConns, MaxPendingOrders: cfg.MaxPendingOrders,
 		JWKSURL: jwks, CatalogURL: s.CatalogURL, Messaging: msg, Logger: cfg.Logger,
-		Saga: saga.Config{PollInterval: cfg.SagaPollInterval}})
+		Saga: saga.Config{PollInterval: cfg.SagaPollInterval}, TracerProvider: tps[orderservice.Name]})
 	if err != nil {
 		return nil, err
 	}

@@ -38,11 +38,14 @@ const (
 // KeySource returns a JWKS document.
 type KeySource func(ctx context.Context) ([]byte, error)
 
+// JWKSTimeout bounds a fetch of the key set by FromURL's default client.
+const JWKSTimeout = 5 * time.Second
+
 // FromURL fetches the JWKS document at url with client (nil: a client with
-// a 5 s timeout).
+// a JWKSTimeout timeout).
 func FromURL(url string, client *http.Client) KeySource {
 	if client == nil {
-		client = &http.Client{Timeout: 5 * time.Second}
+		client = &http.Client{Timeout: JWKSTimeout}
 	}
 	return func(ctx context.Context) ([]byte, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
