@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: help test test-crash test-loaded lint vet tidy-check fmt-check generate-check bench bench-saga bench-shop demo migrate
+.PHONY: help test lint vet tidy-check fmt-check generate-check bench bench-saga bench-shop demo migrate
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -10,6 +10,7 @@ help: ## list targets
 test: ## run every test with the race detector against the local Postgres
 	$(GO) test -race -count=1 -timeout 30m $(PKGS)
 
+.PHONY: test-crash
 test-crash: ## the crash test: the services as processes, killed, frozen and cut off from Postgres under load; a few minutes
 	SAGABOX_CRASH=1 $(GO) test -count=1 -v -timeout 15m -run TestCrashedShopSettlesWithEveryInvariant ./internal/crashtest
 

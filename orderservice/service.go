@@ -73,9 +73,8 @@ type Config struct {
 	// orders are stored PENDING with their saga's first command, which waits
 	// in the outbox until a relay runs.
 	Messaging config.Kafka
-	// Saga tunes the order saga's orchestrator (poll interval, retention...);
-	// ConfigFromEnv reads its PollInterval from SAGA_POLL_INTERVAL (default
-	// saga.DefaultPollInterval). ReplyTopic is set by the service.
+	// Saga tunes the order saga's orchestrator (poll interval, retention...).
+	// ReplyTopic is set by the service.
 	Saga saga.Config
 	// Steps times the saga's commands: each attempt's timeout
 	// (SAGA_STEP_TIMEOUT, default saga.DefaultTimeout, 30s), the attempts
@@ -83,7 +82,9 @@ type Config struct {
 	// (SAGA_STEP_ATTEMPTS, default saga.DefaultMaxAttempts, 3) and the cap
 	// of the backoff between them (SAGA_STEP_MAX_BACKOFF, default
 	// saga.DefaultMaxBackoff, 30s). Tests and the crash test shorten or
-	// lengthen them; production keeps the defaults.
+	// lengthen them; production keeps the defaults. ConfigFromEnv also
+	// reads Saga.PollInterval from SAGA_POLL_INTERVAL (default
+	// saga.DefaultPollInterval, 500ms).
 	Steps app.SagaTuning
 	// Logger defaults to a logger that discards everything. ConfigFromEnv
 	// sets a JSON logger at LOG_LEVEL (default info).
@@ -104,12 +105,12 @@ func ConfigFromEnv() (Config, error) {
 		CatalogURL:  e.String("CATALOG_URL", ""),
 		Messaging:   config.KafkaFromEnv(e),
 	}
+	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: e.LogLevel("LOG_LEVEL", slog.LevelInfo)}))
 	cfg.CatalogTimeout = e.Duration("CATALOG_TIMEOUT", adapters.CatalogTimeout)
 	cfg.Saga.PollInterval = e.Duration("SAGA_POLL_INTERVAL", saga.DefaultPollInterval)
 	cfg.Steps.Timeout = e.Duration("SAGA_STEP_TIMEOUT", saga.DefaultTimeout)
 	cfg.Steps.Retry.MaxAttempts = e.Int("SAGA_STEP_ATTEMPTS", saga.DefaultMaxAttempts)
 	cfg.Steps.Retry.MaxBackoff = e.Duration("SAGA_STEP_MAX_BACKOFF", saga.DefaultMaxBackoff)
-	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: e.LogLevel("LOG_LEVEL", slog.LevelInfo)}))
 	return cfg, e.Err()
 }
 
