@@ -21,11 +21,22 @@ import (
 	"github.com/sagabox/sagabox/internal/platform/config"
 	"github.com/sagabox/sagabox/internal/testkit"
 	"github.com/sagabox/sagabox/orderservice"
+	"github.com/sagabox/sagabox/orderservice/app"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/saga"
 	"github.com/sagabox/sagabox/schemas"
 	"github.com/sagabox/sagabox/userservice"
 	useradapters "github.com/sagabox/sagabox/userservice/adapters"
+)
+
+// Timings for tests on a busy machine (make test-loaded), not production's:
+// nothing in these tests is meant to time out, so a slow machine must make
+// them slower, never make them fail (issue 12: the 3 s SKU check and the
+// 30 s step attempt refused and cancelled orders under load).
+const (
+	e2eStepTimeout    = 3 * time.Minute // one attempt of reserve_stock or debit_credit
+	e2eCatalogTimeout = 2 * time.Minute // the SKU check of one order
+	e2eDecided        = 5 * time.Minute // an order, from placed to decided
 )
 
 // shop is the three services running in one process, each with its own
@@ -92,7 +103,8 @@ func startShopWithPools(t *testing.T, ctx context.Context, maxConns int) *shop {
 
 	ol, ourl := listen()
 	orders, err := orderservice.New(ctx, orderservice.Config{Pool: pool(), JWKSURL: jwks, CatalogURL: curl, Messaging: msg,
-		Saga: saga.Config{PollInterval: 100 * time.Millisecond}})
+		Saga:  saga.Config{PollInterval: 100 * time.Millisecond},
+		Steps: app.SagaTuning{Timeout: e2eStepTimeout}, CatalogTimeout: e2eCatalogTimeout})
 	testkit.Must(t, err, "orderservice")
 	t.Cleanup(orders.Close)
 
@@ -179,7 +191,7 @@ func (s *shop) decided(t *testing.T, token, id string) map[string]any {
 	t.Helper()
 	var got map[string]any
 	var st int
-	testkit.Eventually(t, 90*time.Second, "order "+id+" to be decided", func() bool {
+	testkit.Eventually(t, e2eDecided, "order "+id+" to be decided", func() bool {
 		st, got = call(t, "GET", s.orders+"/orders/"+id, token, nil)
 		sg, _ := got["saga"].(map[string]any)
 		return st == 200 && got["status"] != "PENDING" && sg != nil && sg["finishedAt"] != nil
@@ -360,7 +372,7 @@ func TestConcurrentSagasNeitherOversellNorOvercharge(t *testing.T) {
 // event names in the order of their partition (one key, one partition).
 func readEvents(t *testing.T, brokers []string, n int) map[string]string {
 	t.Helper()
-	recs := testkit.ReadAll(t, brokers, schemas.TopicOrderEvents, n, 60*time.Second)
+	recs := testkit.ReadAll(t, brokers, schemas.TopicOrderEvents, n, e2eDecided)
 	if len(recs) != n {
 		t.Errorf("read %d records of %s, want %d", len(recs), schemas.TopicOrderEvents, n)
 	}

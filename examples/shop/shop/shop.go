@@ -25,6 +25,7 @@ import (
 	"github.com/sagabox/sagabox/catalogservice"
 	"github.com/sagabox/sagabox/internal/platform/config"
 	"github.com/sagabox/sagabox/orderservice"
+	orderapp "github.com/sagabox/sagabox/orderservice/app"
 	"github.com/sagabox/sagabox/saga"
 	"github.com/sagabox/sagabox/schemas"
 	"github.com/sagabox/sagabox/userservice"
@@ -83,6 +84,13 @@ type Config struct {
 	MaxConns int
 	// SagaPollInterval defaults to DefaultSagaPollInterval.
 	SagaPollInterval time.Duration
+	// SagaSteps times the order saga's commands (orderservice's
+	// Config.Steps): zero keeps the saga package's defaults (30s per
+	// attempt, 3 attempts). Tests on a busy machine lengthen them.
+	SagaSteps orderapp.SagaTuning
+	// CatalogTimeout bounds orderservice's SKU check of an order
+	// (orderservice's Config.CatalogTimeout). Defaults to its default (3s).
+	CatalogTimeout time.Duration
 	// Logger receives the services' logs. Defaults to discarding them.
 	Logger *slog.Logger
 }
@@ -237,7 +245,7 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 	s.cleanup = append(s.cleanup, func() error { catalog.Close(); return nil })
 	orders, err := orderservice.New(ctx, orderservice.Config{DatabaseURL: dbURLs[2], MaxConns: cfg.MaxConns,
 		JWKSURL: jwks, CatalogURL: s.CatalogURL, Messaging: msg, Logger: cfg.Logger,
-		Saga: saga.Config{PollInterval: cfg.SagaPollInterval}})
+		Saga: saga.Config{PollInterval: cfg.SagaPollInterval}, Steps: cfg.SagaSteps, CatalogTimeout: cfg.CatalogTimeout})
 	if err != nil {
 		return nil, err
 	}
