@@ -84,10 +84,10 @@ type Config struct {
 	MaxConns int
 	// SagaPollInterval defaults to DefaultSagaPollInterval.
 	SagaPollInterval time.Duration
-	// SagaSteps times the order saga's commands (orderservice's
-	// Config.Steps): zero keeps the saga package's defaults (30s per
-	// attempt, 3 attempts). Tests on a busy machine lengthen them.
-	SagaSteps orderapp.SagaTuning
+	// SagaStepTimeout is how long one attempt of the order saga's commands
+	// waits for its reply (orderservice's Config.Steps.Timeout). Defaults
+	// to the saga package's (30s). Tests on a busy machine lengthen it.
+	SagaStepTimeout time.Duration
 	// CatalogTimeout bounds orderservice's SKU check of an order
 	// (orderservice's Config.CatalogTimeout). Defaults to its default (3s).
 	CatalogTimeout time.Duration
@@ -245,7 +245,7 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 	s.cleanup = append(s.cleanup, func() error { catalog.Close(); return nil })
 	orders, err := orderservice.New(ctx, orderservice.Config{DatabaseURL: dbURLs[2], MaxConns: cfg.MaxConns,
 		JWKSURL: jwks, CatalogURL: s.CatalogURL, Messaging: msg, Logger: cfg.Logger,
-		Saga: saga.Config{PollInterval: cfg.SagaPollInterval}, Steps: cfg.SagaSteps, CatalogTimeout: cfg.CatalogTimeout})
+		Saga: saga.Config{PollInterval: cfg.SagaPollInterval}, Steps: orderapp.SagaTuning{Timeout: cfg.SagaStepTimeout}, CatalogTimeout: cfg.CatalogTimeout})
 	if err != nil {
 		return nil, err
 	}

@@ -11,7 +11,6 @@ import (
 
 	"github.com/sagabox/sagabox/examples/shop/shop"
 	"github.com/sagabox/sagabox/internal/testkit"
-	orderapp "github.com/sagabox/sagabox/orderservice/app"
 	useradapters "github.com/sagabox/sagabox/userservice/adapters"
 )
 
@@ -36,8 +35,8 @@ func setup(t *testing.T) (*shop.Shop, *shop.Client, context.Context) {
 	ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
 	t.Cleanup(cancel)
 	s, err := shop.Start(ctx, shop.Config{DatabaseURL: testkit.AdminURL(), Fresh: true,
-		PasswordParams: useradapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1},
-		SagaSteps:      orderapp.SagaTuning{Timeout: testStepTimeout}, CatalogTimeout: testCatalogTimeout})
+		PasswordParams:  useradapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1},
+		SagaStepTimeout: testStepTimeout, CatalogTimeout: testCatalogTimeout})
 	if err != nil {
 		t.Fatalf("start the shop: %v", err)
 	}
