@@ -26,6 +26,7 @@ const (
 	testDeadline       = 10 * time.Minute // a whole test
 	testViewCatchUp    = 3 * time.Minute  // the catalog's view of a decided order
 	testPollEvery      = 500 * time.Millisecond
+	testRequestTimeout = 2 * time.Minute // one HTTP request of the client
 )
 
 // setup starts a shop on random ports against fresh databases on the test
@@ -48,7 +49,7 @@ func setup(t *testing.T) (*shop.Shop, *shop.Client, context.Context) {
 		}
 	})
 	c := s.Client()
-	c.HTTP = &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	c.HTTP = &http.Client{Transport: tr, Timeout: testRequestTimeout}
 	return s, c, ctx
 }
 
