@@ -384,19 +384,29 @@ func (s *shopProcs) viewLag(t *testing.T) int {
 	return len(statuses)
 }
 
-// terminateBackends ends every database connection of p's service.
+// terminateBackends ends every database connection of p's service. A
+// service that has none open at that moment (its pool just lost them all)
+// gets a few seconds to open one again.
 func (s *shopProcs) terminateBackends(t *testing.T, p *proc) int {
 	t.Helper()
-	var n int
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	err := s.dbs[p].Pool.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-		WHERE datname = current_database() AND application_name = $1`, appName(p)).Scan(&n)
-	testkit.Must(t, err, "pg_terminate_backend of %s", p.name)
-	if n == 0 {
-		t.Fatalf("pg_terminate_backend: %s has no connection to terminate (is application_name set?)", p.name)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var n int
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := s.dbs[p].Pool.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+			WHERE datname = current_database() AND application_name = $1`, appName(p)).Scan(&n)
+		cancel()
+		testkit.Must(t, err, "pg_terminate_backend of %s", p.name)
+		if n > 0 {
+			return n
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pg_terminate_backend: %s has had no connection to terminate for 30s (is application_name set?)", p.name)
+		}
+		<-tick.C
 	}
-	return n
 }
 
 // query runs a one-row query on p's database with the test's own pool,
