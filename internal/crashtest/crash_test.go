@@ -131,6 +131,7 @@ func TestCrashedShopSettlesWithEveryInvariant(t *testing.T) {
 	var faults []string
 	fault := func(what string) {
 		faults = append(faults, what)
+		s.faults = append(s.faults, faultAt{time.Now(), what})
 		var pending int64
 		s.query(t, s.orders, `SELECT count(*) FROM orders WHERE status = 'PENDING'`, &pending)
 		t.Logf("crash: fault %d at %s, %d orders pending: %s", len(faults), time.Since(began).Round(time.Millisecond), pending, what)
@@ -226,6 +227,13 @@ type shopProcs struct {
 	adminPassword          string
 	sessions               []shop.Session
 	began                  time.Time // the run's start, to place events in it
+	faults                 []faultAt // the faults injected, in order
+}
+
+// faultAt is when a fault was injected.
+type faultAt struct {
+	at   time.Time
+	what string
 }
 
 func (s *shopProcs) procs() []*proc { return []*proc{s.users, s.catalog, s.orders} }
@@ -343,7 +351,46 @@ func (s *shopProcs) sagaSummary(t *testing.T) string {
 	if len(parts) == 0 {
 		return "no unfinished saga"
 	}
-	return "unfinished sagas: " + strings.Join(parts, ", ")
+	return "unfinished sagas: " + strings.Join(parts, ", ") + "; failed sagas by the last fault before they failed: " + s.failedByFault(t)
+}
+
+// failedByFault counts the failed sagas by the fault injected last before
+// each failed, to tell which fault left them failed.
+func (s *shopProcs) failedByFault(t *testing.T) string {
+	t.Helper()
+	rows, err := s.dbs[s.orders].Pool.Query(context.Background(), `SELECT updated_at FROM sagabox.sagas WHERE status = 'failed'`)
+	if err != nil {
+		return err.Error()
+	}
+	defer rows.Close()
+	by := make([]int, len(s.faults)+1) // 0: before any fault
+	for rows.Next() {
+		var at time.Time
+		if err := rows.Scan(&at); err != nil {
+			return err.Error()
+		}
+		i := 0
+		for j, f := range s.faults {
+			if !at.Before(f.at) {
+				i = j + 1
+			}
+		}
+		by[i]++
+	}
+	var parts []string
+	for i, n := range by {
+		switch {
+		case n == 0:
+		case i == 0:
+			parts = append(parts, fmt.Sprintf("%d before any fault", n))
+		default:
+			parts = append(parts, fmt.Sprintf("%d after fault %d (%s)", n, i, s.faults[i-1].what))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
 }
 
 // outboxRows counts the rows left in the three outboxes.
