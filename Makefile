@@ -10,6 +10,20 @@ help: ## list targets
 test: ## run every test with the race detector against the local Postgres
 	$(GO) test -race -count=1 -timeout 30m $(PKGS)
 
+.PHONY: test-loaded
+test-loaded: ## make test with every core kept busy by a background spinner (internal/cmd/spin), stopped however it ends
+	@set -e; dir=$$(mktemp -d); \
+	$(GO) build -o $$dir/spin ./internal/cmd/spin; \
+	$$dir/spin & spin=$$!; \
+	trap 'kill $$spin 2>/dev/null || true; wait $$spin 2>/dev/null || true; rm -rf $$dir; echo "test-loaded: spinner stopped"' EXIT; \
+	trap 'exit 130' INT TERM; \
+	echo "test-loaded: spinner (pid $$spin) on $$(nproc) cores"; \
+	$(MAKE) --no-print-directory test
+
+.PHONY: test-crash
+test-crash: ## the crash test: the services as processes, killed, frozen and cut off from Postgres under load; a few minutes
+	SAGABOX_CRASH=1 $(GO) test -count=1 -v -timeout 15m -run TestCrashedShopSettlesWithEveryInvariant ./internal/crashtest
+
 lint: fmt-check vet generate-check tidy-check ## gofmt, go vet, staticcheck, generated code and go.mod up to date
 	$(GO) tool staticcheck $(PKGS)
 

@@ -31,6 +31,16 @@ import (
 	useradapters "github.com/sagabox/sagabox/userservice/adapters"
 )
 
+// Timings for tests on a busy machine (make test-loaded), not production's:
+// nothing in these tests is meant to time out, so a slow machine must make
+// them slower, never make them fail (issue 12: the 3 s SKU check and the
+// 30 s step attempt refused and cancelled orders under load).
+const (
+	e2eStepTimeout    = 3 * time.Minute // one attempt of reserve_stock or debit_credit
+	e2eCatalogTimeout = 2 * time.Minute // the SKU check of one order
+	e2eDecided        = 5 * time.Minute // an order, from placed to decided
+)
+
 // shop is the three services running in one process, each with its own
 // database and HTTP server on a random port, sharing one Kafka (kfake) and
 // one Schema Registry (srfake): what docker-compose runs, in a test.
@@ -122,7 +132,8 @@ func startShopWith(t *testing.T, ctx context.Context, opts shopOptions) *shop {
 	}
 	orders, err := orderservice.New(ctx, orderservice.Config{Pool: pool(), JWKSURL: jwks, CatalogURL: curl, Catalog: catalogClient, Messaging: msg,
 		MaxPendingOrders: 100, // TestTinyPoolsDoNotDeadlockUnderLoad places 24 at once
-		Saga:             saga.Config{PollInterval: 100 * time.Millisecond}, TracerProvider: tp(orderservice.Name)})
+		Saga:             saga.Config{PollInterval: 100 * time.Millisecond}, TracerProvider: tp(orderservice.Name),
+		Steps: app.SagaTuning{Timeout: e2eStepTimeout}, CatalogTimeout: e2eCatalogTimeout})
 	testkit.Must(t, err, "orderservice")
 	t.Cleanup(orders.Close)
 
@@ -209,7 +220,7 @@ func (s *shop) decided(t *testing.T, token, id string) map[string]any {
 	t.Helper()
 	var got map[string]any
 	var st int
-	testkit.Eventually(t, 90*time.Second, "order "+id+" to be decided", func() bool {
+	testkit.Eventually(t, e2eDecided, "order "+id+" to be decided", func() bool {
 		st, got = call(t, "GET", s.orders+"/orders/"+id, token, nil)
 		sg, _ := got["saga"].(map[string]any)
 		return st == 200 && got["status"] != "PENDING" && sg != nil && sg["finishedAt"] != nil
@@ -390,7 +401,7 @@ func TestConcurrentSagasNeitherOversellNorOvercharge(t *testing.T) {
 // event names in the order of their partition (one key, one partition).
 func readEvents(t *testing.T, brokers []string, n int) map[string]string {
 	t.Helper()
-	recs := testkit.ReadAll(t, brokers, schemas.TopicOrderEvents, n, 60*time.Second)
+	recs := testkit.ReadAll(t, brokers, schemas.TopicOrderEvents, n, e2eDecided)
 	if len(recs) != n {
 		t.Errorf("read %d records of %s, want %d", len(recs), schemas.TopicOrderEvents, n)
 	}

@@ -64,6 +64,10 @@ type Config struct {
 	// is a 422 that writes nothing. Empty: SKUs are not checked at the door
 	// and an unknown SKU cancels the order through the saga.
 	CatalogURL string
+	// CatalogTimeout bounds that check for one order (CATALOG_TIMEOUT): a
+	// catalog slower than this makes the order a 503 catalog_unavailable.
+	// Defaults to adapters.CatalogTimeout (3s).
+	CatalogTimeout time.Duration
 	// Catalog, when set, is used instead of a client of CatalogURL.
 	Catalog app.Catalog
 	// Messaging says where Kafka and the Schema Registry are (KAFKA_BROKERS,
@@ -78,6 +82,16 @@ type Config struct {
 	// Saga tunes the order saga's orchestrator (poll interval, retention...).
 	// ReplyTopic is set by the service.
 	Saga saga.Config
+	// Steps times the saga's commands: each attempt's timeout
+	// (SAGA_STEP_TIMEOUT, default saga.DefaultTimeout, 30s), the attempts
+	// before a compensatable step compensates or the pivot keeps asking
+	// (SAGA_STEP_ATTEMPTS, default saga.DefaultMaxAttempts, 3) and the cap
+	// of the backoff between them (SAGA_STEP_MAX_BACKOFF, default
+	// saga.DefaultMaxBackoff, 30s). Tests and the crash test shorten or
+	// lengthen them; production keeps the defaults. ConfigFromEnv also
+	// reads Saga.PollInterval from SAGA_POLL_INTERVAL (default
+	// saga.DefaultPollInterval, 500ms).
+	Steps app.SagaTuning
 	// Logger defaults to a logger that discards everything. ConfigFromEnv
 	// sets a JSON logger at LOG_LEVEL (default info).
 	Logger *slog.Logger
@@ -105,6 +119,11 @@ func ConfigFromEnv() (Config, error) {
 		Messaging:        config.KafkaFromEnv(e),
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: e.LogLevel("LOG_LEVEL", slog.LevelInfo)}))
+	cfg.CatalogTimeout = e.Duration("CATALOG_TIMEOUT", adapters.CatalogTimeout)
+	cfg.Saga.PollInterval = e.Duration("SAGA_POLL_INTERVAL", saga.DefaultPollInterval)
+	cfg.Steps.Timeout = e.Duration("SAGA_STEP_TIMEOUT", saga.DefaultTimeout)
+	cfg.Steps.Retry.MaxAttempts = e.Int("SAGA_STEP_ATTEMPTS", saga.DefaultMaxAttempts)
+	cfg.Steps.Retry.MaxBackoff = e.Duration("SAGA_STEP_MAX_BACKOFF", saga.DefaultMaxBackoff)
 	return cfg, e.Err()
 }
 
@@ -137,6 +156,10 @@ func (c Config) validate() error {
 		return errors.New("orderservice: Config.DatabaseURL (DATABASE_URL) is required")
 	case c.Verifier == nil && c.JWKSURL == "":
 		return errors.New("orderservice: Config.JWKSURL (JWKS_URL) is required: userservice's /.well-known/jwks.json")
+	case c.CatalogTimeout < 0:
+		return errors.New("orderservice: Config.CatalogTimeout (CATALOG_TIMEOUT) is negative")
+	case c.Steps.Timeout < 0 || c.Steps.Retry.MaxAttempts < 0 || c.Steps.Retry.MaxBackoff < 0:
+		return errors.New("orderservice: Config.Steps (SAGA_STEP_TIMEOUT, SAGA_STEP_ATTEMPTS, SAGA_STEP_MAX_BACKOFF) must not be negative")
 	case c.CatalogURL != "" && !strings.HasPrefix(c.CatalogURL, "http://") && !strings.HasPrefix(c.CatalogURL, "https://"):
 		return fmt.Errorf("orderservice: Config.CatalogURL (CATALOG_URL) %q must be an http:// or https:// URL", c.CatalogURL)
 	}
@@ -219,14 +242,18 @@ func (s *Service) init(ctx context.Context) error {
 	// fires the timeouts and retries stored in the database.
 	sc := s.cfg.Saga
 	sc.ReplyTopic = ReplyTopic
-	s.orch, err = saga.NewOrchestrator(s.client, sc, app.OrderSaga(repo))
+	s.orch, err = saga.NewOrchestrator(s.client, sc, app.OrderSagaWith(repo, s.cfg.Steps))
 	if err != nil {
 		return fmt.Errorf("orderservice: %w", err)
 	}
 
 	catalog := s.cfg.Catalog
 	if catalog == nil && s.cfg.CatalogURL != "" {
-		catalog = adapters.NewCatalog(s.cfg.CatalogURL, telemetry.Client(&http.Client{Timeout: adapters.CatalogTimeout}, s.cfg.TracerProvider))
+		timeout := s.cfg.CatalogTimeout
+		if timeout <= 0 {
+			timeout = adapters.CatalogTimeout
+		}
+		catalog = adapters.NewCatalogWithTimeout(s.cfg.CatalogURL, timeout, telemetry.Client(&http.Client{Timeout: timeout}, s.cfg.TracerProvider))
 	}
 	if catalog == nil {
 		s.log.Warn("orderservice: CATALOG_URL is not set: SKUs are not checked when an order is placed; the saga cancels orders for unknown SKUs")

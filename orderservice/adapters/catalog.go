@@ -21,8 +21,9 @@ import (
 // gets a 422 and writes nothing; the stock reservation of the saga stays the
 // authority on stock and on the price charged.
 type Catalog struct {
-	base   string
-	client *http.Client
+	base    string
+	client  *http.Client
+	timeout time.Duration
 }
 
 // Defaults of the catalog client.
@@ -35,20 +36,29 @@ const (
 )
 
 // NewCatalog returns a client of the catalog at baseURL
-// ("http://catalogservice:8002"). client defaults to one with
-// CatalogTimeout.
+// ("http://catalogservice:8002") whose lookups take at most CatalogTimeout.
+// client defaults to one with that timeout.
 func NewCatalog(baseURL string, client *http.Client) *Catalog {
-	if client == nil {
-		client = &http.Client{Timeout: CatalogTimeout}
+	return NewCatalogWithTimeout(baseURL, CatalogTimeout, client)
+}
+
+// NewCatalogWithTimeout is NewCatalog with the bound of one order's lookup
+// (orderservice's CATALOG_TIMEOUT); zero or less means CatalogTimeout.
+func NewCatalogWithTimeout(baseURL string, timeout time.Duration, client *http.Client) *Catalog {
+	if timeout <= 0 {
+		timeout = CatalogTimeout
 	}
-	return &Catalog{base: strings.TrimRight(baseURL, "/"), client: client}
+	if client == nil {
+		client = &http.Client{Timeout: timeout}
+	}
+	return &Catalog{base: strings.TrimRight(baseURL, "/"), client: client, timeout: timeout}
 }
 
 // Prices returns the list price in cents of every SKU. SKUs the catalog
 // does not know make a *domain.UnknownSKUError naming all of them; a catalog
 // that does not answer makes an error wrapping app.ErrCatalogUnavailable.
 func (c *Catalog) Prices(ctx context.Context, skus []string) (map[string]int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, CatalogTimeout)
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	var (
 		mu      sync.Mutex

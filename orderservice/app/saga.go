@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -85,7 +86,26 @@ func cancelReason(ctx context.Context, d *SagaData) string {
 	return what + " failed: " + f.Reason
 }
 
-// OrderSaga is the order saga on repo:
+// SagaTuning sets the timeouts and retries of the order saga's two
+// commands, reserve_stock and debit_credit (orderservice's
+// SAGA_STEP_TIMEOUT, SAGA_STEP_ATTEMPTS, SAGA_STEP_MAX_BACKOFF). Zero
+// fields keep the saga package's defaults (saga.DefaultTimeout,
+// saga.DefaultMaxAttempts...).
+type SagaTuning struct {
+	// Timeout is how long one attempt of a command, or of release_stock,
+	// waits for its reply. Defaults to saga.DefaultTimeout.
+	Timeout time.Duration
+	// Retry bounds the attempts of each command and their backoff.
+	Retry saga.RetryPolicy
+}
+
+// OrderSaga is OrderSagaWith(repo, SagaTuning{}): the saga package's
+// default timeouts and retries.
+func OrderSaga(repo Repository) *saga.Definition[SagaData] {
+	return OrderSagaWith(repo, SagaTuning{})
+}
+
+// OrderSagaWith is the order saga on repo, its commands timed as tn says:
 //
 //  1. create_order (local, compensatable): the order was stored PENDING in
 //     the transaction that started the saga; the step exists for its
@@ -102,7 +122,7 @@ func cancelReason(ctx context.Context, d *SagaData) string {
 //
 // Every local step runs in the orchestrator's transaction, with the saga's
 // state change and the commands it sends.
-func OrderSaga(repo Repository) *saga.Definition[SagaData] {
+func OrderSagaWith(repo Repository, tn SagaTuning) *saga.Definition[SagaData] {
 	return saga.MustDefinition(SagaName, SagaVersion,
 		saga.Step[SagaData]{
 			Name:  StepCreateOrder,
@@ -115,7 +135,8 @@ func OrderSaga(repo Repository) *saga.Definition[SagaData] {
 			},
 		},
 		saga.Step[SagaData]{
-			Name: StepReserveStock,
+			Name:    StepReserveStock,
+			Timeout: tn.Timeout, Retry: tn.Retry,
 			Invoke: &saga.Invocation[SagaData]{
 				Topic: schemas.TopicCatalogCommands, Command: schemas.CommandReserveStock, Type: schemas.NameReserveStock,
 				Payload: func(d *SagaData) (any, error) {
@@ -164,8 +185,9 @@ func OrderSaga(repo Repository) *saga.Definition[SagaData] {
 			},
 		},
 		saga.Step[SagaData]{
-			Name: StepDebitCredit,
-			Kind: saga.Pivot,
+			Name:    StepDebitCredit,
+			Kind:    saga.Pivot,
+			Timeout: tn.Timeout, Retry: tn.Retry,
 			Invoke: &saga.Invocation[SagaData]{
 				Topic: schemas.TopicUserCommands, Command: schemas.CommandDebitCredit, Type: schemas.NameDebitCredit,
 				Payload: func(d *SagaData) (any, error) {

@@ -30,6 +30,7 @@ import (
 	"github.com/sagabox/sagabox/console"
 	"github.com/sagabox/sagabox/internal/platform/config"
 	"github.com/sagabox/sagabox/orderservice"
+	orderapp "github.com/sagabox/sagabox/orderservice/app"
 	"github.com/sagabox/sagabox/saga"
 	"github.com/sagabox/sagabox/schemas"
 	"github.com/sagabox/sagabox/userservice"
@@ -93,6 +94,13 @@ type Config struct {
 	MaxPendingOrders int
 	// SagaPollInterval defaults to DefaultSagaPollInterval.
 	SagaPollInterval time.Duration
+	// SagaStepTimeout is how long one attempt of the order saga's commands
+	// waits for its reply (orderservice's Config.Steps.Timeout). Defaults
+	// to the saga package's (30s). Tests on a busy machine lengthen it.
+	SagaStepTimeout time.Duration
+	// CatalogTimeout bounds orderservice's SKU check of an order
+	// (orderservice's Config.CatalogTimeout). Defaults to its default (3s).
+	CatalogTimeout time.Duration
 	// Logger receives the services' logs. Defaults to discarding them.
 	Logger *slog.Logger
 	// TracerProvider, when set, traces the three services. Nil: Start
@@ -293,7 +301,8 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 	s.cleanup = append(s.cleanup, func() error { catalog.Close(); return nil })
 	orders, err := orderservice.New(ctx, orderservice.Config{DatabaseURL: dbURLs[2], MaxConns: cfg.MaxConns, MaxPendingOrders: cfg.MaxPendingOrders,
 		JWKSURL: jwks, CatalogURL: s.CatalogURL, Messaging: msg, Logger: cfg.Logger,
-		Saga: saga.Config{PollInterval: cfg.SagaPollInterval}, TracerProvider: tps[orderservice.Name]})
+		Saga: saga.Config{PollInterval: cfg.SagaPollInterval}, Steps: orderapp.SagaTuning{Timeout: cfg.SagaStepTimeout}, CatalogTimeout: cfg.CatalogTimeout,
+		TracerProvider: tps[orderservice.Name]})
 	if err != nil {
 		return nil, err
 	}

@@ -19,14 +19,30 @@ import (
 	useradapters "github.com/sagabox/sagabox/userservice/adapters"
 )
 
+// Timings for a test on a busy machine (make test-loaded: both cores taken
+// by other work), not production's: nothing here is meant to time out, so a
+// slow machine must make a test slower, never make it fail. The production
+// defaults (a 3 s SKU check, a 30 s step attempt) cancelled or refused up
+// to half of TestTwoHundredConcurrentOrdersForFiveUnitsApproveExactlyFive's
+// orders under load (issue 12).
+const (
+	testStepTimeout    = 3 * time.Minute  // one attempt of reserve_stock or debit_credit
+	testCatalogTimeout = 2 * time.Minute  // orderservice's SKU check of one order
+	testDeadline       = 10 * time.Minute // a whole test
+	testViewCatchUp    = 3 * time.Minute  // the catalog's view of a decided order
+	testPollEvery      = 500 * time.Millisecond
+	testRequestTimeout = 2 * time.Minute // one HTTP request of the client
+)
+
 // setup starts a shop on random ports against fresh databases on the test
 // server, closed (and its databases dropped) when the test ends.
 func setup(t *testing.T) (*shop.Shop, *shop.Client, context.Context) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
 	t.Cleanup(cancel)
 	s, err := shop.Start(ctx, shop.Config{DatabaseURL: testkit.AdminURL(), Fresh: true,
-		PasswordParams: useradapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1}})
+		PasswordParams:  useradapters.Argon2idParams{Memory: 64, Time: 1, Threads: 1},
+		SagaStepTimeout: testStepTimeout, CatalogTimeout: testCatalogTimeout})
 	if err != nil {
 		t.Fatalf("start the shop: %v", err)
 	}
@@ -38,7 +54,7 @@ func setup(t *testing.T) (*shop.Shop, *shop.Client, context.Context) {
 		}
 	})
 	c := s.Client()
-	c.HTTP = &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	c.HTTP = &http.Client{Transport: tr, Timeout: testRequestTimeout}
 	return s, c, ctx
 }
 
@@ -86,7 +102,7 @@ func TestScenarioApprovesOneOrderAndCancelsTwoForCreditAndStock(t *testing.T) {
 	// The catalog learns each outcome from order.events.
 	for _, o := range []shop.Order{r.Approved, r.NoCredit, r.NoStock} {
 		var v shop.CatalogOrder
-		testkit.Eventually(t, 30*time.Second, "the catalog's view of "+o.OrderID, func() bool {
+		testkit.Eventually(t, testViewCatchUp, "the catalog's view of "+o.OrderID, func() bool {
 			v, err = c.CatalogOrder(ctx, r.Customer.Token, o.OrderID)
 			return err == nil && v.Status == o.Status
 		})
@@ -139,7 +155,7 @@ func TestTwoHundredConcurrentOrdersForFiveUnitsApproveExactlyFive(t *testing.T) 
 					results <- result{i, shop.Order{}, err}
 					return
 				}
-				o, err := c.AwaitDecided(ctx, sessions[i].Token, id, 100*time.Millisecond)
+				o, err := c.AwaitDecided(ctx, sessions[i].Token, id, testPollEvery)
 				results <- result{i, o, err}
 			})
 		}
