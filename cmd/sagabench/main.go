@@ -66,6 +66,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sr/srfake"
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/saga"
@@ -78,6 +80,18 @@ type line struct {
 	OrderID string `avro:"order_id"`
 	Amount  int64  `avro:"amount"`
 }
+
+// countingExporter is the -trace exporter: it keeps nothing and counts what
+// the SDK hands it, so the run measures tracing's cost in the process, not
+// an exporter's.
+type countingExporter struct{ n atomic.Int64 }
+
+func (e *countingExporter) ExportSpans(_ context.Context, spans []sdktrace.ReadOnlySpan) error {
+	e.n.Add(int64(len(spans)))
+	return nil
+}
+
+func (e *countingExporter) Shutdown(context.Context) error { return nil }
 
 // steps are the saga's steps, in order; each has its participant and its
 // command topic, <step>.commands.
@@ -99,6 +113,7 @@ func main() {
 	verbose := flag.Bool("v", false, "log at debug level")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	pacedSeconds := flag.Int("paced-seconds", 10, "after the unpaced run, run paced at a quarter and at half of its capacity for this long each (0: skip; ignored with -rate)")
+	traced := flag.Bool("trace", false, "trace every saga: always-sample SDK with an exporter that only counts spans (the cost of tracing on; off, the default, is the global no-op)")
 	hops := flag.Bool("hops", true, "also read every topic with a separate Kafka client to split each leg at the relay's publish (the record timestamp); -hops=false leaves the system alone")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -116,7 +131,7 @@ func main() {
 		os.Exit(2)
 	}
 	o := options{adminURL: *databaseURL, n: *sagas, starters: *starters, rate: *rate, partitions: *partitions,
-		maxConns: int32(*maxConns), queue: *start == "queue", verbose: *verbose, pacedSeconds: *pacedSeconds, hops: *hops}
+		maxConns: int32(*maxConns), queue: *start == "queue", verbose: *verbose, pacedSeconds: *pacedSeconds, hops: *hops, trace: *traced}
 	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "sagabench:", err)
 		pprof.StopCPUProfile()
@@ -130,13 +145,24 @@ type options struct {
 	n, starters, rate, partitions int
 	pacedSeconds                  int
 	maxConns                      int32
-	queue, verbose, hops          bool
+	queue, verbose, hops, trace   bool
 }
 
 func run(ctx context.Context, o options) error {
 	log := slog.New(slog.DiscardHandler)
 	if o.verbose {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if o.trace {
+		spans := &countingExporter{}
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithBatcher(spans))
+		otel.SetTracerProvider(tp)
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			_ = tp.Shutdown(sctx)
+			fmt.Fprintf(os.Stderr, "sagabench: tracing on: %d spans exported\n", spans.n.Load())
+		}()
 	}
 	newPool, drop, err := freshDatabase(ctx, o.adminURL)
 	if err != nil {
@@ -542,6 +568,8 @@ type result struct {
 // pgx.BeginFunc, in three.
 func start(ctx context.Context, pool *pgxpool.Pool, orch *saga.Orchestrator[orderData], w *outbox.Writer, data orderData, label string, queue bool) error {
 	opts := saga.StartOptions{CorrelationID: label}
+	ctx, span := otel.Tracer("sagabench").Start(ctx, "start saga") // a no-op unless -trace
+	defer span.End()
 	ctx, committed := w.DeferNotify(ctx) // the relay is woken once the saga is committed
 	var err error
 	if !queue {
