@@ -42,6 +42,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"syscall"
@@ -87,13 +88,27 @@ func main() {
 	flag.DurationVar(&cfg.step, "step", 10*time.Second, "capacity search: how long each rate runs")
 	flag.DurationVar(&cfg.maxP99, "max-p99", 500*time.Millisecond, "capacity search: the p99 bound, POST to final status")
 	flag.IntVar(&cfg.inflight, "max-inflight", 5000, "open loop: most orders in flight at once; one more counts as failed")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (the three services, kfake and srfake are in this process) to this file")
 	flag.Parse()
 	if cfg.users <= 0 || cfg.concurrency <= 0 || cfg.duration <= 0 || cfg.poll <= 0 || cfg.partitions <= 0 ||
 		cfg.rate < 0 || cfg.startRate <= 0 || cfg.step <= 0 || cfg.maxP99 <= 0 || cfg.inflight <= 0 {
 		fmt.Fprintln(os.Stderr, "shopbench: -users, -concurrency, -duration, -poll, -partitions, -start-rate, -step, -max-p99 and -max-inflight must be positive, -rate not negative")
 		os.Exit(2)
 	}
-	if err := run(cfg); err != nil {
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "shopbench:", err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "shopbench:", err)
+			os.Exit(1)
+		}
+	}
+	err := run(cfg)
+	pprof.StopCPUProfile()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "shopbench:", err)
 		os.Exit(1)
 	}
