@@ -14,9 +14,29 @@ const (
 	CommandType    = "sagabox.saga.Command"
 	ReplyType      = "sagabox.saga.Reply"
 	DeadLetterType = "sagabox.saga.DeadLetter"
+	// EmptyType is the value of a command or reply without a payload.
+	EmptyType = "sagabox.saga.Empty"
 )
 
-// The envelopes. A command or reply carries the saga ID, the step and the
+// Kafka headers of saga commands and replies. The record's value is the
+// payload itself (its schema named by the message_type header, EmptyType for
+// none); the saga metadata travels in these headers, beside outbox.HeaderSagaID.
+// See the package documentation for the table.
+const (
+	HeaderSagaType     = "sagabox_saga_type"
+	HeaderStep         = "sagabox_step"
+	HeaderStepName     = "sagabox_step_name"
+	HeaderAttempt      = "sagabox_attempt"
+	HeaderCompensation = "sagabox_compensation"
+	HeaderCommand      = "sagabox_command"
+	HeaderReplyTopic   = "sagabox_reply_topic"
+	HeaderOutcome      = "sagabox_outcome"
+	HeaderReason       = "sagabox_reason"
+)
+
+// The envelopes, the wire format before saga metadata moved to headers: they
+// are still read, so that records in flight during an upgrade are handled,
+// and never written. A command or reply carries the saga ID, the step and the
 // attempt, so a late or duplicate reply can be recognised and ignored. The
 // payload is the Avro binary of a schema both sides know (payload_type).
 const commandSchema = `{
@@ -66,11 +86,18 @@ const deadLetterSchema = `{
   ]
 }`
 
-// Schemas returns the Avro definitions of the saga envelopes. Add them to
+const emptySchema = `{
+  "type": "record", "name": "Empty", "namespace": "sagabox.saga",
+  "doc": "The value of a saga command or reply that carries no payload: zero bytes of Avro binary. The saga metadata is in the record's headers.",
+  "fields": []
+}`
+
+// Schemas returns the Avro definitions of the saga records (Empty, the
+// dead letter, and the envelopes older versions wrote). Add them to
 // the outbox.Codec of every orchestrator and participant:
 //
 //	codec, err := outbox.NewCodec(append(saga.Schemas(), myPayloadSchemas...)...)
-func Schemas() []string { return []string{commandSchema, replySchema, deadLetterSchema} }
+func Schemas() []string { return []string{commandSchema, replySchema, deadLetterSchema, emptySchema} }
 
 // The reply envelope's outcome symbols on the wire (and in the inbox).
 const (
@@ -179,7 +206,7 @@ func checkCodec(c *outbox.Codec, field string) error {
 	if c == nil {
 		return fmt.Errorf("%w: %s is required: outbox.NewCodec(append(saga.Schemas(), yourSchemas...)...)", ErrInvalidConfig, field)
 	}
-	for _, n := range []string{CommandType, ReplyType, DeadLetterType} {
+	for _, n := range []string{CommandType, ReplyType, DeadLetterType, EmptyType} {
 		if _, ok := c.Schema(n); !ok {
 			return fmt.Errorf("%w: %s does not know %s: build it with outbox.NewCodec(append(saga.Schemas(), ...)...)", ErrInvalidConfig, field, n)
 		}
