@@ -3,6 +3,7 @@ package saga
 import (
 	"fmt"
 	"go.opentelemetry.io/otel/trace"
+	"strconv"
 
 	"github.com/google/uuid"
 	"github.com/hamba/avro/v2"
@@ -152,6 +153,38 @@ type deadLetter struct {
 	Headers   map[string]string `avro:"headers"`
 }
 
+// commandMessage is the outbox message of a command: the payload record
+// itself as the value (Empty for none), already Avro binary, and the saga
+// metadata in headers.
+func commandMessage(topic string, env *commandEnvelope) outbox.Message {
+	typ, value := env.PayloadType, env.Payload
+	if typ == "" {
+		typ, value = EmptyType, []byte{}
+	}
+	return outbox.Message{Topic: topic, Key: env.SagaID, Type: typ, Value: outbox.RawValue(value), SagaID: env.SagaID,
+		Headers: map[string]string{
+			HeaderSagaType: env.SagaType, HeaderStep: strconv.Itoa(env.Step), HeaderStepName: env.StepName,
+			HeaderAttempt: strconv.Itoa(env.Attempt), HeaderCompensation: strconv.FormatBool(env.Compensation),
+			HeaderCommand: env.Command, HeaderReplyTopic: env.ReplyTopic,
+		}}
+}
+
+// replyRecord is the outbox message of a reply, like commandMessage.
+func replyRecord(topic string, r *replyEnvelope) outbox.Message {
+	typ, value := r.PayloadType, r.Payload
+	if typ == "" {
+		typ, value = EmptyType, []byte{}
+	}
+	h := map[string]string{
+		HeaderStep: strconv.Itoa(r.Step), HeaderAttempt: strconv.Itoa(r.Attempt),
+		HeaderCompensation: strconv.FormatBool(r.Compensation), HeaderOutcome: r.Outcome,
+	}
+	if r.Reason != "" {
+		h[HeaderReason] = r.Reason
+	}
+	return outbox.Message{Topic: topic, Key: r.SagaID, Type: typ, Value: outbox.RawValue(value), SagaID: r.SagaID, Headers: h}
+}
+
 // Reply is a participant's answer to one attempt of a step, as the
 // orchestrator sees it.
 type Reply struct {
@@ -166,14 +199,21 @@ type Reply struct {
 	// Payload is Avro binary; read it with Decode.
 	Payload []byte
 
-	codec *outbox.Codec
-	trace trace.SpanContext // the record's, for the process span
+	codec   *outbox.Codec
+	framed  []byte // the consumed value in the header format (see Command)
+	decoder *outbox.Decoder
+	trace   trace.SpanContext // the record's, for the process span
 }
 
 // Decode decodes the reply's payload into v (a pointer to a struct with avro
 // tags) with the schema named PayloadType, which the orchestrator's codec
 // must know.
-func (r *Reply) Decode(v any) error { return decodePayload(r.codec, r.PayloadType, r.Payload, v) }
+func (r *Reply) Decode(v any) error {
+	if r.framed != nil && r.decoder != nil {
+		return decodeFramed(r.decoder, r.PayloadType, r.framed, v)
+	}
+	return decodePayload(r.codec, r.PayloadType, r.Payload, v)
+}
 
 func decodePayload(c *outbox.Codec, typ string, payload []byte, v any) error {
 	if typ == "" {
