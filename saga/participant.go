@@ -58,7 +58,10 @@ type Command struct {
 }
 
 // Decode decodes the command's payload into v with the schema named
-// PayloadType, which the participant's codec must know.
+// PayloadType, which the participant's codec must know. A consumed command
+// is decoded with the schema its writer registered (by the record's schema
+// ID), resolved against the codec's, so an orchestrator on an older or newer
+// BACKWARD-compatible version of the payload is understood.
 func (c *Command) Decode(v any) error {
 	if c.framed != nil && c.decoder != nil {
 		return decodeFramed(c.decoder, c.PayloadType, c.framed, v)

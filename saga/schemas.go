@@ -207,7 +207,8 @@ type Reply struct {
 
 // Decode decodes the reply's payload into v (a pointer to a struct with avro
 // tags) with the schema named PayloadType, which the orchestrator's codec
-// must know.
+// must know; a consumed reply with its writer's schema resolved against the
+// codec's, as Command.Decode does.
 func (r *Reply) Decode(v any) error {
 	if r.framed != nil && r.decoder != nil {
 		return decodeFramed(r.decoder, r.PayloadType, r.framed, v)
