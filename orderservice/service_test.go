@@ -124,7 +124,7 @@ func TestPlaceOrderWritesOrderEventSagaAndFirstCommandTogether(t *testing.T) {
 	want := []string{
 		"order.events sagabox.shop.OrderCreated key=order corr=true",
 		// A saga's commands are keyed by the saga, which has the order's ID.
-		"catalog.commands sagabox.saga.Command key=order corr=true",
+		"catalog.commands sagabox.shop.ReserveStock key=order corr=true",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("outbox:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

@@ -83,6 +83,24 @@ func (d *Decoder) Decode(data []byte, v any) (string, error) {
 	return name, nil
 }
 
+// Name returns the full name of a framed value's schema, fetching the
+// schema from the registry once per ID as Decode does, without decoding the
+// value. Its errors are Decode's.
+func (d *Decoder) Name(data []byte) (string, error) {
+	id, err := SchemaID(data)
+	if err != nil {
+		return "", err
+	}
+	s, err := d.schema(id)
+	if err != nil {
+		return "", err
+	}
+	if n, ok := s.(avro.NamedSchema); ok {
+		return n.FullName(), nil
+	}
+	return "", nil
+}
+
 func (d *Decoder) schema(id int) (avro.Schema, error) {
 	d.mu.Lock()
 	s, ok := d.resolved[id]

@@ -176,3 +176,101 @@ func decodeEnvelope(d *outbox.Decoder, payload []byte, want string, env envelope
 	}
 	return id, nil
 }
+
+// inEnvelope reports whether a consumed record is in the envelope format
+// older versions wrote (a sagabox.saga.Command or Reply value), rather than
+// a payload record with the saga metadata in headers. A record without a
+// message_type header is tried as an envelope, whose decoding says what it
+// is.
+func inEnvelope(msg *message.Message) bool {
+	switch msg.Metadata.Get(outbox.HeaderType) {
+	case "", CommandType, ReplyType:
+		return true
+	}
+	return false
+}
+
+// sagaRecord is what the headers and value of a command or reply in the
+// header format say in common.
+type sagaRecord struct {
+	sagaID       uuid.UUID
+	step         int
+	attempt      int
+	compensation bool
+	payloadType  string // "" for Empty
+	payload      []byte // the value's Avro binary, written with the schema framed's ID names
+	framed       []byte
+	md           message.Metadata
+	err          error // the first header that is missing or does not parse
+}
+
+// decodeRecord reads a command's or reply's saga metadata from its headers
+// and checks that its value's schema, fetched from the registry by ID, is the
+// one message_type names. The payload itself is decoded when the handler
+// asks (Command.Decode, Reply.Decode), resolved against the reader's schema.
+// Missing or malformed headers are errNotEnvelope (dead-lettered).
+func decodeRecord(d *outbox.Decoder, msg *message.Message, what string) (*sagaRecord, error) {
+	if d == nil {
+		return nil, fmt.Errorf("%w: a Registry is required to decode a %s", ErrInvalidConfig, what)
+	}
+	name, err := d.Name(msg.Payload)
+	if err != nil {
+		return nil, err
+	}
+	md := msg.Metadata
+	if t := md.Get(outbox.HeaderType); t != name {
+		return nil, fmt.Errorf("%w: the %s header says %s, the value's schema is %s", errNotEnvelope, outbox.HeaderType, t, name)
+	}
+	r := &sagaRecord{md: md, framed: msg.Payload, payloadType: name, payload: msg.Payload[5:]}
+	if r.sagaID, err = uuid.Parse(md.Get(outbox.HeaderSagaID)); err != nil {
+		return nil, fmt.Errorf("%w: a %s needs the %s header, a saga ID: %q: %v", errNotEnvelope, what, outbox.HeaderSagaID, md.Get(outbox.HeaderSagaID), err)
+	}
+	r.step, r.attempt = r.int(HeaderStep), r.int(HeaderAttempt)
+	r.compensation = r.bool(HeaderCompensation)
+	if name == EmptyType {
+		r.payloadType, r.payload, r.framed = "", []byte{}, nil
+	}
+	if r.err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", errNotEnvelope, what, r.err)
+	}
+	return r, nil
+}
+
+// str returns a required header.
+func (r *sagaRecord) str(name string) string {
+	v, ok := r.md[name]
+	if !ok && r.err == nil {
+		r.err = fmt.Errorf("the %s header is missing", name)
+	}
+	return v
+}
+
+func (r *sagaRecord) int(name string) int {
+	v := r.str(name)
+	n, err := strconv.Atoi(v)
+	if err != nil && r.err == nil {
+		r.err = fmt.Errorf("the %s header %q is not a number", name, v)
+	}
+	return n
+}
+
+func (r *sagaRecord) bool(name string) bool {
+	v := r.str(name)
+	b, err := strconv.ParseBool(v)
+	if err != nil && r.err == nil {
+		r.err = fmt.Errorf("the %s header %q is not true or false", name, v)
+	}
+	return b
+}
+
+// decodeFramed decodes a payload record in the header format into v,
+// resolving its writer schema (from the registry) against the reader's.
+func decodeFramed(d *outbox.Decoder, typ string, framed []byte, v any) error {
+	if typ == "" {
+		return fmt.Errorf("saga: the message has no payload")
+	}
+	if _, err := d.Decode(framed, v); err != nil {
+		return fmt.Errorf("saga: decode %s payload: %w", typ, err)
+	}
+	return nil
+}

@@ -174,6 +174,47 @@
 // decoded go to a dead-letter topic (through the outbox) with the reason;
 // a registry outage is retried instead.
 //
+// # On the wire: payload records and saga headers
+//
+// A command or reply is its payload record itself (the Invocation's Type,
+// or the handler's reply type; EmptyType, a record without fields that
+// encodes to zero bytes, when there is none), in the Confluent wire format
+// with a schema ID the relay registered under outbox.Subject(topic, name)
+// like any other value. Any registry client (Kafka UI, kcat -s avro, a Java
+// or Python consumer) decodes it into named fields. The saga metadata
+// travels in Kafka headers beside the outbox's own (message_id,
+// message_type, correlation_id, traceparent...):
+//
+//	header                 on                meaning                                          example
+//	saga_id                commands, replies the saga's ID (outbox.HeaderSagaID)              0193f0c4-...-7c1e
+//	message_type           commands, replies the value's schema (outbox.HeaderType)           sagabox.shop.ReserveStock
+//	sagabox_saga_type      commands          the saga definition's name                       create_order
+//	sagabox_step           commands, replies the step's index in the definition               1
+//	sagabox_step_name      commands          the step's name                                  reserve_stock
+//	sagabox_attempt        commands, replies the attempt, from 1 (0: a late compensation)     1
+//	sagabox_compensation   commands, replies true for a compensation, false for an action     false
+//	sagabox_command        commands          what to do, the handler's name                   reserve_stock
+//	sagabox_reply_topic    commands          where the participant answers                    order.saga.replies
+//	sagabox_outcome        replies           SUCCESS, REJECTED (final no) or ERROR (retry)    REJECTED
+//	sagabox_reason         replies           why, when not SUCCESS (absent when empty)        insufficient stock
+//
+// The constants are HeaderSagaType, HeaderStep, HeaderStepName,
+// HeaderAttempt, HeaderCompensation, HeaderCommand, HeaderReplyTopic,
+// HeaderOutcome and HeaderReason. Consumers fetch the writer's schema by ID
+// and resolve it against their own (outbox.Decoder), so producers and
+// consumers of different schema versions interoperate as the BACKWARD rule
+// allows.
+//
+// Older versions wrote an envelope instead (CommandType, ReplyType: the
+// metadata as fields, the payload as Avro bytes inside). Participants and
+// orchestrators still read it, told apart by message_type, so records in
+// flight during an upgrade are handled; nothing writes it any more. Upgrade
+// the consumers (participants and orchestrators) before the producers: an
+// old consumer dead-letters a record in the header format as "not a saga
+// envelope". A participant's inbox stores a reply's outcome, reason, payload
+// type and payload, not its format: a duplicate command is answered in the
+// header format whichever format its first delivery had.
+//
 // # Changing a saga: versions
 //
 // A saga may run for minutes or days, longer than a deployment. Its steps

@@ -630,6 +630,19 @@ func (o *Orchestrator[D]) handleMessage(msg *message.Message) error {
 }
 
 func (o *Orchestrator[D]) decodeReply(msg *message.Message) (*Reply, error) {
+	if !inEnvelope(msg) {
+		r, err := decodeRecord(o.decoder, msg, "reply")
+		if err != nil {
+			return nil, err
+		}
+		outcome := r.str(HeaderOutcome)
+		if r.err != nil {
+			return nil, fmt.Errorf("%w: reply: %v", errNotEnvelope, r.err)
+		}
+		return &Reply{SagaID: r.sagaID, Step: r.step, Attempt: r.attempt, Compensation: r.compensation,
+			Outcome: outcomeFromWire(outcome), Reason: msg.Metadata.Get(HeaderReason), PayloadType: r.payloadType,
+			Payload: r.payload, framed: r.framed, decoder: o.decoder, trace: recordTrace(msg)}, nil
+	}
 	var env replyEnvelope
 	id, err := decodeEnvelope(o.decoder, msg.Payload, ReplyType, &env)
 	if err != nil {

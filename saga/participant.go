@@ -43,6 +43,11 @@ type Command struct {
 	CorrelationID string
 
 	codec *outbox.Codec
+	// framed is the consumed value (a payload record in the header
+	// format), decoded by decoder with its writer's schema; nil for a
+	// command from an envelope or built in a test.
+	framed  []byte
+	decoder *outbox.Decoder
 	// trace is the record's trace context; span the command's process
 	// span (nil when the record carried no trace context).
 	trace trace.SpanContext
@@ -53,8 +58,16 @@ type Command struct {
 }
 
 // Decode decodes the command's payload into v with the schema named
-// PayloadType, which the participant's codec must know.
-func (c *Command) Decode(v any) error { return decodePayload(c.codec, c.PayloadType, c.Payload, v) }
+// PayloadType, which the participant's codec must know. A consumed command
+// is decoded with the schema its writer registered (by the record's schema
+// ID), resolved against the codec's, so an orchestrator on an older or newer
+// BACKWARD-compatible version of the payload is understood.
+func (c *Command) Decode(v any) error {
+	if c.framed != nil && c.decoder != nil {
+		return decodeFramed(c.decoder, c.PayloadType, c.framed, v)
+	}
+	return decodePayload(c.codec, c.PayloadType, c.Payload, v)
+}
 
 // Payload is a reply payload with the name of its schema, for a value that
 // does not name its schema itself (a generated type with a Schema method
@@ -674,12 +687,9 @@ func replyPayload(res any) (string, any) {
 
 func (p *Participant) replyMessage(cmd *Command, r *replyEnvelope) outbox.Message {
 	r.SagaID, r.Step, r.Attempt, r.Compensation = cmd.SagaID.String(), cmd.Step, cmd.Attempt, cmd.Compensation
-	if r.Payload == nil {
-		r.Payload = []byte{}
-	}
-	return outbox.Message{Topic: cmd.ReplyTopic, Key: cmd.SagaID.String(), Type: ReplyType,
-		Value: r, CorrelationID: cmd.CorrelationID, CausationID: cmd.MessageID, SagaID: cmd.SagaID.String(),
-		SpanContext: spanContext(cmd.span)}
+	m := replyRecord(cmd.ReplyTopic, r)
+	m.CorrelationID, m.CausationID, m.SpanContext = cmd.CorrelationID, cmd.MessageID, spanContext(cmd.span)
+	return m
 }
 
 // HandleMessage is the watermill handler for the command topic: it decodes
@@ -717,6 +727,20 @@ func (p *Participant) handleMessage(msg *message.Message, process func(context.C
 }
 
 func (p *Participant) decodeCommand(msg *message.Message) (*Command, error) {
+	if !inEnvelope(msg) {
+		r, err := decodeRecord(p.decoder, msg, "command")
+		if err != nil {
+			return nil, err
+		}
+		cmd := &Command{SagaID: r.sagaID, SagaType: r.str(HeaderSagaType), Step: r.step, StepName: r.str(HeaderStepName),
+			Attempt: r.attempt, Compensation: r.compensation, Name: r.str(HeaderCommand), ReplyTopic: r.str(HeaderReplyTopic),
+			PayloadType: r.payloadType, Payload: r.payload, MessageID: msg.UUID,
+			CorrelationID: msg.Metadata.Get(outbox.HeaderCorrelationID), framed: r.framed, decoder: p.decoder, trace: recordTrace(msg)}
+		if r.err != nil {
+			return nil, fmt.Errorf("%w: command: %v", errNotEnvelope, r.err)
+		}
+		return cmd, nil
+	}
 	var env commandEnvelope
 	id, err := decodeEnvelope(p.decoder, msg.Payload, CommandType, &env)
 	if err != nil {

@@ -3,6 +3,7 @@ package saga
 import (
 	"fmt"
 	"go.opentelemetry.io/otel/trace"
+	"strconv"
 
 	"github.com/google/uuid"
 	"github.com/hamba/avro/v2"
@@ -14,9 +15,29 @@ const (
 	CommandType    = "sagabox.saga.Command"
 	ReplyType      = "sagabox.saga.Reply"
 	DeadLetterType = "sagabox.saga.DeadLetter"
+	// EmptyType is the value of a command or reply without a payload.
+	EmptyType = "sagabox.saga.Empty"
 )
 
-// The envelopes. A command or reply carries the saga ID, the step and the
+// Kafka headers of saga commands and replies. The record's value is the
+// payload itself (its schema named by the message_type header, EmptyType for
+// none); the saga metadata travels in these headers, beside outbox.HeaderSagaID.
+// See the package documentation for the table.
+const (
+	HeaderSagaType     = "sagabox_saga_type"
+	HeaderStep         = "sagabox_step"
+	HeaderStepName     = "sagabox_step_name"
+	HeaderAttempt      = "sagabox_attempt"
+	HeaderCompensation = "sagabox_compensation"
+	HeaderCommand      = "sagabox_command"
+	HeaderReplyTopic   = "sagabox_reply_topic"
+	HeaderOutcome      = "sagabox_outcome"
+	HeaderReason       = "sagabox_reason"
+)
+
+// The envelopes, the wire format before saga metadata moved to headers: they
+// are still read, so that records in flight during an upgrade are handled,
+// and never written. A command or reply carries the saga ID, the step and the
 // attempt, so a late or duplicate reply can be recognised and ignored. The
 // payload is the Avro binary of a schema both sides know (payload_type).
 const commandSchema = `{
@@ -66,11 +87,18 @@ const deadLetterSchema = `{
   ]
 }`
 
-// Schemas returns the Avro definitions of the saga envelopes. Add them to
+const emptySchema = `{
+  "type": "record", "name": "Empty", "namespace": "sagabox.saga",
+  "doc": "The value of a saga command or reply that carries no payload: zero bytes of Avro binary. The saga metadata is in the record's headers.",
+  "fields": []
+}`
+
+// Schemas returns the Avro definitions of the saga records (Empty, the
+// dead letter, and the envelopes older versions wrote). Add them to
 // the outbox.Codec of every orchestrator and participant:
 //
 //	codec, err := outbox.NewCodec(append(saga.Schemas(), myPayloadSchemas...)...)
-func Schemas() []string { return []string{commandSchema, replySchema, deadLetterSchema} }
+func Schemas() []string { return []string{commandSchema, replySchema, deadLetterSchema, emptySchema} }
 
 // The reply envelope's outcome symbols on the wire (and in the inbox).
 const (
@@ -125,6 +153,38 @@ type deadLetter struct {
 	Headers   map[string]string `avro:"headers"`
 }
 
+// commandMessage is the outbox message of a command: the payload record
+// itself as the value (Empty for none), already Avro binary, and the saga
+// metadata in headers.
+func commandMessage(topic string, env *commandEnvelope) outbox.Message {
+	typ, value := env.PayloadType, env.Payload
+	if typ == "" {
+		typ, value = EmptyType, []byte{}
+	}
+	return outbox.Message{Topic: topic, Key: env.SagaID, Type: typ, Value: outbox.RawValue(value), SagaID: env.SagaID,
+		Headers: map[string]string{
+			HeaderSagaType: env.SagaType, HeaderStep: strconv.Itoa(env.Step), HeaderStepName: env.StepName,
+			HeaderAttempt: strconv.Itoa(env.Attempt), HeaderCompensation: strconv.FormatBool(env.Compensation),
+			HeaderCommand: env.Command, HeaderReplyTopic: env.ReplyTopic,
+		}}
+}
+
+// replyRecord is the outbox message of a reply, like commandMessage.
+func replyRecord(topic string, r *replyEnvelope) outbox.Message {
+	typ, value := r.PayloadType, r.Payload
+	if typ == "" {
+		typ, value = EmptyType, []byte{}
+	}
+	h := map[string]string{
+		HeaderStep: strconv.Itoa(r.Step), HeaderAttempt: strconv.Itoa(r.Attempt),
+		HeaderCompensation: strconv.FormatBool(r.Compensation), HeaderOutcome: r.Outcome,
+	}
+	if r.Reason != "" {
+		h[HeaderReason] = r.Reason
+	}
+	return outbox.Message{Topic: topic, Key: r.SagaID, Type: typ, Value: outbox.RawValue(value), SagaID: r.SagaID, Headers: h}
+}
+
 // Reply is a participant's answer to one attempt of a step, as the
 // orchestrator sees it.
 type Reply struct {
@@ -139,14 +199,22 @@ type Reply struct {
 	// Payload is Avro binary; read it with Decode.
 	Payload []byte
 
-	codec *outbox.Codec
-	trace trace.SpanContext // the record's, for the process span
+	codec   *outbox.Codec
+	framed  []byte // the consumed value in the header format (see Command)
+	decoder *outbox.Decoder
+	trace   trace.SpanContext // the record's, for the process span
 }
 
 // Decode decodes the reply's payload into v (a pointer to a struct with avro
 // tags) with the schema named PayloadType, which the orchestrator's codec
-// must know.
-func (r *Reply) Decode(v any) error { return decodePayload(r.codec, r.PayloadType, r.Payload, v) }
+// must know; a consumed reply with its writer's schema resolved against the
+// codec's, as Command.Decode does.
+func (r *Reply) Decode(v any) error {
+	if r.framed != nil && r.decoder != nil {
+		return decodeFramed(r.decoder, r.PayloadType, r.framed, v)
+	}
+	return decodePayload(r.codec, r.PayloadType, r.Payload, v)
+}
 
 func decodePayload(c *outbox.Codec, typ string, payload []byte, v any) error {
 	if typ == "" {
@@ -179,7 +247,7 @@ func checkCodec(c *outbox.Codec, field string) error {
 	if c == nil {
 		return fmt.Errorf("%w: %s is required: outbox.NewCodec(append(saga.Schemas(), yourSchemas...)...)", ErrInvalidConfig, field)
 	}
-	for _, n := range []string{CommandType, ReplyType, DeadLetterType} {
+	for _, n := range []string{CommandType, ReplyType, DeadLetterType, EmptyType} {
 		if _, ok := c.Schema(n); !ok {
 			return fmt.Errorf("%w: %s does not know %s: build it with outbox.NewCodec(append(saga.Schemas(), ...)...)", ErrInvalidConfig, field, n)
 		}

@@ -455,10 +455,10 @@ func (w *world) duplicateCommands() int {
 	var dup int
 	var total int
 	err := w.pool.QueryRow(w.ctx, `WITH m AS (
-			SELECT saga_id, value FROM sagabox.outbox WHERE message_type = $1
-			UNION ALL SELECT saga_id, value FROM sagabox.outbox_archive WHERE message_type = $1)
-		SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM (SELECT 1 FROM m GROUP BY saga_id, value HAVING count(*) > 1) d)`,
-		saga.CommandType).Scan(&total, &dup)
+			SELECT saga_id, value, headers FROM sagabox.outbox WHERE headers ? $1
+			UNION ALL SELECT saga_id, value, headers FROM sagabox.outbox_archive WHERE headers ? $1)
+		SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM (SELECT 1 FROM m GROUP BY saga_id, value, headers HAVING count(*) > 1) d)`,
+		saga.HeaderCommand).Scan(&total, &dup)
 	if total == 0 {
 		w.t.Fatal("no commands found in the outbox or its archive: the duplicate check would be vacuous")
 	}

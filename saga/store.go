@@ -201,8 +201,8 @@ func (e *txEnv[D]) late(ctx context.Context, s *state, l LateReply, cmd *outComm
 		if e.writer == nil {
 			return fmt.Errorf("saga %s: late reply: no outbox writer to send %s", s.ID, cmd.Envelope.Command)
 		}
-		msg := outbox.Message{Topic: cmd.Topic, Key: s.ID.String(), Type: CommandType, Value: cmd.Envelope,
-			CorrelationID: s.CorrelationID, SagaID: s.ID.String()}
+		msg := commandMessage(cmd.Topic, &cmd.Envelope)
+		msg.CorrelationID = s.CorrelationID
 		if err := e.writer.Write(ctx, e.tx, msg); err != nil {
 			return fmt.Errorf("saga %s: late reply: send %s: %w", s.ID, cmd.Envelope.Command, err)
 		}
@@ -292,8 +292,8 @@ const notifyFinishedSQL = `SELECT pg_notify('` + FinishedChannel + `', id) FROM 
 func (e *txEnv[D]) messages(s *state, causation string) []outbox.Message {
 	msgs := make([]outbox.Message, len(e.cmds))
 	for i, c := range e.cmds {
-		msgs[i] = outbox.Message{Topic: c.Topic, Key: s.ID.String(), Type: CommandType, Value: c.Envelope,
-			CorrelationID: s.CorrelationID, CausationID: causation, SagaID: s.ID.String(), SpanContext: c.trace}
+		msgs[i] = commandMessage(c.Topic, &e.cmds[i].Envelope)
+		msgs[i].CorrelationID, msgs[i].CausationID, msgs[i].SpanContext = s.CorrelationID, causation, c.trace
 	}
 	return msgs
 }

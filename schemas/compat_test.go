@@ -10,6 +10,7 @@ import (
 	"github.com/hamba/avro/v2"
 
 	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/saga"
 )
 
 // Every current schema must read data written with every version released
@@ -19,6 +20,11 @@ func TestEverySchemaIsBackwardCompatibleWithItsHistory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	sagaDefs, err := load(sagaFiles, "saga")
+	if err != nil {
+		t.Fatal(err)
+	}
+	current = append(current, sagaDefs...)
 	byName := map[string]def{}
 	for _, d := range current {
 		if _, dup := byName[d.FullName]; dup {
@@ -139,5 +145,43 @@ func TestAllFeedsTheOutboxCodec(t *testing.T) {
 	}
 	if len(All()) != 9 {
 		t.Errorf("All() has %d schemas, want 9", len(All()))
+	}
+}
+
+// The saga package's definitions are the files in saga/, whose history is
+// checked above: a change to one of saga.Schemas() must go through them.
+func TestSagaSchemasAreTheFiles(t *testing.T) {
+	defs, err := load(sagaFiles, "saga")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{}
+	for _, d := range defs {
+		files[d.FullName] = d.Definition
+	}
+	got := saga.Schemas()
+	if len(got) != len(files) {
+		t.Errorf("saga.Schemas() has %d schemas, saga/ has %d files", len(got), len(files))
+	}
+	for _, g := range got {
+		s, err := parse(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := s.(avro.NamedSchema).FullName()
+		if want, ok := files[name]; !ok {
+			t.Errorf("%s has no file in saga/", name)
+		} else if strings.TrimSpace(g) != want {
+			t.Errorf("saga.Schemas() defines %s differently from its file in saga/:\n%s\nfile:\n%s", name, g, want)
+		}
+	}
+	// Empty is zero bytes, so a command without a payload is an empty value.
+	c, err := outbox.NewCodec(got...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, b, err := c.Encode(saga.EmptyType, map[string]any{})
+	if err != nil || len(b) != 0 {
+		t.Fatalf("Empty encodes to %v, %v; want zero bytes", b, err)
 	}
 }

@@ -2,9 +2,9 @@ package schemas
 
 // The order saga's contract between orderservice (the orchestrator) and
 // its participants: which command goes to which topic with which payload,
-// and what a successful reply carries. Commands and replies travel in the
-// saga package's envelopes (sagabox.saga.Command / Reply); the payloads are
-// the types of this package.
+// and what a successful reply carries. A command or reply is its payload
+// record on Kafka (sagabox.saga.Empty for "(none)"), the saga metadata in
+// the saga package's headers; the payloads are the types of this package.
 //
 //	command         topic             payload       reply payload   compensation of
 //	reserve_stock   catalog.commands  ReserveStock  StockReserved

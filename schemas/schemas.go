@@ -13,12 +13,16 @@
 //	order.events-sagabox.shop.OrderCreated
 //	order.events-sagabox.shop.OrderApproved
 //	order.events-sagabox.shop.OrderCancelled
-//	catalog.commands-sagabox.saga.Command   (payload: ReserveStock, ReleaseStock)
-//	user.commands-sagabox.saga.Command      (payload: DebitCredit, RefundCredit)
-//	<reply topic>-sagabox.saga.Reply        (payload: StockReserved, CreditDebited)
+//	catalog.commands-sagabox.shop.ReserveStock, -sagabox.shop.ReleaseStock
+//	user.commands-sagabox.shop.DebitCredit, -sagabox.shop.RefundCredit
+//	<reply topic>-sagabox.shop.StockReserved, -sagabox.shop.CreditDebited
+//	<any saga topic>-sagabox.saga.Empty     (a command or reply without payload)
 //
-// Saga payloads travel inside the saga envelopes as Avro bytes named by
-// payload_type; both sides compile the same schemas in. Services register
+// A saga command or reply is its payload record itself, the saga metadata
+// in Kafka headers (see the saga package), so any registry client decodes
+// it. saga/ holds the saga package's records (Empty, DeadLetter, and the
+// Command and Reply envelopes older versions wrote), checked here with
+// their history like the shop's. Services register
 // the subjects they know at start-up (outbox.RegisterSchemas); the outbox
 // relay registers any other on first publish and caches every ID, so nothing
 // waits on the registry on the hot path.
@@ -71,6 +75,13 @@ var files embed.FS
 
 //go:embed history
 var history embed.FS
+
+// sagaFiles are the saga package's own records (saga.Schemas()), kept here
+// so that their history is checked like the shop's; compat_test.go checks
+// that saga.Schemas() says the same.
+//
+//go:embed saga/*.avsc
+var sagaFiles embed.FS
 
 // All returns the definition of every current schema, as written in the
 // .avsc files (docs and defaults included, since compatibility depends on

@@ -79,11 +79,20 @@ func (m Message) Decode(v any) error {
 	return nil
 }
 
-// DecodePayload decodes the payload carried inside an envelope, such as a
-// saga command or reply (sagabox.saga.Command, sagabox.saga.Reply): a record
-// with a "payload_type" field naming the payload's schema and a "payload"
-// field holding it as Avro binary. The codec must know the payload's schema.
+// DecodePayload decodes a saga command's or reply's payload. A saga message
+// (with the sagabox_step header) is its payload record itself, decoded as
+// Decode does; sagabox.saga.Empty is no payload. An envelope older versions
+// wrote (sagabox.saga.Command, sagabox.saga.Reply), a record with a
+// "payload_type" field naming the payload's schema and a "payload" field
+// holding it as Avro binary, is unwrapped. The codec must know the payload's
+// schema.
 func (m Message) DecodePayload(v any) error {
+	if _, ok := m.Headers["sagabox_step"]; ok {
+		if m.Type == "sagabox.saga.Empty" {
+			return fmt.Errorf("outboxtest: the saga message on %s carries no payload", m.Topic)
+		}
+		return m.Decode(v)
+	}
 	var env map[string]any
 	if err := m.Decode(&env); err != nil {
 		return err

@@ -178,7 +178,8 @@ func TestAssertionsFailListingTheOutbox(t *testing.T) {
 	}
 }
 
-// A saga reply's payload, inside the envelope, decodes in one call.
+// A saga reply's payload, inside the envelope older versions wrote, decodes
+// in one call.
 func TestDecodePayloadOfASagaReply(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -215,6 +216,32 @@ func TestDecodePayloadOfASagaReply(t *testing.T) {
 	if err := outboxtest.ExpectOne(t, b.pool, b.codec, outboxtest.Topic("orders")).DecodePayload(&got); err == nil ||
 		!strings.Contains(err.Error(), "not an envelope") {
 		t.Fatalf("an event that is no envelope: %v", err)
+	}
+}
+
+// A saga reply in the header format is its payload record: DecodePayload
+// decodes it, and says so for an Empty one.
+func TestDecodePayloadOfASagaReplyInHeaders(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	h := map[string]string{saga.HeaderStep: "0", saga.HeaderAttempt: "1", saga.HeaderCompensation: "false", saga.HeaderOutcome: "SUCCESS"}
+	b.write(t, b.pool,
+		outbox.Message{Topic: "replies", Key: "s-1", Type: "shop.StockReserved", SagaID: "s-1", Headers: h,
+			Value: map[string]any{"total_cents": int64(170)}},
+		outbox.Message{Topic: "replies", Key: "s-1", Type: saga.EmptyType, SagaID: "s-1", Headers: h, Value: outbox.RawValue{}})
+	ms := outboxtest.Messages(t, b.pool, b.codec, outboxtest.Topic("replies"), outboxtest.SagaID("s-1"))
+	if len(ms) != 2 {
+		t.Fatalf("replies: %v", ms)
+	}
+	var got struct {
+		TotalCents int64 `avro:"total_cents"`
+	}
+	testkit.Must(t, ms[0].DecodePayload(&got), "payload")
+	if got.TotalCents != 170 || ms[0].Headers[saga.HeaderOutcome] != "SUCCESS" {
+		t.Fatalf("reply %v payload %+v", ms[0], got)
+	}
+	if err := ms[1].DecodePayload(&got); err == nil || !strings.Contains(err.Error(), "carries no payload") {
+		t.Fatalf("a reply without payload: %v", err)
 	}
 }
 
