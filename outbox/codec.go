@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/hamba/avro/v2"
+
+	"github.com/sagabox/sagabox/internal/avrobin"
 )
 
 // Schema is one Avro schema the writers encode with.
@@ -116,6 +118,12 @@ func (c *Codec) Encode(typ string, v any) (*Schema, []byte, error) {
 	s, err := c.resolve(typ, v)
 	if err != nil {
 		return nil, nil, err
+	}
+	if enc, ok := v.(avrobin.Encoded); ok {
+		// This module's own code encoded it with this codec just now (a
+		// saga's command or reply payload): checking it again would decode
+		// and re-encode every saga message for nothing.
+		return s, []byte(enc), nil
 	}
 	if raw, ok := v.(RawValue); ok {
 		// Already Avro binary: prove it decodes with the schema and has no

@@ -412,7 +412,9 @@ func (o *Orchestrator[D]) inSaga(ctx context.Context, load func(pgx.Tx) (*state,
 // transaction that found it, which rolled back), where operators look.
 func (o *Orchestrator[D]) reportUnknownVersion(ctx context.Context, s *state) {
 	_, err := o.machineFor(s)
-	o.metrics.unknownVersion.Inc()
+	// Counted once the error is recorded, so whoever sees the count can
+	// also read it in the saga's row.
+	defer o.metrics.unknownVersion.Inc()
 	o.log.ErrorContext(ctx, "saga: definition version not registered: not running the saga", "saga_id", s.ID,
 		"version", s.DefVersion, "registered", o.versions)
 	if _, uerr := o.pool.Exec(context.WithoutCancel(ctx), `UPDATE sagabox.sagas SET last_error = $2 WHERE id = $1 AND finished_at IS NULL`,

@@ -660,7 +660,7 @@ func (p *Participant) run(ctx context.Context, htx *handlerTx, cmd *Command) (*r
 		if err != nil {
 			return nil, false, fmt.Errorf("saga: %s reply payload (return a generated type, or a saga.Payload naming its schema): %w", cmd.Name, err)
 		}
-		r.PayloadType, r.Payload = s.Name, b
+		r.PayloadType, r.Payload, r.encoded = s.Name, b, true
 	}
 	return r, true, nil
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/hamba/avro/v2"
+	"github.com/sagabox/sagabox/internal/avrobin"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -141,6 +142,9 @@ type replyEnvelope struct {
 	Reason       string `avro:"reason"`
 	PayloadType  string `avro:"payload_type"`
 	Payload      []byte `avro:"payload"`
+	// encoded: Payload was encoded by the codec just now (the handler's
+	// reply), not read back from the inbox. Not on the wire.
+	encoded bool
 }
 
 type deadLetter struct {
@@ -161,7 +165,9 @@ func commandMessage(topic string, env *commandEnvelope) outbox.Message {
 	if typ == "" {
 		typ, value = EmptyType, []byte{}
 	}
-	return outbox.Message{Topic: topic, Key: env.SagaID, Type: typ, Value: outbox.RawValue(value), SagaID: env.SagaID,
+	// The payload was encoded by the machine with the runtime's codec a
+	// moment ago (machine.command): the writer need not check it again.
+	return outbox.Message{Topic: topic, Key: env.SagaID, Type: typ, Value: avrobin.Encoded(value), SagaID: env.SagaID,
 		Headers: map[string]string{
 			HeaderSagaType: env.SagaType, HeaderStep: strconv.Itoa(env.Step), HeaderStepName: env.StepName,
 			HeaderAttempt: strconv.Itoa(env.Attempt), HeaderCompensation: strconv.FormatBool(env.Compensation),
@@ -182,7 +188,14 @@ func replyRecord(topic string, r *replyEnvelope) outbox.Message {
 	if r.Reason != "" {
 		h[HeaderReason] = r.Reason
 	}
-	return outbox.Message{Topic: topic, Key: r.SagaID, Type: typ, Value: outbox.RawValue(value), SagaID: r.SagaID, Headers: h}
+	// A reply its handler just returned was encoded by the codec (and Empty
+	// is zero bytes); one replayed from the inbox was stored earlier, maybe
+	// under another version of its schema, so the writer checks it.
+	var v any = outbox.RawValue(value)
+	if r.encoded || r.PayloadType == "" {
+		v = avrobin.Encoded(value)
+	}
+	return outbox.Message{Topic: topic, Key: r.SagaID, Type: typ, Value: v, SagaID: r.SagaID, Headers: h}
 }
 
 // Reply is a participant's answer to one attempt of a step, as the

@@ -11,6 +11,7 @@ import (
 	"github.com/riferrei/srclient"
 	"github.com/twmb/franz-go/pkg/sr/srfake"
 
+	"github.com/sagabox/sagabox/internal/avrobin"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -142,7 +143,7 @@ func TestCommandsAndRepliesOnTheWire(t *testing.T) {
 	bare := env
 	bare.PayloadType, bare.Payload = "", []byte{}
 	m = commandMessage("catalog.commands", &bare)
-	if m.Type != EmptyType || len(m.Value.(outbox.RawValue)) != 0 {
+	if m.Type != EmptyType || len(m.Value.(avrobin.Encoded)) != 0 {
 		t.Fatalf("bare command %s %v", m.Type, m.Value)
 	}
 	es, _ := k.codec.Schema(EmptyType)
