@@ -123,9 +123,9 @@ func money(cents int64) string { return fmt.Sprintf("%d.%02d", cents/100, cents%
 
 // LeaveOneFailed places one more order for the customer while the payment
 // processor is down, on purpose: the debit (the saga's pivot) answers with
-// an error on every attempt, and since its outcome is unknown the saga does
-// not compensate but ends failed, the order PENDING with its stock
-// reserved. The processor comes back once the saga has failed, and w gets
+// an error on every attempt; once the step's attempts are spent the saga
+// does not compensate a pivot (an operator decides whether to try again or
+// to give up) but ends failed, the order PENDING with its stock reserved. The processor comes back once the saga has failed, and w gets
 // how to finish the order from the console and from the CLI.
 func (s *Shop) LeaveOneFailed(ctx context.Context, w io.Writer, customer Session) (Order, error) {
 	c := s.Client()
@@ -157,9 +157,10 @@ func (s *Shop) LeaveOneFailed(ctx context.Context, w io.Writer, customer Session
 	WriteTimeline(w, o, time.Since(placed))
 	s.SetPaymentsDown(false)
 	fmt.Fprintf(w, `
-   The debit is the saga's pivot and its outcome is unknown, so the saga did
-   not undo the reservation: it is FAILED, waiting for an operator, with the
-   order PENDING and one mug reserved. The payment processor is back now.
+   The debit is the saga's pivot: its participant answered an error on every
+   attempt, so the saga did not undo the reservation on its own: it is
+   FAILED, waiting for an operator, with the order PENDING and one mug
+   reserved. The payment processor is back now.
 
    Fix it from the console: open %[1]ssagas?failed=1, open the saga, press
    Retry and confirm. Or from the CLI:
