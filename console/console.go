@@ -139,6 +139,35 @@ func New(cfg Config) (*Console, error) {
 	return c, nil
 }
 
+// Serve serves the console on l until ctx is done, sampling the publish
+// rate (Run) meanwhile, the way `sagabox console` and the demo run it. Then
+// it shuts the server down, giving requests in flight 5 s, and returns nil;
+// it returns an error only when the server fails.
+func (c *Console) Serve(ctx context.Context, l net.Listener) error {
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	srv := &http.Server{Handler: c, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	sampled := make(chan error, 1)
+	go func() { sampled <- c.Run(runCtx) }()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-served:
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	stop()
+	<-sampled
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
 // Run samples the outbox's publish rate every few seconds until ctx is
 // done, so the chart has a history when an operator opens the page. It
 // returns nil when ctx is done.

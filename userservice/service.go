@@ -357,20 +357,12 @@ func (s *Service) Close() {
 
 // Run builds the service from cfg, runs it until ctx is done and closes it.
 func Run(ctx context.Context, cfg Config) error {
-	if cfg.TracerProvider == nil {
-		t, err := telemetry.FromEnv(ctx, Name, false)
-		if err != nil {
-			return fmt.Errorf("%s: %w", Name, err)
-		}
-		t.Install()
-		defer func() {
-			// Flush what is buffered, without hanging on an unreachable collector.
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			_ = t.Shutdown(sctx)
-		}()
-		cfg.TracerProvider = t.Provider
+	tp, flush, err := telemetry.ForService(ctx, Name, cfg.TracerProvider)
+	if err != nil {
+		return err
 	}
+	defer flush()
+	cfg.TracerProvider = tp
 	s, err := New(ctx, cfg)
 	if err != nil {
 		return err

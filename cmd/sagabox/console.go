@@ -2,14 +2,11 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/sagabox/sagabox/console"
 )
@@ -52,28 +49,9 @@ func consoleCmd(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("console: %w", err)
 	}
-	srv := &http.Server{Handler: c, ReadHeaderTimeout: 10 * time.Second}
 	fmt.Fprintf(e.out, "sagabox console: http://%s/\n", l.Addr())
 	if *token != "" {
 		fmt.Fprintln(e.out, "  it asks for the operator token")
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	sampled := make(chan error, 1)
-	go func() { sampled <- c.Run(runCtx) }()
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
-	select {
-	case <-ctx.Done():
-	case err = <-served:
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(sctx)
-	stop()
-	<-sampled
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	return err
+	return c.Serve(ctx, l)
 }

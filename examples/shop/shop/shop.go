@@ -355,7 +355,7 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 	serve(userservice.Name, users.Serve, ul)
 	serve(catalogservice.Name, catalog.Serve, cl)
 	serve(orderservice.Name, orders.Serve, ol)
-	serve("console", func(ctx context.Context, l net.Listener) error { return serveConsole(ctx, ops, l) }, cl2)
+	serve("console", ops.Serve, cl2)
 	go func() {
 		wg.Wait()
 		s.err = errors.Join(errs...)
@@ -368,32 +368,6 @@ func Start(ctx context.Context, cfg Config) (_ *Shop, err error) {
 		return nil, err
 	}
 	return s, nil
-}
-
-// serveConsole serves the console on l until ctx is done, sampling the
-// outbox's publish rate meanwhile.
-func serveConsole(ctx context.Context, c *console.Console, l net.Listener) error {
-	ctx, stop := context.WithCancel(ctx)
-	defer stop()
-	srv := &http.Server{Handler: c, ReadHeaderTimeout: 10 * time.Second}
-	sampled := make(chan error, 1)
-	go func() { sampled <- c.Run(ctx) }()
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-served:
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(sctx)
-	stop()
-	<-sampled
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	return err
 }
 
 // SetPaymentsDown switches the users service's payment processor off or on:

@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel"
@@ -151,4 +152,25 @@ func Client(c *http.Client, tp trace.TracerProvider) *http.Client {
 	}
 	cc.Transport = otelhttp.NewTransport(base, opts...)
 	return &cc
+}
+
+// ForService is what a service's Run does before it builds the service:
+// when tp is nil it builds the SDK from the environment (FromEnv), installs
+// it and returns its provider (nil when tracing is off), with a function
+// that flushes what is buffered, waiting 5 s at most so an unreachable
+// collector cannot hang the shutdown. With a tp it returns tp and a no-op.
+func ForService(ctx context.Context, service string, tp trace.TracerProvider) (trace.TracerProvider, func(), error) {
+	if tp != nil {
+		return tp, func() {}, nil
+	}
+	t, err := FromEnv(ctx, service, false)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", service, err)
+	}
+	t.Install()
+	return t.Provider, func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = t.Shutdown(sctx)
+	}, nil
 }
