@@ -246,16 +246,10 @@ func (c *Console) outboxAction(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, http.StatusBadRequest, "Bad message ID", fmt.Sprintf("%q is not an outbox message ID.", shorten(r.PathValue("id"), 40)))
 		return
 	}
-	if r.PostFormValue("confirm") != "yes" {
-		http.Redirect(w, r, fmt.Sprintf("%s/outbox/%d/%s", c.cfg.Prefix, id, action), http.StatusSeeOther)
+	reason, actor, ok := c.confirmed(w, r, fmt.Sprintf("%s/outbox/%d/%s", c.cfg.Prefix, id, action))
+	if !ok {
 		return
 	}
-	reason := strings.TrimSpace(r.PostFormValue("reason"))
-	if len(reason) > 500 {
-		c.fail(w, r, http.StatusBadRequest, "Reason too long", "Keep the reason under 500 characters.")
-		return
-	}
-	actor := c.actor(w, r)
 	ctx := r.Context()
 	// A message of a saga (a command it sent, a reply to it): the action
 	// goes into the saga's history too, so whoever looks at the saga next

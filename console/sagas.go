@@ -367,16 +367,10 @@ func (c *Console) sagaAction(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, http.StatusBadRequest, "Bad saga ID", fmt.Sprintf("%q is not a saga ID.", shorten(r.PathValue("id"), 60)))
 		return
 	}
-	if r.PostFormValue("confirm") != "yes" {
-		http.Redirect(w, r, fmt.Sprintf("%s/sagas/%s/%s", c.cfg.Prefix, id, action), http.StatusSeeOther)
+	reason, actor, ok := c.confirmed(w, r, fmt.Sprintf("%s/sagas/%s/%s", c.cfg.Prefix, id, action))
+	if !ok {
 		return
 	}
-	reason := strings.TrimSpace(r.PostFormValue("reason"))
-	if len(reason) > 500 {
-		c.fail(w, r, http.StatusBadRequest, "Reason too long", "Keep the reason under 500 characters.")
-		return
-	}
-	actor := c.actor(w, r)
 	ctx := r.Context()
 	switch action {
 	case "retry":
@@ -406,4 +400,21 @@ func (c *Console) sagaAction(w http.ResponseWriter, r *http.Request) {
 	c.log.InfoContext(ctx, "console: saga action", "action", action, "saga_id", id, "actor", actor, "reason", reason, "remote_addr", r.RemoteAddr)
 	notice := fmt.Sprintf("%s requested by %s: an orchestrator carries it out at its next poll.", strings.ToUpper(action[:1])+action[1:], actor)
 	http.Redirect(w, r, fmt.Sprintf("%s/sagas/%s?notice=%s", c.cfg.Prefix, id, url.QueryEscape(notice)), http.StatusSeeOther)
+}
+
+// confirmed reads an action's POST once its CSRF token and target checked
+// out: a form that was not confirmed goes to the confirmation page at
+// confirmPage; otherwise it returns the operator's reason (at most 500
+// characters, else a 400) and who they are. ok is false when w was answered.
+func (c *Console) confirmed(w http.ResponseWriter, r *http.Request, confirmPage string) (reason, actor string, ok bool) {
+	if r.PostFormValue("confirm") != "yes" {
+		http.Redirect(w, r, confirmPage, http.StatusSeeOther)
+		return "", "", false
+	}
+	reason = strings.TrimSpace(r.PostFormValue("reason"))
+	if len(reason) > 500 {
+		c.fail(w, r, http.StatusBadRequest, "Reason too long", "Keep the reason under 500 characters.")
+		return "", "", false
+	}
+	return reason, c.actor(w, r), true
 }
