@@ -13,6 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/sagabox/sagabox/internal/saramametrics"
 	"github.com/sagabox/sagabox/internal/tracing"
 	"github.com/sagabox/sagabox/internal/wmlog"
 	"github.com/sagabox/sagabox/outbox"
@@ -21,10 +22,12 @@ import (
 // SaramaConfig returns the consumer configuration the saga consumers use
 // unless overridden: the watermill-kafka defaults, starting from the oldest
 // offset when a consumer group has none (a reply written before the group
-// first joined must not be skipped).
+// first joined must not be skipped), and Sarama's own go-metrics off
+// (sagabox exports Prometheus metrics; Sarama's cost CPU on every fetch).
 func SaramaConfig() *sarama.Config {
 	c := kafka.DefaultSaramaSubscriberConfig()
 	c.Consumer.Offsets.Initial = sarama.OffsetOldest
+	c.MetricRegistry = saramametrics.Off()
 	c.ClientID = "sagabox-saga"
 	return c
 }
