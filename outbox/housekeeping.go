@@ -56,6 +56,7 @@ func (r *Relay) vacuumOutbox(ctx context.Context) {
 		}
 		return
 	}
+	r.lastVacuum.Store(time.Now().UnixNano())
 	r.m.vacuums.Inc()
 	r.log.Debug("outbox relay: vacuumed the outbox", "removed_rows", n, "took", time.Since(start))
 }

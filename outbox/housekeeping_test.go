@@ -168,6 +168,32 @@ func TestRelayVacuumsTheOutboxAfterVacuumAfterRows(t *testing.T) {
 	}
 }
 
+// At everyday load VacuumAfter rows (10,000 by default) take minutes to
+// come, and every fetch until then reads through the dead rows: while its
+// batches come back short the relay vacuums after a few hundred removed
+// rows, at most once a second. Fails when only VacuumAfter triggers a
+// vacuum.
+func TestRelayVacuumsAtEverydayLoadBeforeVacuumAfterRows(t *testing.T) {
+	t.Parallel()
+	rb := setupRelay(t, 1)
+	rb.startRelay(t, nil)
+	// Written in small transactions, published in short batches.
+	for i := range 30 {
+		rb.writeSeq(t, fmt.Sprint("orders-", i), 1, 20)
+	}
+	testkit.Eventually(t, 10*time.Second, "published", func() bool { return pendingCount(t, rb) == 0 })
+	testkit.Eventually(t, 10*time.Second, "vacuumed with 600 rows removed (VacuumAfter is 10,000)", func() bool { return vacuumCount(t, rb) >= 1 })
+	// And not once per short fetch: at most once a second.
+	before, start := vacuumCount(t, rb), time.Now()
+	for i := range 10 {
+		rb.writeSeq(t, fmt.Sprint("more-", i), 1, 30)
+	}
+	testkit.Eventually(t, 10*time.Second, "published again", func() bool { return pendingCount(t, rb) == 0 })
+	if n := vacuumCount(t, rb) - before; n > 2+int64(time.Since(start)/time.Second) {
+		t.Fatalf("%d vacuums for 300 rows, more than one a second", n)
+	}
+}
+
 // A relay whose database user does not own the outbox cannot vacuum it
 // (Postgres only warns, it does not fail): the relay says so once, in its
 // log, and goes on publishing.

@@ -22,6 +22,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/sagabox/sagabox/internal/saramametrics"
 	"github.com/sagabox/sagabox/internal/tracing"
 )
 
@@ -56,9 +57,11 @@ type RelayConfig struct {
 	// BatchSize is the most messages one worker publishes per produce
 	// request. Defaults to DefaultBatchSize.
 	BatchSize int
-	// Workers is how many batches the relay has in flight at once, each for
-	// its own share of the shards it owns (so per-key order holds): while
-	// one waits for Kafka, another reads or marks in Postgres. Each worker
+	// Workers is how many batches the relay has in flight at once under
+	// load, each for its own share of the shards it owns (so per-key order
+	// holds): while one waits for Kafka, another reads or marks in
+	// Postgres. While batches come back short, one batch covers all the
+	// shards (a fetch per worker would mostly find nothing). Each worker
 	// uses up to two pool connections. Defaults to DefaultWorkers.
 	Workers int
 	// PollInterval is how often the relay looks for messages when nothing
@@ -102,8 +105,10 @@ type RelayConfig struct {
 	// autovacuum runs (at most one a minute per database by default) the
 	// relay's fetch would read through all of them, slower with every
 	// message. Vacuuming a table that holds only the pending rows takes a
-	// few milliseconds. It needs the relay's database user to own the table
-	// (as when it ran Migrate); if it does not, the relay says so once and
+	// few milliseconds. While its batches come back short (everyday load)
+	// the relay does not wait for VacuumAfter rows: it vacuums once it has
+	// removed 256 of them, at most once a second. It needs the relay's
+	// database user to own the table (as when it ran Migrate); if it does not, the relay says so once and
 	// stops trying, and autovacuum has to be tuned for the table instead.
 	// Defaults to DefaultVacuumAfter.
 	VacuumAfter int
@@ -244,15 +249,21 @@ type Relay struct {
 	ownsZero atomic.Bool
 	running  atomic.Bool
 	removed  atomic.Int64 // rows removed from the outbox since the last VACUUM
-	vacuum   chan struct{}
+	// lastVacuum: unix nanos of the last VACUUM (or of NewRelay).
+	lastVacuum atomic.Int64
+	vacuum     chan struct{}
 	// vacuumChecked: whether the relay may vacuum has been checked (only
 	// the housekeeping goroutine touches it); vacuumOff: it may not.
 	vacuumChecked bool
 	vacuumOff     atomic.Bool
+	// spread: the last round's batch came back full, so the next runs a
+	// cycle per worker (round); only Run's goroutine touches it.
+	spread bool
 
 	tracer trace.Tracer
 
-	testHookBeforeProduce func() // tests: block a worker mid-batch
+	testHookBeforeProduce func()         // tests: block a worker mid-batch
+	testHookFetch         func(int, int) // tests: shards a cycle fetches, BatchSize rows fetched
 }
 
 // NewRelay checks cfg and returns a relay ready to Run.
@@ -499,6 +510,7 @@ func (r *Relay) connect(ctx context.Context) (sarama.Client, *sarama.Config, err
 	conf := r.cfg.OverwriteSaramaConfig
 	if conf == nil {
 		conf = sarama.NewConfig()
+		conf.MetricRegistry = saramametrics.Off() // sagabox has its own metrics; Sarama's cost CPU per request
 	}
 	if conf.ClientID == "" || conf.ClientID == "sarama" {
 		conf.ClientID = "sagabox-relay"
@@ -608,15 +620,22 @@ type outcome struct {
 	recorded bool
 }
 
-// round runs one cycle per worker at once, each on its own share of the
-// owned shards (shard i goes to worker i mod Workers). A key lives in one
-// shard, so its messages stay with one worker and in order, while the
-// workers overlap each other's database and Kafka round trips. It returns
-// the most rows any worker fetched, so the caller goes again at once while
-// any share has a full batch waiting.
+// round publishes one batch of the owned shards. While the last round came
+// back short (everything pending fitted in one batch: everyday load) it is
+// one cycle over all of them: one fetch, one produce, one mark, where a
+// cycle per worker would spend a fetch per worker to find its share empty.
+// Once a batch comes back full, work is queued and the workers share it:
+// one cycle per worker at once, each on its own share of the owned shards
+// (shard i goes to worker i mod Workers), so while one waits for Kafka
+// another reads or marks in Postgres. A key lives in one shard and rounds
+// run one after another, so its messages keep their order in both modes.
+// It returns the most rows any cycle fetched, so the caller goes again at
+// once while a batch came back full.
 func (r *Relay) round(ctx context.Context, producers []*batchProducer) (int, error) {
-	if len(producers) == 1 {
-		return r.cycle(ctx, producers[0], r.leases.owned, r.leases.epochs)
+	if len(producers) == 1 || !r.spread {
+		n, err := r.cycle(ctx, producers[0], r.leases.owned, r.leases.epochs)
+		r.spread = err == nil && len(producers) > 1 && n >= r.cfg.BatchSize
+		return n, err
 	}
 	shares := make([][]int16, len(producers))
 	for i, s := range r.leases.owned {
@@ -635,7 +654,9 @@ func (r *Relay) round(ctx context.Context, producers []*batchProducer) (int, err
 		wg.Go(func() { ns[i], errs[i] = r.cycle(ctx, producers[i], shares[i], epochs) })
 	}
 	wg.Wait()
-	return slices.Max(ns), errors.Join(errs...)
+	n, err := slices.Max(ns), errors.Join(errs...)
+	r.spread = err == nil && n >= r.cfg.BatchSize
+	return n, err
 }
 
 // cycle publishes one batch of the given shards, held at the given epochs:
@@ -654,6 +675,9 @@ func (r *Relay) cycle(ctx context.Context, producer *batchProducer, shards []int
 	})
 	if err != nil {
 		return 0, fmt.Errorf("fetch: %w", err)
+	}
+	if r.testHookFetch != nil {
+		r.testHookFetch(len(shards), len(batch))
 	}
 	if len(batch) < r.cfg.BatchSize {
 		r.maybeVacuum()
@@ -849,7 +873,13 @@ func (r *Relay) mark(ctx context.Context, batch []row, outcomes []outcome, shard
 // dead ones (draining a 50,000-message backlog, vacuuming every 10,000
 // removed rows cost 15 % of the throughput).
 func (r *Relay) maybeVacuum() {
-	if r.cfg.DisableVacuum || r.vacuumOff.Load() || r.removed.Load() < int64(r.cfg.VacuumAfter) {
+	if r.cfg.DisableVacuum || r.vacuumOff.Load() {
+		return
+	}
+	removed := r.removed.Load()
+	quiet := removed >= int64(min(quietVacuumRows, r.cfg.VacuumAfter)) &&
+		time.Since(time.Unix(0, r.lastVacuum.Load())) >= quietVacuumEvery
+	if removed < int64(r.cfg.VacuumAfter) && !quiet {
 		return
 	}
 	select {
@@ -857,6 +887,18 @@ func (r *Relay) maybeVacuum() {
 	default:
 	}
 }
+
+// At everyday load VacuumAfter rows take minutes to come, and until then
+// every fetch reads through the dead rows left since the last vacuum (at
+// 300 messages a second, the relay's Postgres backends spent more CPU on
+// that than at 2,000 a second). So while batches come back short the relay
+// also vacuums once it has removed quietVacuumRows, at most every
+// quietVacuumEvery: a vacuum of a table that holds little but dead rows
+// takes a millisecond or two.
+const (
+	quietVacuumRows  = 256
+	quietVacuumEvery = time.Second
+)
 
 func keyBytes(k string) []byte {
 	if k == "" {
@@ -935,7 +977,9 @@ func (r *Relay) listen(ctx context.Context) {
 				if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
 					return err
 				}
-				r.Notify()
+				// NOTIFY is delivered once the writer's transaction
+				// has committed: its rows are there to fetch now.
+				r.NotifyCommitted()
 			}
 		}()
 		if ctx.Err() != nil {

@@ -176,6 +176,78 @@ func TestRelayPublishesEveryCommittedMessageInOrder(t *testing.T) {
 	}
 }
 
+// Batching adapts to load. At everyday load (every batch comes back short)
+// one fetch covers every shard the relay owns: one fetch per worker would
+// spend a round trip per worker to find most shares empty. Under a backlog
+// (a batch comes back full) the workers split the shards again, and the
+// order per key holds in both. Fails when every round is a fetch per
+// worker.
+func TestRelayFetchesOnceAtEverydayLoadAndSplitsUnderABacklog(t *testing.T) {
+	t.Parallel()
+	rb := setupRelay(t, 4)
+	var mu sync.Mutex
+	type fetch struct{ shards, rows int }
+	var fetches []fetch
+	rb.startRelay(t, func(c *outbox.RelayConfig) { c.Workers = 2; c.BatchSize = 20 }, func(r *outbox.Relay) {
+		outbox.SetTestHookFetch(r, func(shards, rows int) {
+			mu.Lock()
+			fetches = append(fetches, fetch{shards, rows})
+			mu.Unlock()
+		})
+	})
+	// Everyday load: one message at a time, each published before the next.
+	want := map[string][]int64{}
+	ctx := testkit.Ctx(t)
+	for i := range 30 {
+		key := fmt.Sprintf("k%d", i%10)
+		seq := int64(len(want[key]))
+		testkit.Must(t, pgx.BeginFunc(ctx, rb.pool, func(tx pgx.Tx) error {
+			return rb.writer.Write(ctx, tx, outbox.Message{Topic: "orders", Key: key, Type: orderPlacedType,
+				Value: orderPlaced{OrderID: key, Seq: seq}})
+		}), "write %d", i)
+		want[key] = append(want[key], seq)
+		testkit.Eventually(t, 10*time.Second, "published", func() bool { return pendingCount(t, rb) == 0 })
+	}
+	mu.Lock()
+	quiet := fetches
+	fetches = nil
+	mu.Unlock()
+	owned := outbox.NumShards
+	for i, f := range quiet {
+		if f.shards != owned {
+			t.Fatalf("fetch %d of %d at everyday load covered %d shards, want all %d the relay owns (one fetch, not one per worker)", i, len(quiet), f.shards, owned)
+		}
+	}
+	// A backlog: 200 rows at once, ten full batches.
+	testkit.Must(t, pgx.BeginFunc(ctx, rb.pool, func(tx pgx.Tx) error {
+		for i := range 200 {
+			key := fmt.Sprintf("k%d", i%10)
+			seq := int64(len(want[key]))
+			if err := rb.writer.Write(ctx, tx, outbox.Message{Topic: "orders", Key: key, Type: orderPlacedType,
+				Value: orderPlaced{OrderID: key, Seq: seq}}); err != nil {
+				return err
+			}
+			want[key] = append(want[key], seq)
+		}
+		return nil
+	}), "backlog")
+	recs := testkit.ReadAll(t, rb.brokers, "orders", 230, 20*time.Second)
+	if res := count(t, rb.codec, recs, want); res != (tally{}) || len(recs) != 230 {
+		t.Fatalf("read %d records: %+v", len(recs), res)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	split := 0
+	for _, f := range fetches {
+		if f.shards < owned {
+			split++
+		}
+	}
+	if split == 0 {
+		t.Fatalf("under a backlog of 200 rows (batch size 20) no fetch was split between the workers: %v", fetches)
+	}
+}
+
 // The bytes on the topic are plain Confluent-framed Avro: a Schema Registry
 // client that is not ours (franz-go's sr.Serde) decodes them into the same
 // values.
