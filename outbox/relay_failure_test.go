@@ -452,12 +452,7 @@ func TestRelayPausedPastItsLeaseTouchesNothingOfTheShardsItLost(t *testing.T) {
 	})
 	for i := range 120 { // the same keys, their sequences going on
 		key := fmt.Sprintf("k%d", i%6)
-		seq := int64(len(want[key]))
-		testkit.Must(t, pgx.BeginFunc(ctx, rb.pool, func(tx pgx.Tx) error {
-			return rb.writer.Write(ctx, tx, outbox.Message{Topic: "orders", Key: key, Type: orderPlacedType,
-				Value: orderPlaced{OrderID: key, Seq: seq}})
-		}), "write %d", i)
-		want[key] = append(want[key], seq)
+		writeNext(t, rb, want, key)
 	}
 	testkit.Eventually(t, 60*time.Second, "outbox drained", func() bool { return pendingCount(t, rb) == 0 })
 

@@ -200,12 +200,7 @@ func TestRelayFetchesOnceAtEverydayLoadAndSplitsUnderABacklog(t *testing.T) {
 	ctx := testkit.Ctx(t)
 	for i := range 30 {
 		key := fmt.Sprintf("k%d", i%10)
-		seq := int64(len(want[key]))
-		testkit.Must(t, pgx.BeginFunc(ctx, rb.pool, func(tx pgx.Tx) error {
-			return rb.writer.Write(ctx, tx, outbox.Message{Topic: "orders", Key: key, Type: orderPlacedType,
-				Value: orderPlaced{OrderID: key, Seq: seq}})
-		}), "write %d", i)
-		want[key] = append(want[key], seq)
+		writeNext(t, rb, want, key)
 		testkit.Eventually(t, 10*time.Second, "published", func() bool { return pendingCount(t, rb) == 0 })
 	}
 	mu.Lock()
@@ -321,4 +316,17 @@ func TestRelaysSplitShardsWithoutDoublePublishing(t *testing.T) {
 		n, _ := metricValue(t, reg, "sagabox_outbox_owned_shards")
 		return n == outbox.NumShards
 	})
+}
+
+// writeNext writes key's next message (its sequence: how many want holds
+// for it) in a transaction of its own, and records it in want.
+func writeNext(t *testing.T, rb *relayBundle, want map[string][]int64, key string) {
+	t.Helper()
+	ctx := testkit.Ctx(t)
+	seq := int64(len(want[key]))
+	testkit.Must(t, pgx.BeginFunc(ctx, rb.pool, func(tx pgx.Tx) error {
+		return rb.writer.Write(ctx, tx, outbox.Message{Topic: "orders", Key: key, Type: orderPlacedType,
+			Value: orderPlaced{OrderID: key, Seq: seq}})
+	}), "write %s/%d", key, seq)
+	want[key] = append(want[key], seq)
 }
